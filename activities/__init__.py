@@ -1,0 +1,1 @@
+"""Activities: everything that touches the world (database, PLCs, people, LLMs, CMMS)."""

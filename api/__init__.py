@@ -1,0 +1,1 @@
+"""The Starlette API: approvals, health, work orders; webhooks arrive here."""

@@ -1,0 +1,154 @@
+"""The `factorylm` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from factorylm.settings import Settings, SettingsError, load_settings
+
+
+def _db(settings: Settings, action: str) -> int:
+    from factorylm.db.pool import prepare_database
+    from factorylm.pgcluster import Cluster, ClusterError
+
+    cluster = Cluster.from_settings(settings)
+    try:
+        if action == "start":
+            started = cluster.start()
+            asyncio.run(prepare_database(settings))
+            print(f"PostgreSQL {'started' if started else 'already running'} on "
+                  f"{settings.pg_host}:{settings.pg_port}, database {settings.pg_database} migrated")  # fmt: skip
+        elif action == "stop":
+            print("PostgreSQL stopped" if cluster.stop() else "PostgreSQL was not running")
+        else:
+            print("running" if cluster.running() else "stopped")
+    except ClusterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _temporal(settings: Settings, action: str) -> int:
+    from temporal.devserver import DevServer, DevServerError
+
+    server = DevServer(settings)
+    try:
+        if action == "start":
+            started = server.start()
+            print(f"Temporal {'started' if started else 'already running'} on "
+                  f"{settings.temporal_address}; Web UI {settings.temporal_ui_url}")  # fmt: skip
+        elif action == "stop":
+            print("Temporal stopped" if server.stop() else "Temporal was not started by factorylm")
+        else:
+            print("running" if server.running() else "stopped")
+    except DevServerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _serve(settings: Settings, *, workers: bool, ingest: bool, api: bool) -> None:
+    from factorylm.plant import load_plant
+    from factorylm.stack import Stack
+    from factorylm.temporal_client import connect
+
+    client = await connect(settings)
+    stack = Stack(settings, load_plant(settings.plant_file), client,
+                  run_workers=workers, run_ingest=ingest, run_api=api)  # fmt: skip
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stack.start()
+    try:
+        await stop.wait()
+    finally:
+        await stack.stop()
+
+
+async def _simulate(settings: Settings) -> None:
+    from factorylm.plant import Protocol, load_plant
+    from factorylm.simulator.modbus import SimulatedModbusPlc
+
+    plant = load_plant(settings.plant_file)
+    sims = [SimulatedModbusPlc(p) for p in plant.plcs if p.protocol is Protocol.MODBUS_TCP]
+    for sim in sims:
+        await sim.start()
+        print(f"simulating {sim.plc.id} on {sim.plc.host}:{sim.plc.port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    for sim in sims:
+        await sim.stop()
+
+
+def _doctor(settings: Settings) -> int:
+    from factorylm.doctor import report, run_checks
+
+    text, code = report(asyncio.run(run_checks(settings)))
+    print(text)
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="factorylm", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, what in (("db", "the embedded PostgreSQL cluster"), ("temporal", "the Temporal dev server")):
+        p = sub.add_parser(name, help=f"start, stop or check {what}")
+        p.add_argument("action", choices=["start", "stop", "status"])
+    demo = sub.add_parser("demo", help="run the product on its embedded default with a scenario")
+    demo.add_argument("--once", action="store_true", help="run the scenario, tear down, print JSON")
+    sub.add_parser("doctor", help="check every part and say how to fix what is missing")
+    sub.add_parser("worker", help="run the agents and PLC-edge workers")
+    sub.add_parser("ingest", help="run the ingest process (collectors, writer, drift detector)")
+    sub.add_parser("api", help="run the HTTP API")
+    sub.add_parser("serve", help="run workers, ingest and API in one process")
+    sub.add_parser("simulate", help="serve the plant file's PLCs from simulated protocol peers")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    cmd = args.command
+    if cmd == "db":
+        return _db(settings, args.action)
+    if cmd == "temporal":
+        return _temporal(settings, args.action)
+    if cmd == "doctor":
+        return _doctor(settings)
+    if cmd == "demo":
+        from factorylm import demo
+
+        return demo.main(settings, once=args.once)
+    if cmd == "simulate":
+        asyncio.run(_simulate(settings))
+        return 0
+    flags = {
+        "worker": dict(workers=True, ingest=False, api=False),
+        "ingest": dict(workers=False, ingest=True, api=False),
+        "api": dict(workers=False, ingest=False, api=True),
+        "serve": dict(workers=True, ingest=True, api=True),
+    }[cmd]
+    asyncio.run(_serve(settings, **flags))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

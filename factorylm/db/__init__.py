@@ -1,0 +1,1 @@
+"""Database access: connection helpers and versioned migrations."""

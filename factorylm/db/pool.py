@@ -1,0 +1,34 @@
+"""asyncpg pools for the processes, with the migrations applied before first use."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from factorylm.db.migrate import ensure_database, migrate
+from factorylm.settings import Settings
+
+
+class DatabaseUnavailable(RuntimeError):
+    """PostgreSQL could not be reached; the message says how to start it."""
+
+
+async def prepare_database(settings: Settings) -> None:
+    """Create the database if needed and apply migrations."""
+    try:
+        await ensure_database(settings.dsn_for("postgres"), settings.pg_database)
+        conn = await asyncpg.connect(settings.pg_dsn)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise DatabaseUnavailable(
+            f"cannot reach PostgreSQL at {settings.pg_host}:{settings.pg_port} ({exc}); "
+            "start the embedded cluster with `factorylm db start`"
+        ) from exc
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+
+
+async def create_pool(settings: Settings, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(settings.pg_dsn, min_size=min_size, max_size=max_size)
+    assert pool is not None
+    return pool

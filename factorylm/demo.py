@@ -1,0 +1,216 @@
+"""`make demo` / `factorylm demo`: the whole product on its embedded default, with a scenario.
+
+Starts PostgreSQL, the Temporal dev server, the simulated Modbus PLCs, the workers, the
+ingest and the API; injects a vibration fault; plays the approver through the API; and reports
+what happened. `--once` tears everything down and prints one JSON line last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import httpx
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.service import RPCError
+
+from factorylm.models import DriftResponseResult, PendingApproval, drift_workflow_id
+from factorylm.pgcluster import Cluster
+from factorylm.plant import Plant, Protocol, load_plant
+from factorylm.settings import Settings
+from factorylm.simulator.modbus import SimulatedModbusPlc
+from factorylm.simulator.signals import FaultKind
+from factorylm.stack import Stack
+from factorylm.temporal_client import connect
+from temporal.devserver import DevServer
+from workflows.drift_response import DriftResponseWorkflow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    plc_id: str = "conveyor-1"
+    metric: str = "vibration"
+    step_sigma: float = 6.0
+
+
+def say(message: str) -> None:
+    print(f"[demo {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+async def wait_for(
+    what: str, check: Callable[[], Any], *, timeout_s: float = 60.0, interval_s: float = 0.1
+) -> Any:
+    """Poll an async or sync condition until it returns something truthy."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s:g} s waiting for {what}")
+        await asyncio.sleep(interval_s)
+
+
+@dataclass
+class Demo:
+    settings: Settings
+    scenario: Scenario = field(default_factory=Scenario)
+    plant: Plant | None = None
+    cluster_started: bool = False
+    temporal_started: bool = False
+    sims: dict[str, SimulatedModbusPlc] = field(default_factory=dict)
+    stack: Stack | None = None
+    client: Client | None = None
+
+    async def up(self) -> None:
+        settings = self.settings
+        self.plant = load_plant(settings.plant_file)
+        say(f"plant {self.plant.name}: {len(self.plant.plcs)} PLC(s) from {settings.plant_file}")
+        cluster = Cluster.from_settings(settings)
+        self.cluster_started = await asyncio.to_thread(cluster.start)
+        say(f"PostgreSQL (TimescaleDB + pgvector) on {settings.pg_host}:{settings.pg_port}")
+        server = DevServer(settings)
+        self.temporal_started = await asyncio.to_thread(server.start)
+        say(f"Temporal server on {settings.temporal_address}, namespace {settings.temporal_namespace}")
+        for plc in self.plant.plcs:
+            if plc.protocol is Protocol.MODBUS_TCP:
+                sim = SimulatedModbusPlc(plc, seed=7)
+                await sim.start()
+                self.sims[plc.id] = sim
+                say(f"simulated Modbus TCP PLC {plc.id} on {plc.host}:{plc.port}")
+        self.client = await connect(settings)
+        self.stack = Stack(settings, self.plant, self.client)
+        await self.stack.start()
+        say(f"workers on task queues {settings.task_queue} and {settings.plc_task_queue}")
+        say(f"ingest polling {len(self.plant.plcs)} PLC(s); drift window {settings.drift_window_s:g} s")
+        say(f"Temporal Web UI: {settings.temporal_ui_url}/namespaces/{settings.temporal_namespace}/workflows")
+        say(f"API: {settings.api_url} (try {settings.api_url}/health)")
+
+    async def down(self) -> None:
+        if self.stack is not None:
+            await self.stack.stop()
+            say("ingest flushed, workers and API stopped")
+        for sim in self.sims.values():
+            await sim.stop()
+        if self.temporal_started:
+            await asyncio.to_thread(DevServer(self.settings).stop)
+            say("Temporal server stopped")
+        if self.cluster_started:
+            await asyncio.to_thread(Cluster.from_settings(self.settings).stop)
+            say("PostgreSQL stopped")
+
+    async def run_scenario(self) -> dict[str, Any]:
+        assert self.client is not None and self.stack is not None
+        sc, settings = self.scenario, self.settings
+        t0 = time.monotonic()
+        conn = await asyncpg.connect(settings.pg_dsn)
+        try:
+            since = datetime.now(UTC)
+            rows = await wait_for(
+                f"samples from {sc.plc_id} in the samples hypertable",
+                lambda: conn.fetchval(
+                    "SELECT count(*) FROM samples WHERE plc_id = $1 AND time >= $2", sc.plc_id, since
+                ),
+            )
+        finally:
+            await conn.close()
+        say(f"samples flowing: {rows} rows from {sc.plc_id} written since start")
+        injected_at = datetime.now(UTC)
+        self.sims[sc.plc_id].inject(sc.metric, FaultKind.STEP, sc.step_sigma)
+        say(f"fault injected: {sc.metric} on {sc.plc_id} steps {sc.step_sigma:+g}σ")
+        workflow_id = drift_workflow_id(sc.plc_id, sc.metric)
+        handle = self.client.get_workflow_handle(workflow_id)
+
+        async def started() -> bool:
+            try:
+                desc = await handle.describe()
+            except RPCError:
+                return False
+            return desc.start_time >= injected_at.replace(microsecond=0)
+
+        await wait_for(f"workflow {workflow_id}", started, timeout_s=30)
+        say(f"drift detected: workflow {workflow_id} started")
+        pending: PendingApproval = await wait_for(
+            "the approval request",
+            lambda: handle.query(DriftResponseWorkflow.pending_approval),
+            timeout_s=30,
+        )
+        say(f"approval requested for {pending.action} (code {pending.code}); the scenario approves")
+        approver = settings.approvers[0]
+        async with httpx.AsyncClient(base_url=settings.api_url, timeout=10) as http:
+            response = await http.post(
+                f"/approvals/{workflow_id}",
+                json={"approve": True, "approver": approver, "code": pending.code},
+                headers={"Authorization": f"Bearer {settings.api_token}"},
+            )
+        say(f"API answered {response.status_code}: {response.text}")
+        response.raise_for_status()
+        result = await _result(handle)
+        self.sims[sc.plc_id].clear(sc.metric)
+        say(
+            f"workflow {result.status}: {result.action} wrote {result.value_written}, "
+            f"read back {result.value_read_back}; work order {result.work_order_id}"
+        )
+        return {
+            "workflow_id": workflow_id,
+            "status": result.status,
+            "action": result.action,
+            "value_written": result.value_written,
+            "value_read_back": result.value_read_back,
+            "work_order_id": result.work_order_id,
+            "approved_by": result.approved_by,
+            "seconds": round(time.monotonic() - t0, 2),
+        }
+
+
+async def _result(handle: WorkflowHandle[Any, Any]) -> DriftResponseResult:
+    result: DriftResponseResult = await asyncio.wait_for(
+        handle.result(result_type=DriftResponseResult), timeout=60
+    )
+    desc = await handle.describe()
+    assert desc.status == WorkflowExecutionStatus.COMPLETED
+    return result
+
+
+async def run(settings: Settings, *, once: bool) -> int:
+    # The demo's drift window is short so the scenario answers in seconds, not minutes.
+    if "drift_window_s" not in settings.model_fields_set:
+        settings = settings.model_copy(update={"drift_window_s": 3.0})
+    demo = Demo(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    summary: dict[str, Any] = {"status": "failed"}
+    try:
+        await demo.up()
+        summary = await demo.run_scenario()
+        if not once:
+            say("the demo stays up: open the Web UI, try the API; Ctrl-C stops everything")
+            await stop.wait()
+    except Exception as exc:
+        log.debug("demo failed", exc_info=True)
+        say(f"FAILED: {exc}")
+        summary = {"status": "failed", "error": str(exc)}
+    finally:
+        await demo.down()
+    print(json.dumps(summary), flush=True)
+    return 0 if summary.get("status") == "completed" else 1
+
+
+def main(settings: Settings, *, once: bool) -> int:
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    return asyncio.run(run(settings, once=once))

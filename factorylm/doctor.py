@@ -1,0 +1,106 @@
+"""`factorylm doctor`: is every part there? Prints each check and the command that fixes it."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import asyncpg
+
+from factorylm.settings import Settings
+from factorylm.temporal_client import TemporalUnavailable, connect
+from temporal.devserver import cli_path, port_open
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+async def _postgres(settings: Settings) -> list[Check]:
+    where = f"{settings.pg_host}:{settings.pg_port}"
+    try:
+        conn = await asyncpg.connect(settings.dsn_for("postgres"), timeout=3)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        return [Check("postgres", False, f"not reachable at {where}: {exc}", "factorylm db start")]
+    try:
+        version = await conn.fetchval("SHOW server_version")
+        rows = await conn.fetch(
+            "SELECT name, default_version FROM pg_available_extensions "
+            "WHERE name IN ('timescaledb', 'vector')"
+        )
+        preload = await conn.fetchval("SHOW shared_preload_libraries")
+    finally:
+        await conn.close()
+    checks = [Check("postgres", True, f"PostgreSQL {version} at {where}")]
+    available = {r["name"]: r["default_version"] for r in rows}
+    for ext in ("timescaledb", "vector"):
+        if ext in available:
+            checks.append(Check(ext, True, f"extension {ext} {available[ext]} available"))
+        else:
+            checks.append(Check(ext, False, f"extension {ext} not installed", "make setup"))
+    if "timescaledb" not in preload:
+        checks.append(
+            Check("preload", False, "timescaledb not in shared_preload_libraries",
+                  "factorylm db stop && rm -rf .factorylm/pgdata && factorylm db start")  # fmt: skip
+        )
+    return checks
+
+
+async def _temporal(settings: Settings) -> list[Check]:
+    checks = []
+    binary = cli_path(settings)
+    checks.append(
+        Check("temporal-cli", binary.exists(), str(binary) if binary.exists() else "not built",
+              "bash temporal/install.sh")  # fmt: skip
+    )
+    try:
+        client = await asyncio.wait_for(connect(settings), timeout=5)
+        await client.service_client.check_health()
+        checks.append(
+            Check("temporal", True, f"server at {settings.temporal_address}, "
+                  f"namespace {settings.temporal_namespace}")  # fmt: skip
+        )
+    except (TemporalUnavailable, TimeoutError, RuntimeError) as exc:
+        checks.append(
+            Check("temporal", False, f"not reachable at {settings.temporal_address}: {exc}",
+                  "factorylm temporal start")  # fmt: skip
+        )
+    host = settings.temporal_address.rpartition(":")[0]
+    ui = port_open(host, settings.temporal_ui_port)
+    checks.append(
+        Check("temporal-ui", ui, settings.temporal_ui_url + (" answers" if ui else " not answering"),
+              "factorylm temporal start")  # fmt: skip
+    )
+    return checks
+
+
+def _embedding(settings: Settings) -> Check:
+    model_dir = settings.embedding_model_dir
+    if model_dir is None:
+        return Check("embedding-model", True, "fastembed will download its default model")
+    ok = (model_dir / "model.onnx").exists() and (model_dir / "tokenizer.json").exists()
+    return Check(
+        "embedding-model", ok, f"{model_dir}" + ("" if ok else " has no model.onnx/tokenizer.json"),
+        "set FACTORYLM_EMBEDDING_MODEL_DIR to the all-MiniLM-L6-v2 ONNX directory",
+    )  # fmt: skip
+
+
+async def run_checks(settings: Settings) -> list[Check]:
+    pg, tp = await asyncio.gather(_postgres(settings), _temporal(settings))
+    return [*pg, *tp, _embedding(settings)]
+
+
+def report(checks: list[Check]) -> tuple[str, int]:
+    lines = []
+    for c in checks:
+        mark = "ok     " if c.ok else "MISSING"
+        lines.append(f"{mark} {c.name:<16} {c.detail}")
+        if not c.ok and c.fix:
+            lines.append(f"        fix: {c.fix}")
+    missing = sum(not c.ok for c in checks)
+    lines.append("all parts ok" if not missing else f"{missing} part(s) missing")
+    return "\n".join(lines), 1 if missing else 0

@@ -1,0 +1,181 @@
+"""Domain models passed between the ingest, workflows and activities.
+
+One pydantic model per workflow/activity input and output, serialised by temporalio's pydantic
+data converter. They stay small: blobs travel as references, never inline.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from factorylm.plant import ActionKind, Policy
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class Severity(StrEnum):
+    WARNING = "warning"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+    @classmethod
+    def for_sigma(cls, sigma: float) -> Severity:
+        magnitude = abs(sigma)
+        if magnitude >= 4:
+            return cls.CRITICAL
+        if magnitude >= 3:
+            return cls.HIGH
+        return cls.WARNING
+
+
+class DriftAlert(_Model):
+    """A metric on one PLC has moved away from its baseline."""
+
+    plc_id: str
+    vendor: str
+    metric: str
+    unit: str = ""
+    sigma: float = Field(description="(window mean - baseline mean) / baseline std")
+    window_mean: float
+    window_count: int
+    window_seconds: float
+    baseline_mean: float
+    baseline_std: float
+    sample_time: datetime = Field(description="time of the sample that crossed the threshold")
+    detected_at: datetime
+    related: dict[str, float] = Field(
+        default_factory=dict, description="other drifting metrics on the same PLC: name -> sigma"
+    )
+    trace_context: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def severity(self) -> Severity:
+        return Severity.for_sigma(self.sigma)
+
+    @property
+    def workflow_id(self) -> str:
+        return drift_workflow_id(self.plc_id, self.metric)
+
+    def describe(self) -> str:
+        text = (
+            f"{self.metric} on {self.plc_id} ({self.vendor}) drifted {self.sigma:+.1f}σ "
+            f"over {self.window_seconds:g} s: mean {self.window_mean:.3g}{self.unit and ' '}"
+            f"{self.unit} vs baseline {self.baseline_mean:.3g} ± {self.baseline_std:.2g}"
+        )
+        if self.related:
+            rel = ", ".join(f"{m} {s:+.1f}σ" for m, s in sorted(self.related.items()))
+            text += f"; related: {rel}"
+        return text
+
+
+def drift_workflow_id(plc_id: str, metric: str) -> str:
+    return f"drift-{plc_id}-{metric}"
+
+
+class RecordEventInput(_Model):
+    workflow_id: str
+    alert: DriftAlert
+
+
+class PlanResponseInput(_Model):
+    event_id: int
+    alert: DriftAlert
+
+
+class ActionProposal(_Model):
+    """One catalog action proposed for an event, with why."""
+
+    action: str
+    kind: ActionKind
+    policy: Policy
+    description: str
+    reason: str
+    plc_id: str | None = None
+    setpoint: str | None = None
+    value: float | None = None
+
+
+class ResponsePlan(_Model):
+    proposal: ActionProposal | None
+    approvers: list[str]
+    approval_timeout_s: float
+    plc_task_queue: str = Field(description="the edge worker's queue, where PLC writes run")
+
+
+class RequestApprovalInput(_Model):
+    workflow_id: str
+    code: str
+    alert: DriftAlert
+    proposal: ActionProposal
+    recipients: list[str]
+
+
+class ApprovalDecision(_Model):
+    """A person's answer to a pending approval request."""
+
+    approve: bool
+    approver: str = Field(min_length=1)
+    code: str | None = Field(default=None, description="the request code, when the channel has one")
+    note: str = ""
+
+
+class PendingApproval(_Model):
+    code: str
+    action: str
+    requested_at: datetime
+    approvers: list[str]
+
+
+class PlcWriteInput(_Model):
+    action_id: str = Field(description="unique per workflow and action: the idempotency key")
+    workflow_id: str
+    action: str
+    value: float
+    approved_by: str | None = None
+
+
+class PlcWriteResult(_Model):
+    action_id: str
+    plc_id: str
+    setpoint: str
+    value_before: float | None
+    value_written: float
+    value_read_back: float
+    verified: bool
+
+
+class WorkOrderPriority(StrEnum):
+    NONE = "NONE"
+    LOW = "LOW"
+    MEDIUM = "MEDIUM"
+    HIGH = "HIGH"
+
+
+class OpenWorkOrderInput(_Model):
+    external_key: str = Field(description="idempotency key: a retried activity never opens two")
+    title: str
+    description: str
+    priority: WorkOrderPriority = WorkOrderPriority.MEDIUM
+    asset_id: str | None = None
+
+
+class WorkOrderRef(_Model):
+    id: str
+    created: bool
+
+
+class DriftResponseResult(_Model):
+    workflow_id: str
+    status: str
+    event_id: int
+    action: str | None
+    policy: Policy | None
+    approved_by: str | None
+    value_written: float | None
+    value_read_back: float | None
+    work_order_id: str | None

@@ -1,0 +1,237 @@
+"""The plant description: PLCs, the metrics each one serves, writable setpoints and the action
+catalog. Loaded from one YAML file and validated; errors name the file, the PLC and the field.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class PlantConfigError(ValueError):
+    """The plant file is missing or invalid; the message names the file and the field."""
+
+
+class Protocol(StrEnum):
+    MODBUS_TCP = "modbus_tcp"
+    MODBUS_RTU = "modbus_rtu"
+    S7 = "s7"
+    LOGIX = "logix"
+
+
+class Policy(StrEnum):
+    AUTO = "auto"
+    APPROVAL = "approval"
+    NEVER = "never"
+
+
+RegisterType = Literal["u16", "i16", "u32", "i32", "f32"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Baseline(_Strict):
+    """A starting baseline for a metric, used until the baseline workflow has computed one."""
+
+    mean: float
+    std: float = Field(gt=0)
+
+
+class Point(_Strict):
+    """One addressable value on a PLC. Which address fields apply depends on the protocol."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    unit: str = ""
+    # Modbus (written `register:` in the plant file; BaseModel already has a `register`)
+    address: int | None = Field(default=None, ge=0, le=65535, alias="register")
+    type: RegisterType | Literal["real", "int", "dint", "bool"] = "u16"
+    scale: float = 1.0
+    word_order: Literal["big", "little"] = "big"
+    # S7
+    db: int | None = Field(default=None, ge=1)
+    offset: int | None = Field(default=None, ge=0)
+    # Logix
+    tag: str | None = None
+
+    @property
+    def register_count(self) -> int:
+        return 2 if self.type in ("u32", "i32", "f32") else 1
+
+
+class Metric(Point):
+    baseline: Baseline | None = None
+    drift_threshold_sigma: float | None = Field(default=None, gt=0)
+
+
+class Setpoint(Point):
+    """A writable point. Bounds are enforced before any write reaches the PLC."""
+
+    min: float
+    max: float
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Setpoint:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) is above max ({self.max})")
+        return self
+
+
+class Plc(_Strict):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    vendor: str
+    protocol: Protocol
+    host: str = "127.0.0.1"
+    port: int | None = Field(default=None, ge=1, le=65535)
+    poll_interval_ms: int = Field(default=1000, ge=10)
+    device_id: int = Field(default=1, ge=0, le=247)
+    rack: int = Field(default=0, ge=0)
+    slot: int = Field(default=1, ge=0)
+    serial_port: str | None = None
+    baudrate: int = 19200
+    metrics: list[Metric] = Field(min_length=1)
+    setpoints: list[Setpoint] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _addresses(self) -> Plc:
+        names = [p.name for p in [*self.metrics, *self.setpoints]]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"point names must be unique, repeated: {', '.join(dupes)}")
+        for point in [*self.metrics, *self.setpoints]:
+            missing = self._missing_address(point)
+            if missing:
+                raise ValueError(f"point {point.name!r} needs {missing} for protocol {self.protocol}")
+        return self
+
+    def _missing_address(self, point: Point) -> str | None:
+        if self.protocol in (Protocol.MODBUS_TCP, Protocol.MODBUS_RTU):
+            return "register" if point.address is None else None
+        if self.protocol is Protocol.S7:
+            return "db and offset" if point.db is None or point.offset is None else None
+        return "tag" if not point.tag else None
+
+    def point(self, name: str) -> Point | None:
+        for point in [*self.metrics, *self.setpoints]:
+            if point.name == name:
+                return point
+        return None
+
+    def setpoint(self, name: str) -> Setpoint | None:
+        return next((s for s in self.setpoints if s.name == name), None)
+
+    def metric(self, name: str) -> Metric | None:
+        return next((m for m in self.metrics if m.name == name), None)
+
+
+class ActionKind(StrEnum):
+    PLC_WRITE = "plc_write"
+    NOTIFY = "notify"
+    WORK_ORDER = "work_order"
+    PROGRAM_CHANGE = "program_change"
+
+
+class CatalogAction(_Strict):
+    """An action the system may propose. Nothing outside the catalog ever reaches a PLC."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    description: str
+    kind: ActionKind
+    policy: Policy
+    plc: str | None = None
+    setpoint: str | None = None
+    value: float | None = None
+    # Which drifting metrics this action answers, and from what magnitude.
+    metrics: list[str] = Field(default_factory=list)
+    min_sigma: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _shape(self) -> CatalogAction:
+        if self.kind is ActionKind.PLC_WRITE and (
+            self.plc is None or self.setpoint is None or self.value is None
+        ):
+            raise ValueError("a plc_write action needs plc, setpoint and value")
+        return self
+
+
+class Plant(_Strict):
+    name: str = "plant"
+    plcs: list[Plc] = Field(min_length=1)
+    actions: list[CatalogAction] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _references(self) -> Plant:
+        ids = [p.id for p in self.plcs]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"PLC ids must be unique, repeated: {', '.join(dupes)}")
+        names = [a.name for a in self.actions]
+        if len(set(names)) != len(names):
+            raise ValueError("action names must be unique")
+        for action in self.actions:
+            if action.plc is None:
+                continue
+            plc = self.plc(action.plc)
+            if plc is None:
+                raise ValueError(f"action {action.name!r}: unknown PLC {action.plc!r}")
+            if action.setpoint is not None:
+                sp = plc.setpoint(action.setpoint)
+                if sp is None:
+                    raise ValueError(
+                        f"action {action.name!r}: PLC {action.plc!r} has no setpoint "
+                        f"{action.setpoint!r}"
+                    )
+                if action.value is not None and not sp.min <= action.value <= sp.max:
+                    raise ValueError(
+                        f"action {action.name!r}: value {action.value} is outside "
+                        f"{sp.name} bounds [{sp.min}, {sp.max}]"
+                    )
+        return self
+
+    def plc(self, plc_id: str) -> Plc | None:
+        return next((p for p in self.plcs if p.id == plc_id), None)
+
+    def action(self, name: str) -> CatalogAction | None:
+        return next((a for a in self.actions if a.name == name), None)
+
+
+def _describe(exc: ValidationError, raw: dict[str, object]) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = list(err["loc"])
+        where = []
+        # Name PLCs and actions by id rather than list index: "plcs[press-1].metrics[2].offset".
+        node: object = raw
+        for key in loc:
+            label = str(key)
+            if isinstance(node, list) and isinstance(key, int) and key < len(node):
+                item = node[key]
+                ident = item.get("id") or item.get("name") if isinstance(item, dict) else None
+                label = f"[{ident or key}]"
+                node = item
+            elif isinstance(node, dict):
+                node = node.get(str(key))
+            where.append(label)
+        path = ".".join(where).replace(".[", "[")
+        parts.append(f"{path or '(top level)'}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def load_plant(path: Path) -> Plant:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise PlantConfigError(f"{path}: cannot read plant file ({exc.strerror})") from exc
+    except yaml.YAMLError as exc:
+        raise PlantConfigError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise PlantConfigError(f"{path}: expected a mapping with 'plcs' and 'actions'")
+    try:
+        return Plant.model_validate(raw)
+    except ValidationError as exc:
+        raise PlantConfigError(f"{path}: {_describe(exc, raw)}") from exc

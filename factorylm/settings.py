@@ -1,0 +1,128 @@
+"""Runtime settings, read from FACTORYLM_* environment variables (and an optional .env file).
+
+Every process (ingest, workers, API, CLI) builds its settings here, so a malformed value fails
+at start with the variable's name and the expected form instead of deep inside a connection.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class SettingsError(RuntimeError):
+    """A setting is missing or malformed; the message names it and the expected form."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FACTORYLM_", env_file=".env", extra="ignore", validate_default=True
+    )
+
+    # Where the project keeps its own state: Postgres cluster, Temporal SQLite, logs.
+    state_dir: Path = Field(default=PROJECT_ROOT / ".factorylm")
+    cache_dir: Path = Field(default=Path.home() / ".cache" / "factorylm")
+
+    # PostgreSQL (TimescaleDB + pgvector). The embedded cluster listens on loopback only.
+    pg_host: str = "127.0.0.1"
+    pg_port: int = Field(default=54329, ge=1, le=65535)
+    pg_user: str = "postgres"
+    pg_password: str = ""
+    pg_database: str = "factorylm"
+
+    # Temporal.
+    temporal_address: str = "127.0.0.1:7233"
+    temporal_namespace: str = "factorylm"
+    temporal_ui_port: int = Field(default=8233, ge=1, le=65535)
+    temporal_version: str = "1.5.1"
+    task_queue: str = "factorylm-agents"
+    plc_task_queue: str = "factorylm-plc-edge"
+
+    # Plant description: PLCs, metrics, action catalog.
+    plant_file: Path = Field(default=PROJECT_ROOT / "config" / "plant.yaml")
+
+    # API.
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=1, le=65535)
+    api_token: str = "dev-token-change-me"
+    public_url: str = "http://127.0.0.1:8000"
+
+    # People allowed to approve risky actions, as channel addresses ("whatsapp:+15551230001").
+    approvers: list[str] = Field(default_factory=lambda: ["whatsapp:+15550100001"])
+    approval_timeout_s: float = Field(default=300.0, gt=0)
+
+    # Drift detection (streaming, in the ingest process).
+    drift_window_s: float = Field(default=300.0, gt=0)
+    drift_threshold_sigma: float = Field(default=2.0, gt=0)
+    drift_clear_sigma: float = Field(default=1.5, gt=0)
+    drift_on_delay_s: float = Field(default=0.0, ge=0)
+
+    # Ingest.
+    batch_max_rows: int = Field(default=5000, ge=1)
+    batch_max_delay_s: float = Field(default=1.0, gt=0)
+    buffer_max_rows: int = Field(default=1_000_000, ge=1)
+
+    # Embedding model directory (ONNX all-MiniLM-L6-v2); empty means fastembed's download.
+    embedding_model_dir: Path | None = Field(
+        default=PROJECT_ROOT.parent / "shared" / "models" / "all-MiniLM-L6-v2"
+    )
+
+    @field_validator("approvers", mode="before")
+    @classmethod
+    def _split_approvers(cls, value: object) -> object:
+        # Operators write FACTORYLM_APPROVERS=whatsapp:+1...,whatsapp:+1... in env files.
+        if isinstance(value, str) and not value.lstrip().startswith("["):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("temporal_address")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:7233")
+        return value
+
+    @property
+    def pg_dsn(self) -> str:
+        auth = self.pg_user + (f":{self.pg_password}" if self.pg_password else "")
+        return f"postgresql://{auth}@{self.pg_host}:{self.pg_port}/{self.pg_database}"
+
+    def dsn_for(self, database: str) -> str:
+        auth = self.pg_user + (f":{self.pg_password}" if self.pg_password else "")
+        return f"postgresql://{auth}@{self.pg_host}:{self.pg_port}/{database}"
+
+    @property
+    def temporal_ui_url(self) -> str:
+        host = self.temporal_address.rpartition(":")[0]
+        return f"http://{host}:{self.temporal_ui_port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.api_host}:{self.api_port}"
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        field = ".".join(str(part) for part in err["loc"])
+        env = f"FACTORYLM_{field.upper()}"
+        lines.append(f"setting {env} ({field}): {err['msg']} (got {err.get('input')!r})")
+    return "; ".join(lines)
+
+
+def load_settings(**overrides: object) -> Settings:
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise SettingsError(describe_validation_error(exc)) from exc
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

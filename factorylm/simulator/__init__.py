@@ -1,0 +1,1 @@
+"""Plant simulator: real protocol peers serving realistic signals, with injectable faults."""

@@ -1,0 +1,106 @@
+"""The product's processes, startable together in one event loop (demo, tests) or one by one
+(`factorylm worker|ingest|api`): workers, ingest and the API over a shared database pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Generator
+from dataclasses import dataclass, field
+
+import asyncpg
+import uvicorn
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from api.app import create_app
+from factorylm.db.pool import create_pool, prepare_database
+from factorylm.plant import Plant
+from factorylm.settings import Settings
+from ingest.drift import DriftConfig
+from ingest.service import IngestService
+from workers import agents, plc_edge
+
+log = logging.getLogger(__name__)
+
+
+def drift_config(settings: Settings) -> DriftConfig:
+    return DriftConfig(
+        window_s=settings.drift_window_s,
+        threshold_sigma=settings.drift_threshold_sigma,
+        clear_sigma=settings.drift_clear_sigma,
+        on_delay_s=settings.drift_on_delay_s,
+    )
+
+
+class EmbeddedUvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: the host process owns Ctrl-C."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    plant: Plant
+    client: Client
+    run_workers: bool = True
+    run_ingest: bool = True
+    run_api: bool = True
+    pool: asyncpg.Pool | None = None
+    ingest: IngestService | None = None
+    _workers: list[Worker] = field(default_factory=list)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _api: EmbeddedUvicorn | None = None
+    _closers: list[plc_edge.PlcWriteActivities] = field(default_factory=list)
+
+    async def start(self) -> None:
+        await prepare_database(self.settings)
+        self.pool = await create_pool(self.settings)
+        if self.run_workers:
+            agents_worker = agents.build_worker(self.client, self.pool, self.plant, self.settings)
+            edge_worker, writes = plc_edge.build_worker(
+                self.client, self.pool, self.plant, self.settings
+            )
+            self._closers.append(writes)
+            for worker in (agents_worker, edge_worker):
+                self._workers.append(worker)
+                self._tasks.append(asyncio.create_task(worker.run()))
+        if self.run_ingest:
+            self.ingest = IngestService(
+                self.settings, self.plant, self.client, drift=drift_config(self.settings)
+            )
+            await self.ingest.start()
+        if self.run_api:
+            app = create_app(self.settings, self.client, self.pool)
+            config = uvicorn.Config(
+                app,
+                host=self.settings.api_host,
+                port=self.settings.api_port,
+                log_level="warning",
+                lifespan="off",
+            )
+            self._api = EmbeddedUvicorn(config)
+            self._tasks.append(asyncio.create_task(self._api.serve()))
+            while not self._api.started:
+                if self._tasks[-1].done():
+                    self._tasks[-1].result()  # raises the bind error, e.g. port in use
+                await asyncio.sleep(0.02)
+
+    async def stop(self) -> None:
+        """Ingest first (flushes every accepted sample), then the API, then the workers."""
+        if self.ingest is not None:
+            await self.ingest.stop()
+        if self._api is not None:
+            self._api.should_exit = True
+        for worker in self._workers:
+            await worker.shutdown()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for closer in self._closers:
+            await closer.close()
+        if self.pool is not None:
+            await self.pool.close()

@@ -1,0 +1,1 @@
+"""The streaming ingest process: collectors, batch writer, drift detector."""

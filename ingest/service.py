@@ -1,0 +1,70 @@
+"""The ingest process: a collector per PLC feeding the batch writer and the drift detector."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime
+
+from temporalio.client import Client
+
+from factorylm.plant import Plant, Plc
+from factorylm.settings import Settings
+from ingest.alerts import WorkflowStarter
+from ingest.collector import Collector
+from ingest.drift import DriftConfig, DriftDetector
+from ingest.writer import BatchWriter
+
+log = logging.getLogger(__name__)
+
+
+class IngestService:
+    def __init__(
+        self,
+        settings: Settings,
+        plant: Plant,
+        client: Client,
+        *,
+        drift: DriftConfig | None = None,
+    ) -> None:
+        self.writer = BatchWriter(
+            settings.pg_dsn,
+            max_rows=settings.batch_max_rows,
+            max_delay_s=settings.batch_max_delay_s,
+            buffer_rows=settings.buffer_max_rows,
+        )
+        self.starter = WorkflowStarter(client, settings.task_queue)
+        self.detector = DriftDetector(
+            drift or DriftConfig(),
+            self.starter,
+            vendors={p.id: p.vendor for p in plant.plcs},
+            units={(p.id, m.name): m.unit for p in plant.plcs for m in p.metrics},
+        )
+        for plc in plant.plcs:
+            for metric in plc.metrics:
+                self.detector.set_baseline(
+                    plc.id, metric.name, metric.baseline, metric.drift_threshold_sigma
+                )
+        self.collectors = [Collector(plc, self._on_samples) for plc in plant.plcs]
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _on_samples(self, plc: Plc, when: datetime, mono: float, values: dict[str, float]) -> None:
+        self.writer.add((when, plc.id, name, value) for name, value in values.items())
+        for name, value in values.items():
+            self.detector.observe(plc.id, name, mono, value, when)
+
+    async def start(self) -> None:
+        self.writer.start()
+        for collector in self.collectors:
+            self._tasks.append(asyncio.create_task(collector.run(), name=f"collect-{collector.plc.id}"))
+        log.info("ingest started: %d PLCs", len(self.collectors))
+
+    async def stop(self) -> None:
+        """Stop polling, then flush every accepted sample before returning."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.starter.drain()
+        await self.writer.stop()
+        log.info("ingest stopped: %d samples written, %d dropped",
+                 self.writer.written, self.writer.dropped)  # fmt: skip

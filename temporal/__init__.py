@@ -1,0 +1,1 @@
+"""How the Temporal server is obtained (install.sh) and started (devserver.py)."""

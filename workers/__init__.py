@@ -1,0 +1,1 @@
+"""Worker entrypoints: which task queue runs which workflows and activities."""

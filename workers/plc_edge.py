@@ -1,0 +1,28 @@
+"""The PLC-edge worker: the only process that writes to PLCs, on its own task queue.
+
+Deploy it where the PLCs are reachable; it checks every request against its own plant file.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.plc_write import PlcWriteActivities
+from factorylm.plant import Plant
+from factorylm.settings import Settings
+
+
+def build_worker(
+    client: Client, pool: asyncpg.Pool, plant: Plant, settings: Settings
+) -> tuple[Worker, PlcWriteActivities]:
+    writes = PlcWriteActivities(pool, plant)
+    worker = Worker(
+        client,
+        task_queue=settings.plc_task_queue,
+        activities=[writes.write_plc_setpoint],
+        # One write at a time per edge worker: PLC writes are rare and must not interleave.
+        max_concurrent_activities=1,
+    )
+    return worker, writes

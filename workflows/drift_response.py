@@ -1,0 +1,228 @@
+"""DriftResponseWorkflow: a drift becomes a decision, a verified PLC write and a work order.
+
+Workflow id `drift-{plc}-{metric}` with USE_EXISTING on start: a drift storm on one metric
+is one workflow. Approvals arrive as the `decide` update, validated against the pending
+request and the authorised approvers; the wait is a durable timer.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from factorylm.errors import PLC_SAFETY_ERRORS
+    from factorylm.models import (
+        ActionProposal,
+        ApprovalDecision,
+        DriftAlert,
+        DriftResponseResult,
+        OpenWorkOrderInput,
+        PendingApproval,
+        PlanResponseInput,
+        PlcWriteInput,
+        PlcWriteResult,
+        RecordEventInput,
+        RequestApprovalInput,
+        ResponsePlan,
+        WorkOrderPriority,
+        WorkOrderRef,
+    )
+    from factorylm.plant import ActionKind, Policy
+    from factorylm.temporal_client import SEVERITY
+
+_SHORT = timedelta(seconds=30)
+_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
+_PLC_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_interval=timedelta(seconds=10),
+    maximum_attempts=5,
+    non_retryable_error_types=list(PLC_SAFETY_ERRORS),
+)
+_PRIORITY = {"warning": WorkOrderPriority.LOW, "high": WorkOrderPriority.MEDIUM}
+
+
+@workflow.defn
+class DriftResponseWorkflow:
+    def __init__(self) -> None:
+        self._status = "started"
+        self._pending: PendingApproval | None = None
+        self._decision: ApprovalDecision | None = None
+        self._evidence: list[DriftAlert] = []
+
+    @workflow.run
+    async def run(self, alert: DriftAlert) -> DriftResponseResult:
+        info = workflow.info()
+        workflow.upsert_search_attributes([SEVERITY.value_set(alert.severity.value)])
+        self._set_status("recording event")
+        event_id: int = await workflow.execute_activity(
+            "record_drift_event",
+            RecordEventInput(workflow_id=info.workflow_id, alert=alert),
+            start_to_close_timeout=_SHORT,
+            retry_policy=_RETRY,
+            result_type=int,
+        )
+        self._set_status("planning response")
+        plan: ResponsePlan = await workflow.execute_activity(
+            "plan_response",
+            PlanResponseInput(event_id=event_id, alert=alert),
+            start_to_close_timeout=_SHORT,
+            retry_policy=_RETRY,
+            result_type=ResponsePlan,
+        )
+        proposal = plan.proposal
+        outcome = "no_action"
+        approved_by: str | None = None
+        write: PlcWriteResult | None = None
+        notes: list[str] = []
+
+        if proposal is not None:
+            notes.append(f"Proposed {proposal.action} ({proposal.policy}): {proposal.reason}")
+            go_ahead = False
+            if proposal.policy is Policy.NEVER:
+                outcome = "refused"
+                notes.append(f"{proposal.action} is never executed automatically: refused.")
+            elif proposal.policy is Policy.APPROVAL:
+                go_ahead, approved_by, outcome = await self._ask_approval(alert, proposal, plan)
+                notes.append(f"Approval: {outcome}" + (f" by {approved_by}" if approved_by else ""))
+            else:
+                go_ahead = True
+            if go_ahead:
+                write, outcome = await self._execute(proposal, approved_by, plan.plc_task_queue)
+                if write is not None:
+                    notes.append(
+                        f"Wrote {write.value_written:g} to {write.plc_id}.{write.setpoint} "
+                        f"(was {write.value_before}), read back {write.value_read_back:g}."
+                    )
+                else:
+                    notes.append(f"Execution failed: {outcome}.")
+
+        self._set_status("opening work order")
+        work_order: WorkOrderRef = await workflow.execute_activity(
+            "open_work_order",
+            OpenWorkOrderInput(
+                external_key=f"{info.workflow_id}/{info.run_id}",
+                title=f"{alert.metric} drift on {alert.plc_id} ({alert.sigma:+.1f}σ)",
+                description="\n".join([alert.describe(), *notes]),
+                priority=_PRIORITY.get(alert.severity.value, WorkOrderPriority.HIGH),
+                asset_id=alert.plc_id,
+            ),
+            start_to_close_timeout=_SHORT,
+            retry_policy=_RETRY,
+            result_type=WorkOrderRef,
+        )
+        self._set_status(outcome)
+        return DriftResponseResult(
+            workflow_id=info.workflow_id,
+            status=outcome,
+            event_id=event_id,
+            action=proposal.action if proposal else None,
+            policy=proposal.policy if proposal else None,
+            approved_by=approved_by,
+            value_written=write.value_written if write else None,
+            value_read_back=write.value_read_back if write else None,
+            work_order_id=work_order.id,
+        )
+
+    async def _ask_approval(
+        self, alert: DriftAlert, proposal: ActionProposal, plan: ResponsePlan
+    ) -> tuple[bool, str | None, str]:
+        code = f"{workflow.random().randint(0, 9999):04d}"
+        self._pending = PendingApproval(
+            code=code,
+            action=proposal.action,
+            requested_at=workflow.now(),
+            approvers=plan.approvers,
+        )
+        self._set_status(f"waiting for approval of {proposal.action} (code {code})")
+        await workflow.execute_activity(
+            "request_approval",
+            RequestApprovalInput(
+                workflow_id=workflow.info().workflow_id,
+                code=code,
+                alert=alert,
+                proposal=proposal,
+                recipients=plan.approvers,
+            ),
+            start_to_close_timeout=_SHORT,
+            retry_policy=_RETRY,
+        )
+        try:
+            await workflow.wait_condition(
+                lambda: self._decision is not None,
+                timeout=timedelta(seconds=plan.approval_timeout_s),
+                timeout_summary="approval timer",
+            )
+        except TimeoutError:
+            self._pending = None
+            return False, None, "not_approved_in_time"
+        decision = self._decision
+        assert decision is not None
+        if not decision.approve:
+            return False, None, "denied"
+        return True, decision.approver, "approved"
+
+    async def _execute(
+        self, proposal: ActionProposal, approved_by: str | None, task_queue: str
+    ) -> tuple[PlcWriteResult | None, str]:
+        if proposal.kind is not ActionKind.PLC_WRITE:
+            return None, "completed"
+        assert proposal.value is not None
+        info = workflow.info()
+        self._set_status(f"writing {proposal.action}")
+        try:
+            result: PlcWriteResult = await workflow.execute_activity(
+                "write_plc_setpoint",
+                PlcWriteInput(
+                    action_id=f"{info.workflow_id}/{info.run_id}/{proposal.action}",
+                    workflow_id=info.workflow_id,
+                    action=proposal.action,
+                    value=proposal.value,
+                    approved_by=approved_by,
+                ),
+                task_queue=task_queue,
+                start_to_close_timeout=_SHORT,
+                retry_policy=_PLC_RETRY,
+                result_type=PlcWriteResult,
+            )
+        except ActivityError as err:
+            cause = err.cause
+            kind = cause.type if isinstance(cause, ApplicationError) and cause.type else "error"
+            return None, f"write_failed:{kind}"
+        return result, "completed"
+
+    def _set_status(self, status: str) -> None:
+        self._status = status
+        workflow.set_current_details(f"**{status}**")
+
+    # -- human decisions ---------------------------------------------------------------------
+    @workflow.update
+    async def decide(self, decision: ApprovalDecision) -> str:
+        self._decision = decision
+        self._pending = None
+        return "approved" if decision.approve else "denied"
+
+    @decide.validator
+    def _validate_decide(self, decision: ApprovalDecision) -> None:
+        pending = self._pending
+        if pending is None:
+            raise ValueError("no approval is pending for this workflow")
+        if decision.approver not in pending.approvers:
+            raise ValueError(f"{decision.approver} is not an authorised approver")
+        if decision.code is not None and decision.code != pending.code:
+            raise ValueError(f"code {decision.code} does not match the pending request")
+
+    @workflow.signal
+    def add_evidence(self, alert: DriftAlert) -> None:
+        self._evidence.append(alert)
+
+    @workflow.query
+    def pending_approval(self) -> PendingApproval | None:
+        return self._pending
+
+    @workflow.query
+    def status(self) -> str:
+        return self._status
