@@ -95,7 +95,10 @@ class Demo:
         self.stack = Stack(settings, self.plant, self.client)
         await self.stack.start()
         say(f"workers on task queues {settings.task_queue} and {settings.plc_task_queue}")
-        say(f"ingest polling {len(self.plant.plcs)} PLC(s); drift window {settings.drift_window_s:g} s")
+        say(
+            f"ingest polling {len(self.plant.plcs)} PLC(s); drift window "
+            f"{settings.drift_window_s:g} s, on-delay {settings.drift_on_delay_s:g} s"
+        )
         say(f"Temporal Web UI: {settings.temporal_ui_url}/namespaces/{settings.temporal_namespace}/workflows")
         say(f"API: {settings.api_url} (try {settings.api_url}/health)")
 
@@ -132,7 +135,7 @@ class Demo:
         self.sims[sc.plc_id].inject(sc.metric, FaultKind.STEP, sc.step_sigma)
         say(f"fault injected: {sc.metric} on {sc.plc_id} steps {sc.step_sigma:+g}σ")
         workflow_id = drift_workflow_id(sc.plc_id, sc.metric)
-        handle = self.client.get_workflow_handle(workflow_id)
+        handle = self.client.get_workflow_handle(workflow_id, result_type=DriftResponseResult)
 
         async def started() -> bool:
             try:
@@ -178,7 +181,7 @@ class Demo:
 
 async def _result(handle: WorkflowHandle[Any, Any]) -> DriftResponseResult:
     result: DriftResponseResult = await asyncio.wait_for(
-        handle.result(result_type=DriftResponseResult), timeout=60
+        handle.result(), timeout=60
     )
     desc = await handle.describe()
     assert desc.status == WorkflowExecutionStatus.COMPLETED
@@ -186,9 +189,12 @@ async def _result(handle: WorkflowHandle[Any, Any]) -> DriftResponseResult:
 
 
 async def run(settings: Settings, *, once: bool) -> int:
-    # The demo's drift window is short so the scenario answers in seconds, not minutes.
-    if "drift_window_s" not in settings.model_fields_set:
-        settings = settings.model_copy(update={"drift_window_s": 3.0})
+    # The demo's drift window is short so the scenario answers in seconds, not minutes; the
+    # on-delay lets the window fill with the fault, so the alarm carries its full magnitude.
+    quick = {"drift_window_s": 1.0, "drift_on_delay_s": 1.0}
+    settings = settings.model_copy(
+        update={k: v for k, v in quick.items() if k not in settings.model_fields_set}
+    )
     demo = Demo(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -7,7 +7,7 @@ import logging
 import time
 
 from temporalio.client import Client
-from temporalio.common import TypedSearchAttributes, WorkflowIDConflictPolicy
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 
 from factorylm.models import DriftAlert
 from factorylm.temporal_client import METRIC, PLC_ID, SEVERITY
@@ -56,8 +56,8 @@ class WorkflowStarter:
 def _attributes(alert: DriftAlert) -> TypedSearchAttributes:
     return TypedSearchAttributes(
         [
-            PLC_ID.value_set(alert.plc_id),
-            METRIC.value_set(alert.metric),
-            SEVERITY.value_set(alert.severity.value),
+            SearchAttributePair(PLC_ID, alert.plc_id),
+            SearchAttributePair(METRIC, alert.metric),
+            SearchAttributePair(SEVERITY, alert.severity.value),
         ]
     )
