@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,7 +54,7 @@ class Settings(BaseSettings):
     public_url: str = "http://127.0.0.1:8000"
 
     # People allowed to approve risky actions, as channel addresses ("whatsapp:+15551230001").
-    approvers: list[str] = Field(default_factory=lambda: ["whatsapp:+15550100001"])
+    approvers: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["whatsapp:+15550100001"])
     approval_timeout_s: float = Field(default=300.0, gt=0)
 
     # Drift detection (streaming, in the ingest process).

@@ -1,0 +1,86 @@
+"""Shared fixtures: the real PostgreSQL cluster, a real Temporal dev server, free ports.
+
+Nothing here skips: a part that cannot start fails the run with its own error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+import pytest
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from factorylm.db.pool import create_pool, prepare_database
+from factorylm.pgcluster import Cluster
+from factorylm.settings import Settings, load_settings
+from factorylm.temporal_client import SEARCH_ATTRIBUTES
+from helpers import free_port
+from temporal.devserver import ensure_cli
+
+TEST_DB = "factorylm_test"
+
+
+@pytest.fixture(scope="session")
+def base_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return load_settings(
+        pg_database=TEST_DB,
+        api_port=free_port(),
+        temporal_ui_port=free_port(),
+        approval_timeout_s=60.0,
+    )
+
+
+@pytest.fixture(scope="session")
+def postgres(base_settings: Settings) -> Iterator[None]:
+    """The project's cluster (started if needed) with a fresh, migrated test database."""
+    Cluster.from_settings(base_settings).start()
+
+    async def recreate() -> None:
+        conn = await asyncpg.connect(base_settings.dsn_for("postgres"))
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)')
+        finally:
+            await conn.close()
+        await prepare_database(base_settings)
+
+    asyncio.run(recreate())
+    yield
+
+
+@pytest.fixture(scope="session")
+async def temporal_env(base_settings: Settings) -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_local(
+        namespace=base_settings.temporal_namespace,
+        data_converter=pydantic_data_converter,
+        dev_server_existing_path=str(ensure_cli(base_settings)),
+        search_attributes=SEARCH_ATTRIBUTES,
+        ui=True,
+        ui_port=base_settings.temporal_ui_port,
+        dev_server_extra_args=[
+            "--dynamic-config-value", "frontend.enableUpdateWorkflowExecution=true",
+        ],  # fmt: skip
+    )
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+def settings(base_settings: Settings, temporal_env: WorkflowEnvironment, postgres: None) -> Settings:
+    target = temporal_env.client.service_client.config.target_host
+    return base_settings.model_copy(update={"temporal_address": target})
+
+
+@pytest.fixture(scope="session")
+def client(temporal_env: WorkflowEnvironment) -> Client:
+    return temporal_env.client
+
+
+@pytest.fixture
+async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(settings, max_size=5)
+    yield pool
+    await pool.close()

@@ -1,0 +1,131 @@
+"""The batch writer against the real hypertable: COPY, flush on stop, bounded loss."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+
+from factorylm.settings import Settings
+from helpers import free_port
+from ingest.writer import BatchWriter
+
+
+def samples(plc: str, n: int) -> list[tuple[datetime, str, str, float]]:
+    t0 = datetime(2026, 11, 20, 8, tzinfo=UTC)
+    return [(t0 + timedelta(milliseconds=i), plc, "vibration", float(i)) for i in range(n)]
+
+
+async def wait_until(predicate, timeout_s: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_rows_arrive_by_size_and_stop_flushes_the_rest(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    writer = BatchWriter(settings.pg_dsn, max_rows=1000, max_delay_s=30)
+    writer.start()
+    writer.add(samples("writer-a", 2500))
+    await wait_until(lambda: writer.written >= 2000)  # two full batches, without the timer
+    assert writer.pending == 500
+    await writer.stop()
+    rows = await pool.fetch(
+        "SELECT value FROM samples WHERE plc_id = 'writer-a' ORDER BY time"
+    )
+    assert [r["value"] for r in rows] == [float(i) for i in range(2500)]
+    assert writer.dropped == 0
+
+
+async def test_time_flush_happens_without_a_full_batch(settings: Settings, pool: asyncpg.Pool) -> None:
+    writer = BatchWriter(settings.pg_dsn, max_rows=10_000, max_delay_s=0.2)
+    writer.start()
+    writer.add(samples("writer-b", 3))
+    await wait_until(lambda: writer.written == 3)
+    await writer.stop()
+    assert await pool.fetchval("SELECT count(*) FROM samples WHERE plc_id = 'writer-b'") == 3
+
+
+class SwitchableProxy:
+    """A TCP proxy to PostgreSQL that can be cut and restored: a database outage on demand."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self.up = True
+        self._conns: list[asyncio.StreamWriter] = []
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.up:
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._conns += [writer, up_writer]
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def cut(self) -> None:
+        self.up = False
+        for conn in self._conns:
+            conn.close()
+        self._conns.clear()
+
+    async def close(self) -> None:
+        self.cut()
+        if self._server:
+            self._server.close()
+
+
+async def test_outage_loses_nothing_within_the_buffer(settings: Settings, pool: asyncpg.Pool) -> None:
+    proxy = SwitchableProxy(settings.pg_port)
+    await proxy.start()
+    via_proxy = settings.model_copy(update={"pg_port": proxy.port})
+    writer = BatchWriter(via_proxy.pg_dsn, max_rows=100, max_delay_s=0.05, max_backoff_s=0.2)
+    writer.start()
+    batch = samples("writer-e", 900)
+    writer.add(batch[:300])
+    await wait_until(lambda: writer.written == 300)
+    proxy.cut()
+    writer.add(batch[300:])
+    await wait_until(lambda: writer.last_error is not None)
+    assert writer.pending == 600
+    proxy.up = True
+    await wait_until(lambda: writer.written == 900)
+    await writer.stop()
+    await proxy.close()
+    values = [r["value"] for r in await pool.fetch(
+        "SELECT value FROM samples WHERE plc_id = 'writer-e' ORDER BY time")]  # fmt: skip
+    assert values == [float(i) for i in range(900)]
+    assert writer.dropped == 0
+
+
+async def test_full_buffer_drops_the_oldest_and_counts_them(settings: Settings) -> None:
+    dead = settings.model_copy(update={"pg_port": free_port()})
+    writer = BatchWriter(dead.pg_dsn, max_rows=100, max_delay_s=0.05, buffer_rows=1000)
+    writer.start()
+    writer.add(samples("writer-c", 600))
+    await wait_until(lambda: writer.last_error is not None)
+    assert writer.pending == 600 and writer.dropped == 0  # nothing lost while it fits
+    writer.add(samples("writer-d", 550))
+    assert writer.pending == 1000 and writer.dropped == 150
+    kept = list(writer._buffer)
+    assert kept[0][1:] == ("writer-c", "vibration", 150.0)  # the 150 oldest went first
+    assert kept[-1][1:] == ("writer-d", "vibration", 549.0)
+    writer._task.cancel()  # type: ignore[union-attr]  # no database will ever come back here
