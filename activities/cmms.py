@@ -21,8 +21,12 @@ class CmmsActivities:
         row_id = await self._pool.fetchval(
             """INSERT INTO work_orders (external_key, title, description, priority, asset_id)
                VALUES ($1, $2, $3, $4, $5) ON CONFLICT (external_key) DO NOTHING RETURNING id""",
-            req.external_key, req.title, req.description, req.priority.value, req.asset_id,
-        )  # fmt: skip
+            req.external_key,
+            req.title,
+            req.description,
+            req.priority.value,
+            req.asset_id,
+        )
         if row_id is not None:
             return WorkOrderRef(id=work_order_label(row_id), created=True)
         existing = await self._pool.fetchval(

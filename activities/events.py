@@ -22,7 +22,15 @@ class EventActivities:
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
                ON CONFLICT (workflow_id, detected_at) DO UPDATE SET text = EXCLUDED.text
                RETURNING id""",
-            req.workflow_id, a.plc_id, a.vendor, a.metric, a.sigma, a.window_mean,
-            a.baseline_mean, a.baseline_std, a.detected_at, a.describe(),
-        )  # fmt: skip
+            req.workflow_id,
+            a.plc_id,
+            a.vendor,
+            a.metric,
+            a.sigma,
+            a.window_mean,
+            a.baseline_mean,
+            a.baseline_std,
+            a.detected_at,
+            a.describe(),
+        )
         return event_id

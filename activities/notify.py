@@ -38,9 +38,11 @@ class NotifyActivities:
                 """INSERT INTO notifications (dedup_key, channel, recipient, body, workflow_id)
                    VALUES ($1, 'log', $2, $3, $4) ON CONFLICT (dedup_key) DO NOTHING
                    RETURNING id""",
-                f"approval/{req.workflow_id}/{req.code}/{recipient}", recipient, body,
+                f"approval/{req.workflow_id}/{req.code}/{recipient}",
+                recipient,
+                body,
                 req.workflow_id,
-            )  # fmt: skip
+            )
             if inserted is not None:
                 log.info("approval request to %s: %s", recipient, body.replace("\n", " "))
                 sent += 1

@@ -84,7 +84,9 @@ class PlcWriteActivities:
             return await self._write(req, plc, setpoint)
 
     async def _write(self, req: PlcWriteInput, plc: Plc, setpoint: Setpoint) -> PlcWriteResult:
-        row = await self._pool.fetchrow("SELECT * FROM plc_writes WHERE action_id = $1", req.action_id)
+        row = await self._pool.fetchrow(
+            "SELECT * FROM plc_writes WHERE action_id = $1", req.action_id
+        )
         if row is not None and row["status"] == "verified":
             return self._result(row, req, plc, setpoint)
         if row is not None and row["status"] == "mismatch":
@@ -97,9 +99,15 @@ class PlcWriteActivities:
                 """INSERT INTO plc_writes (action_id, workflow_id, action, plc_id, target,
                        approved_by, value_before, value_written, status)
                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending')""",
-                req.action_id, req.workflow_id, req.action, plc.id, setpoint.name,
-                req.approved_by, current, req.value,
-            )  # fmt: skip
+                req.action_id,
+                req.workflow_id,
+                req.action,
+                plc.id,
+                setpoint.name,
+                req.approved_by,
+                current,
+                req.value,
+            )
         else:
             # A previous attempt died between write and read-back: if the value is already
             # there the write landed, and writing it again would be a second write.
@@ -112,11 +120,19 @@ class PlcWriteActivities:
         row = await self._pool.fetchrow(
             """UPDATE plc_writes SET value_read_back = $2, status = $3, completed_at = now()
                WHERE action_id = $1 RETURNING *""",
-            req.action_id, read_back, "verified" if verified else "mismatch",
-        )  # fmt: skip
+            req.action_id,
+            read_back,
+            "verified" if verified else "mismatch",
+        )
         if not verified:
-            log.error("INCIDENT %s: wrote %s to %s.%s, read back %s", req.action_id, req.value,
-                      plc.id, setpoint.name, read_back)  # fmt: skip
+            log.error(
+                "INCIDENT %s: wrote %s to %s.%s, read back %s",
+                req.action_id,
+                req.value,
+                plc.id,
+                setpoint.name,
+                read_back,
+            )
             await self._pool.execute(
                 """INSERT INTO notifications (dedup_key, channel, recipient, body, workflow_id)
                    VALUES ($1, 'log', 'incident', $2, $3) ON CONFLICT DO NOTHING""",

@@ -61,7 +61,9 @@ def create_app(settings: Settings, client: Client, pool: asyncpg.Pool) -> Starle
             fields = ", ".join(".".join(map(str, e["loc"])) + ": " + e["msg"] for e in exc.errors())
             return _error(422, f"expected {{approve: bool, approver: str, code?: str}}; {fields}")
         if decision.approver not in settings.approvers:
-            log.warning("refused decision from unauthorised %s on %s", decision.approver, workflow_id)
+            log.warning(
+                "refused decision from unauthorised %s on %s", decision.approver, workflow_id
+            )
             return _error(403, f"{decision.approver} is not an authorised approver")
         handle = client.get_workflow_handle(workflow_id)
         try:

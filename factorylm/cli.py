@@ -21,8 +21,10 @@ def _db(settings: Settings, action: str) -> int:
         if action == "start":
             started = cluster.start()
             asyncio.run(prepare_database(settings))
-            print(f"PostgreSQL {'started' if started else 'already running'} on "
-                  f"{settings.pg_host}:{settings.pg_port}, database {settings.pg_database} migrated")  # fmt: skip
+            print(
+                f"PostgreSQL {'started' if started else 'already running'} on "
+                f"{settings.pg_host}:{settings.pg_port}, database {settings.pg_database} migrated"
+            )
         elif action == "stop":
             print("PostgreSQL stopped" if cluster.stop() else "PostgreSQL was not running")
         else:
@@ -40,8 +42,10 @@ def _temporal(settings: Settings, action: str) -> int:
     try:
         if action == "start":
             started = server.start()
-            print(f"Temporal {'started' if started else 'already running'} on "
-                  f"{settings.temporal_address}; Web UI {settings.temporal_ui_url}")  # fmt: skip
+            print(
+                f"Temporal {'started' if started else 'already running'} on "
+                f"{settings.temporal_address}; Web UI {settings.temporal_ui_url}"
+            )
         elif action == "stop":
             print("Temporal stopped" if server.stop() else "Temporal was not started by factorylm")
         else:
@@ -52,14 +56,21 @@ def _temporal(settings: Settings, action: str) -> int:
     return 0
 
 
-async def _serve(settings: Settings, *, workers: bool, ingest: bool, api: bool) -> None:
+async def _serve(settings: Settings, *, agents: bool, edge: bool, ingest: bool, api: bool) -> None:
     from factorylm.plant import load_plant
     from factorylm.stack import Stack
     from factorylm.temporal_client import connect
 
     client = await connect(settings)
-    stack = Stack(settings, load_plant(settings.plant_file), client,
-                  run_workers=workers, run_ingest=ingest, run_api=api)  # fmt: skip
+    stack = Stack(
+        settings,
+        load_plant(settings.plant_file),
+        client,
+        run_agents_worker=agents,
+        run_edge_worker=edge,
+        run_ingest=ingest,
+        run_api=api,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -101,13 +112,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="factorylm", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, what in (("db", "the embedded PostgreSQL cluster"), ("temporal", "the Temporal dev server")):
+    for name, what in (
+        ("db", "the embedded PostgreSQL cluster"),
+        ("temporal", "the Temporal dev server"),
+    ):
         p = sub.add_parser(name, help=f"start, stop or check {what}")
         p.add_argument("action", choices=["start", "stop", "status"])
     demo = sub.add_parser("demo", help="run the product on its embedded default with a scenario")
     demo.add_argument("--once", action="store_true", help="run the scenario, tear down, print JSON")
     sub.add_parser("doctor", help="check every part and say how to fix what is missing")
-    sub.add_parser("worker", help="run the agents and PLC-edge workers")
+    worker = sub.add_parser("worker", help="run the Temporal workers")
+    worker.add_argument(
+        "--queue",
+        choices=["agents", "plc-edge", "all"],
+        default="all",
+        help="agents: workflows and agent activities; plc-edge: PLC writes (run it where the "
+        "PLCs are reachable); all: both (default)",
+    )
     sub.add_parser("ingest", help="run the ingest process (collectors, writer, drift detector)")
     sub.add_parser("api", help="run the HTTP API")
     sub.add_parser("serve", help="run workers, ingest and API in one process")
@@ -140,13 +161,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cmd == "simulate":
         asyncio.run(_simulate(settings))
         return 0
-    flags = {
-        "worker": dict(workers=True, ingest=False, api=False),
-        "ingest": dict(workers=False, ingest=True, api=False),
-        "api": dict(workers=False, ingest=False, api=True),
-        "serve": dict(workers=True, ingest=True, api=True),
-    }[cmd]
-    asyncio.run(_serve(settings, **flags))
+    queue = getattr(args, "queue", "all")
+    asyncio.run(
+        _serve(
+            settings,
+            agents=cmd == "serve" or (cmd == "worker" and queue in ("agents", "all")),
+            edge=cmd == "serve" or (cmd == "worker" and queue in ("plc-edge", "all")),
+            ingest=cmd in ("ingest", "serve"),
+            api=cmd in ("api", "serve"),
+        )
+    )
     return 0
 
 

@@ -84,7 +84,9 @@ class Demo:
         say(f"PostgreSQL (TimescaleDB + pgvector) on {settings.pg_host}:{settings.pg_port}")
         server = DevServer(settings)
         self.temporal_started = await asyncio.to_thread(server.start)
-        say(f"Temporal server on {settings.temporal_address}, namespace {settings.temporal_namespace}")
+        say(
+            f"Temporal server on {settings.temporal_address}, namespace {settings.temporal_namespace}"
+        )
         for plc in self.plant.plcs:
             if plc.protocol is Protocol.MODBUS_TCP:
                 sim = SimulatedModbusPlc(plc, seed=7)
@@ -99,7 +101,9 @@ class Demo:
             f"ingest polling {len(self.plant.plcs)} PLC(s); drift window "
             f"{settings.drift_window_s:g} s, on-delay {settings.drift_on_delay_s:g} s"
         )
-        say(f"Temporal Web UI: {settings.temporal_ui_url}/namespaces/{settings.temporal_namespace}/workflows")
+        say(
+            f"Temporal Web UI: {settings.temporal_ui_url}/namespaces/{settings.temporal_namespace}/workflows"
+        )
         say(f"API: {settings.api_url} (try {settings.api_url}/health)")
 
     async def down(self) -> None:
@@ -125,7 +129,9 @@ class Demo:
             rows = await wait_for(
                 f"samples from {sc.plc_id} in the samples hypertable",
                 lambda: conn.fetchval(
-                    "SELECT count(*) FROM samples WHERE plc_id = $1 AND time >= $2", sc.plc_id, since
+                    "SELECT count(*) FROM samples WHERE plc_id = $1 AND time >= $2",
+                    sc.plc_id,
+                    since,
                 ),
             )
         finally:
@@ -180,22 +186,23 @@ class Demo:
 
 
 async def _result(handle: WorkflowHandle[Any, Any]) -> DriftResponseResult:
-    result: DriftResponseResult = await asyncio.wait_for(
-        handle.result(), timeout=60
-    )
+    result: DriftResponseResult = await asyncio.wait_for(handle.result(), timeout=60)
     desc = await handle.describe()
     assert desc.status == WorkflowExecutionStatus.COMPLETED
     return result
 
 
-async def run(settings: Settings, *, once: bool) -> int:
-    # The demo's drift window is short so the scenario answers in seconds, not minutes; the
-    # on-delay lets the window fill with the fault, so the alarm carries its full magnitude.
+def demo_settings(settings: Settings) -> Settings:
+    """The demo's drift window is short so the scenario answers in seconds, not minutes; the
+    on-delay lets the window fill with the fault, so the alarm carries its full magnitude."""
     quick = {"drift_window_s": 1.0, "drift_on_delay_s": 1.0}
-    settings = settings.model_copy(
+    return settings.model_copy(
         update={k: v for k, v in quick.items() if k not in settings.model_fields_set}
     )
-    demo = Demo(settings)
+
+
+async def run(settings: Settings, *, once: bool) -> int:
+    demo = Demo(demo_settings(settings))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -44,8 +44,12 @@ async def _postgres(settings: Settings) -> list[Check]:
             checks.append(Check(ext, False, f"extension {ext} not installed", "make setup"))
     if "timescaledb" not in preload:
         checks.append(
-            Check("preload", False, "timescaledb not in shared_preload_libraries",
-                  "factorylm db stop && rm -rf .factorylm/pgdata && factorylm db start")  # fmt: skip
+            Check(
+                "preload",
+                False,
+                "timescaledb not in shared_preload_libraries",
+                "factorylm db stop && rm -rf .factorylm/pgdata && factorylm db start",
+            )
         )
     return checks
 
@@ -54,26 +58,41 @@ async def _temporal(settings: Settings) -> list[Check]:
     checks = []
     binary = cli_path(settings)
     checks.append(
-        Check("temporal-cli", binary.exists(), str(binary) if binary.exists() else "not built",
-              "bash temporal/install.sh")  # fmt: skip
+        Check(
+            "temporal-cli",
+            binary.exists(),
+            str(binary) if binary.exists() else "not built",
+            "bash temporal/install.sh",
+        )
     )
     try:
         client = await asyncio.wait_for(connect(settings), timeout=5)
         await client.service_client.check_health()
         checks.append(
-            Check("temporal", True, f"server at {settings.temporal_address}, "
-                  f"namespace {settings.temporal_namespace}")  # fmt: skip
+            Check(
+                "temporal",
+                True,
+                f"server at {settings.temporal_address}, namespace {settings.temporal_namespace}",
+            )
         )
-    except (TemporalUnavailable, TimeoutError, RuntimeError) as exc:
+    except (TemporalUnavailable, TimeoutError, RuntimeError):
         checks.append(
-            Check("temporal", False, f"not reachable at {settings.temporal_address}: {exc}",
-                  "factorylm temporal start")  # fmt: skip
+            Check(
+                "temporal",
+                False,
+                f"not reachable at {settings.temporal_address}",
+                "factorylm temporal start",
+            )
         )
     host = settings.temporal_address.rpartition(":")[0]
     ui = port_open(host, settings.temporal_ui_port)
     checks.append(
-        Check("temporal-ui", ui, settings.temporal_ui_url + (" answers" if ui else " not answering"),
-              "factorylm temporal start")  # fmt: skip
+        Check(
+            "temporal-ui",
+            ui,
+            settings.temporal_ui_url + (" answers" if ui else " not answering"),
+            "factorylm temporal start",
+        )
     )
     return checks
 
@@ -84,9 +103,11 @@ def _embedding(settings: Settings) -> Check:
         return Check("embedding-model", True, "fastembed will download its default model")
     ok = (model_dir / "model.onnx").exists() and (model_dir / "tokenizer.json").exists()
     return Check(
-        "embedding-model", ok, f"{model_dir}" + ("" if ok else " has no model.onnx/tokenizer.json"),
+        "embedding-model",
+        ok,
+        f"{model_dir}" + ("" if ok else " has no model.onnx/tokenizer.json"),
         "set FACTORYLM_EMBEDDING_MODEL_DIR to the all-MiniLM-L6-v2 ONNX directory",
-    )  # fmt: skip
+    )
 
 
 async def run_checks(settings: Settings) -> list[Check]:

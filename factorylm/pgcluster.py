@@ -140,9 +140,16 @@ class Cluster:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self._chown_for_server(self.log_file.parent)
         result = self._pg_ctl(
-            "-l", str(self.log_file), "-o", f"-p {self.port}", "-w", "-t", str(int(timeout_s)),
-            "start", check=False,
-        )  # fmt: skip
+            "-l",
+            str(self.log_file),
+            "-o",
+            f"-p {self.port}",
+            "-w",
+            "-t",
+            str(int(timeout_s)),
+            "start",
+            check=False,
+        )
         deadline = time.monotonic() + timeout_s
         while result.returncode == 0 and not self.accepting() and time.monotonic() < deadline:
             time.sleep(0.1)

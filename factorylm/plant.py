@@ -106,7 +106,9 @@ class Plc(_Strict):
         for point in [*self.metrics, *self.setpoints]:
             missing = self._missing_address(point)
             if missing:
-                raise ValueError(f"point {point.name!r} needs {missing} for protocol {self.protocol}")
+                raise ValueError(
+                    f"point {point.name!r} needs {missing} for protocol {self.protocol}"
+                )
         return self
 
     def _missing_address(self, point: Point) -> str | None:

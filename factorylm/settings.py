@@ -54,7 +54,9 @@ class Settings(BaseSettings):
     public_url: str = "http://127.0.0.1:8000"
 
     # People allowed to approve risky actions, as channel addresses ("whatsapp:+15551230001").
-    approvers: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["whatsapp:+15550100001"])
+    approvers: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["whatsapp:+15550100001"]
+    )
     approval_timeout_s: float = Field(default=300.0, gt=0)
 
     # Drift detection (streaming, in the ingest process).
@@ -80,6 +82,11 @@ class Settings(BaseSettings):
         if isinstance(value, str) and not value.lstrip().startswith("["):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    @field_validator("embedding_model_dir", mode="before")
+    @classmethod
+    def _empty_is_download(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("temporal_address")
     @classmethod

@@ -15,6 +15,7 @@ import uvicorn
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.plc_write import PlcWriteActivities
 from api.app import create_app
 from factorylm.db.pool import create_pool, prepare_database
 from factorylm.plant import Plant
@@ -48,7 +49,8 @@ class Stack:
     settings: Settings
     plant: Plant
     client: Client
-    run_workers: bool = True
+    run_agents_worker: bool = True
+    run_edge_worker: bool = True
     run_ingest: bool = True
     run_api: bool = True
     pool: asyncpg.Pool | None = None
@@ -56,20 +58,23 @@ class Stack:
     _workers: list[Worker] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _api: EmbeddedUvicorn | None = None
-    _closers: list[plc_edge.PlcWriteActivities] = field(default_factory=list)
+    _closers: list[PlcWriteActivities] = field(default_factory=list)
 
     async def start(self) -> None:
         await prepare_database(self.settings)
         self.pool = await create_pool(self.settings)
-        if self.run_workers:
-            agents_worker = agents.build_worker(self.client, self.pool, self.plant, self.settings)
+        if self.run_agents_worker:
+            self._workers.append(
+                agents.build_worker(self.client, self.pool, self.plant, self.settings)
+            )
+        if self.run_edge_worker:
             edge_worker, writes = plc_edge.build_worker(
                 self.client, self.pool, self.plant, self.settings
             )
+            self._workers.append(edge_worker)
             self._closers.append(writes)
-            for worker in (agents_worker, edge_worker):
-                self._workers.append(worker)
-                self._tasks.append(asyncio.create_task(worker.run()))
+        for worker in self._workers:
+            self._tasks.append(asyncio.create_task(worker.run()))
         if self.run_ingest:
             self.ingest = IngestService(
                 self.settings, self.plant, self.client, drift=drift_config(self.settings)

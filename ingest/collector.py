@@ -40,8 +40,9 @@ class Collector:
                 except PlcError as exc:
                     self.consecutive_errors += 1
                     self.last_error = str(exc)
-                    log.warning("%s (attempt %d, retry in %.1f s)",
-                                exc, self.consecutive_errors, backoff)  # fmt: skip
+                    log.warning(
+                        "%s (attempt %d, retry in %.1f s)", exc, self.consecutive_errors, backoff
+                    )
                     await self._driver.close()
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 30.0)

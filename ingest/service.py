@@ -56,7 +56,9 @@ class IngestService:
     async def start(self) -> None:
         self.writer.start()
         for collector in self.collectors:
-            self._tasks.append(asyncio.create_task(collector.run(), name=f"collect-{collector.plc.id}"))
+            self._tasks.append(
+                asyncio.create_task(collector.run(), name=f"collect-{collector.plc.id}")
+            )
         log.info("ingest started: %d PLCs", len(self.collectors))
 
     async def stop(self) -> None:
@@ -66,5 +68,8 @@ class IngestService:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.starter.drain()
         await self.writer.stop()
-        log.info("ingest stopped: %d samples written, %d dropped",
-                 self.writer.written, self.writer.dropped)  # fmt: skip
+        log.info(
+            "ingest stopped: %d samples written, %d dropped",
+            self.writer.written,
+            self.writer.dropped,
+        )

@@ -92,8 +92,12 @@ class BatchWriter:
                 backoff = 0.1
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 self.last_error = str(exc)
-                log.warning("write failed (%s); %d samples buffered, retry in %.1f s",
-                            exc, len(self._buffer), backoff)  # fmt: skip
+                log.warning(
+                    "write failed (%s); %d samples buffered, retry in %.1f s",
+                    exc,
+                    len(self._buffer),
+                    backoff,
+                )
                 if self._conn is not None:
                     self._conn.terminate()
                     self._conn = None
@@ -126,5 +130,7 @@ class BatchWriter:
             self.dropped += overflow
             log.warning(
                 "sample buffer full (%d rows): dropped the %d oldest, %d dropped in total",
-                self._buffer_rows, overflow, self.dropped,
-            )  # fmt: skip
+                self._buffer_rows,
+                overflow,
+                self.dropped,
+            )

@@ -33,8 +33,11 @@ def ensure_cli(settings: Settings) -> Path:
     path = cli_path(settings)
     if path.exists():
         return path
-    env = dict(os.environ, TEMPORAL_CLI_VERSION=settings.temporal_version,
-               FACTORYLM_CACHE=str(settings.cache_dir))  # fmt: skip
+    env = dict(
+        os.environ,
+        TEMPORAL_CLI_VERSION=settings.temporal_version,
+        FACTORYLM_CACHE=str(settings.cache_dir),
+    )
     result = subprocess.run(["bash", str(INSTALL_SCRIPT)], env=env, capture_output=True, text=True)
     if result.returncode != 0 or not path.exists():
         raise DevServerError(f"building the Temporal CLI failed:\n{result.stderr[-2000:]}")
@@ -75,16 +78,26 @@ class DevServer:
 
     def command(self, binary: Path) -> list[str]:
         cmd = [
-            str(binary), "server", "start-dev",
-            "--db-filename", str(self._dir / "temporal.db"),
-            "--ip", self.host,
-            "--port", str(self.port),
-            "--ui-port", str(self.settings.temporal_ui_port),
-            "--namespace", self.settings.temporal_namespace,
-            "--log-level", "warn",
-            "--dynamic-config-value", "frontend.enableUpdateWorkflowExecution=true",
-            "--dynamic-config-value", "system.forceSearchAttributesCacheRefreshOnRead=true",
-        ]  # fmt: skip
+            str(binary),
+            "server",
+            "start-dev",
+            "--db-filename",
+            str(self._dir / "temporal.db"),
+            "--ip",
+            self.host,
+            "--port",
+            str(self.port),
+            "--ui-port",
+            str(self.settings.temporal_ui_port),
+            "--namespace",
+            self.settings.temporal_namespace,
+            "--log-level",
+            "warn",
+            "--dynamic-config-value",
+            "frontend.enableUpdateWorkflowExecution=true",
+            "--dynamic-config-value",
+            "system.forceSearchAttributesCacheRefreshOnRead=true",
+        ]
         for key in SEARCH_ATTRIBUTES:
             cmd += ["--search-attribute", f"{key.name}=Keyword"]
         return cmd

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import pytest
+from helpers import free_port
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
@@ -18,7 +19,6 @@ from factorylm.db.pool import create_pool, prepare_database
 from factorylm.pgcluster import Cluster
 from factorylm.settings import Settings, load_settings
 from factorylm.temporal_client import SEARCH_ATTRIBUTES
-from helpers import free_port
 from temporal.devserver import ensure_cli
 
 TEST_DB = "factorylm_test"
@@ -61,15 +61,18 @@ async def temporal_env(base_settings: Settings) -> AsyncIterator[WorkflowEnviron
         ui=True,
         ui_port=base_settings.temporal_ui_port,
         dev_server_extra_args=[
-            "--dynamic-config-value", "frontend.enableUpdateWorkflowExecution=true",
-        ],  # fmt: skip
+            "--dynamic-config-value",
+            "frontend.enableUpdateWorkflowExecution=true",
+        ],
     )
     yield env
     await env.shutdown()
 
 
 @pytest.fixture(scope="session")
-def settings(base_settings: Settings, temporal_env: WorkflowEnvironment, postgres: None) -> Settings:
+def settings(
+    base_settings: Settings, temporal_env: WorkflowEnvironment, postgres: None
+) -> Settings:
     target = temporal_env.client.service_client.config.target_host
     return base_settings.model_copy(update={"temporal_address": target})
 

@@ -37,7 +37,9 @@ class ModbusTcpDriver:
                     block.start, count=block.count, device_id=self.plc.device_id
                 )
             except ModbusException as exc:
-                raise PlcError(f"PLC {self.plc.id}: read {block.start}+{block.count}: {exc}") from exc
+                raise PlcError(
+                    f"PLC {self.plc.id}: read {block.start}+{block.count}: {exc}"
+                ) from exc
             if response.isError():
                 raise PlcError(
                     f"PLC {self.plc.id}: read {block.start}+{block.count} answered {response}"

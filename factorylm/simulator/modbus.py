@@ -53,7 +53,7 @@ class SimulatedModbusPlc:
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        await self._server.shutdown()
+        await self._server.shutdown()  # type: ignore[no-untyped-call]
 
     async def _run(self) -> None:
         while True:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from helpers import plant_with_free_ports
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 from temporalio.exceptions import ApplicationError
@@ -17,7 +18,6 @@ from factorylm.drivers import PlcError, driver_for
 from factorylm.models import PlcWriteInput
 from factorylm.plant import Plant
 from factorylm.simulator.modbus import SimulatedModbusPlc
-from helpers import plant_with_free_ports
 
 
 @pytest.fixture
@@ -37,7 +37,9 @@ async def test_driver_reads_decodes_and_scales(sim_plant: tuple[Plant, Simulated
         await sim.tick()
         values = await driver.read_points(list(plc.metrics))
         for metric in plc.metrics:
-            assert values[metric.name] == pytest.approx(await sim.read(metric.name), abs=metric.scale)
+            assert values[metric.name] == pytest.approx(
+                await sim.read(metric.name), abs=metric.scale
+            )
         assert values["vibration"] == pytest.approx(2.1, abs=5 * 0.3)  # scaled 0.01 mm/s
         assert values["motor_temp"] == pytest.approx(52.0, abs=5 * 1.5)  # signed, 0.1 °C
     finally:
@@ -74,8 +76,12 @@ async def test_write_is_verified_audited_and_idempotent(
 ) -> None:
     plant, sim = sim_plant
     acts = PlcWriteActivities(pool, plant)
-    req = PlcWriteInput(action_id="wf-1/run/reduce", workflow_id="wf-1",
-                        action="reduce_motor_speed_to_60pct", value=1050)  # fmt: skip
+    req = PlcWriteInput(
+        action_id="wf-1/run/reduce",
+        workflow_id="wf-1",
+        action="reduce_motor_speed_to_60pct",
+        value=1050,
+    )
     try:
         result = await _write(acts, req)
         assert result.verified and result.value_before == 1750 and result.value_read_back == 1050
@@ -87,7 +93,11 @@ async def test_write_is_verified_audited_and_idempotent(
         assert await sim.read("speed_setpoint") == 1500
         row = await pool.fetchrow("SELECT * FROM plc_writes WHERE action_id = $1", req.action_id)
         assert row["status"] == "verified" and row["approved_by"] is None
-        assert (row["value_before"], row["value_written"], row["value_read_back"]) == (1750, 1050, 1050)
+        assert (row["value_before"], row["value_written"], row["value_read_back"]) == (
+            1750,
+            1050,
+            1050,
+        )
     finally:
         await acts.close()
 
@@ -115,9 +125,16 @@ async def test_retry_after_a_crash_between_write_and_read_back_does_not_write_tw
 
     driver.write_point = counting  # type: ignore[method-assign]
     try:
-        result = await _write(acts, PlcWriteInput(
-            action_id="wf-2/run/shutdown", workflow_id="wf-2", action="shutdown_motor", value=0,
-            approved_by="whatsapp:+15550100001"))  # fmt: skip
+        result = await _write(
+            acts,
+            PlcWriteInput(
+                action_id="wf-2/run/shutdown",
+                workflow_id="wf-2",
+                action="shutdown_motor",
+                value=0,
+                approved_by="whatsapp:+15550100001",
+            ),
+        )
     finally:
         await acts.close()
     assert result.verified and result.value_before == 1
@@ -136,14 +153,21 @@ async def test_read_back_mismatch_is_an_incident_not_a_retry(
         return None
 
     server = ModbusTcpServer(
-        SimDevice(id=plc.device_id, action=clamp,
-                  simdata=[SimData(0, count=51, values=1750, datatype=DataType.REGISTERS)]),
+        SimDevice(
+            id=plc.device_id,
+            action=clamp,
+            simdata=[SimData(0, count=51, values=1750, datatype=DataType.REGISTERS)],
+        ),
         address=(plc.host, plc.port or 0),
-    )  # fmt: skip
+    )
     await server.serve_forever(background=True)
     acts = PlcWriteActivities(pool, plant)
-    req = PlcWriteInput(action_id="wf-3/run/reduce", workflow_id="wf-3",
-                        action="reduce_motor_speed_to_60pct", value=1050)  # fmt: skip
+    req = PlcWriteInput(
+        action_id="wf-3/run/reduce",
+        workflow_id="wf-3",
+        action="reduce_motor_speed_to_60pct",
+        value=1050,
+    )
     try:
         with pytest.raises(ApplicationError) as err:
             await _write(acts, req)
@@ -166,9 +190,13 @@ async def test_out_of_bounds_request_never_reaches_the_plc(
 ) -> None:
     plant, sim = sim_plant
     acts = PlcWriteActivities(pool, plant)
-    req = PlcWriteInput(action_id="wf-4/run/x", workflow_id="wf-4",
-                        action="reduce_motor_speed_to_60pct", value=1700)  # fmt: skip
+    req = PlcWriteInput(
+        action_id="wf-4/run/x", workflow_id="wf-4", action="reduce_motor_speed_to_60pct", value=1700
+    )
     with pytest.raises(ApplicationError, match="writes exactly 1050"):
         await _write(acts, req)
     assert await sim.read("speed_setpoint") == 1750
-    assert await pool.fetchval("SELECT count(*) FROM plc_writes WHERE action_id = $1", req.action_id) == 0
+    assert (
+        await pool.fetchval("SELECT count(*) FROM plc_writes WHERE action_id = $1", req.action_id)
+        == 0
+    )

@@ -6,9 +6,9 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+from helpers import free_port
 
 from factorylm.settings import Settings
-from helpers import free_port
 from ingest.writer import BatchWriter
 
 
@@ -33,14 +33,14 @@ async def test_rows_arrive_by_size_and_stop_flushes_the_rest(
     await wait_until(lambda: writer.written >= 2000)  # two full batches, without the timer
     assert writer.pending == 500
     await writer.stop()
-    rows = await pool.fetch(
-        "SELECT value FROM samples WHERE plc_id = 'writer-a' ORDER BY time"
-    )
+    rows = await pool.fetch("SELECT value FROM samples WHERE plc_id = 'writer-a' ORDER BY time")
     assert [r["value"] for r in rows] == [float(i) for i in range(2500)]
     assert writer.dropped == 0
 
 
-async def test_time_flush_happens_without_a_full_batch(settings: Settings, pool: asyncpg.Pool) -> None:
+async def test_time_flush_happens_without_a_full_batch(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
     writer = BatchWriter(settings.pg_dsn, max_rows=10_000, max_delay_s=0.2)
     writer.start()
     writer.add(samples("writer-b", 3))
@@ -93,7 +93,9 @@ class SwitchableProxy:
             self._server.close()
 
 
-async def test_outage_loses_nothing_within_the_buffer(settings: Settings, pool: asyncpg.Pool) -> None:
+async def test_outage_loses_nothing_within_the_buffer(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
     proxy = SwitchableProxy(settings.pg_port)
     await proxy.start()
     via_proxy = settings.model_copy(update={"pg_port": proxy.port})
@@ -110,8 +112,12 @@ async def test_outage_loses_nothing_within_the_buffer(settings: Settings, pool: 
     await wait_until(lambda: writer.written == 900)
     await writer.stop()
     await proxy.close()
-    values = [r["value"] for r in await pool.fetch(
-        "SELECT value FROM samples WHERE plc_id = 'writer-e' ORDER BY time")]  # fmt: skip
+    values = [
+        r["value"]
+        for r in await pool.fetch(
+            "SELECT value FROM samples WHERE plc_id = 'writer-e' ORDER BY time"
+        )
+    ]
     assert values == [float(i) for i in range(900)]
     assert writer.dropped == 0
 

@@ -12,9 +12,15 @@ def point(**kw: object) -> Point:
 
 @pytest.mark.parametrize(
     ("kind", "value", "scale"),
-    [("u16", 1750, 1), ("i16", -40.5, 0.1), ("u32", 123456789, 1), ("i32", -7654321, 1),
-     ("f32", 3.25, 1), ("u16", 2.37, 0.01)],
-)  # fmt: skip
+    [
+        ("u16", 1750, 1),
+        ("i16", -40.5, 0.1),
+        ("u32", 123456789, 1),
+        ("i32", -7654321, 1),
+        ("f32", 3.25, 1),
+        ("u16", 2.37, 0.01),
+    ],
+)
 def test_round_trip(kind: str, value: float, scale: float) -> None:
     p = point(type=kind, scale=scale)
     assert decode(p, encode(p, value)) == pytest.approx(value, abs=scale / 2)

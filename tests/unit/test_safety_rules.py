@@ -19,10 +19,18 @@ PLANT = load_plant(PROJECT_ROOT / "config" / "plant.yaml")
 def alert(metric: str, sigma: float, plc: str = "conveyor-1") -> DriftAlert:
     now = datetime.now(UTC)
     return DriftAlert(
-        plc_id=plc, vendor="generic_modbus", metric=metric, sigma=sigma, window_mean=0,
-        window_count=10, window_seconds=300, baseline_mean=0, baseline_std=1,
-        sample_time=now, detected_at=now,
-    )  # fmt: skip
+        plc_id=plc,
+        vendor="generic_modbus",
+        metric=metric,
+        sigma=sigma,
+        window_mean=0,
+        window_count=10,
+        window_seconds=300,
+        baseline_mean=0,
+        baseline_std=1,
+        sample_time=now,
+        detected_at=now,
+    )
 
 
 def write(action: str, value: float, approved_by: str | None = None) -> PlcWriteInput:

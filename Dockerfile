@@ -1,0 +1,17 @@
+# One image for every FactoryLM process; the compose file picks the command.
+FROM python:3.11-slim
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY factorylm ./factorylm
+COPY workflows ./workflows
+COPY activities ./activities
+COPY workers ./workers
+COPY ingest ./ingest
+COPY api ./api
+COPY temporal ./temporal
+COPY config ./config
+RUN pip install --no-cache-dir . && useradd --system --uid 10001 factorylm
+USER factorylm
+ENTRYPOINT ["factorylm"]
+CMD ["--help"]

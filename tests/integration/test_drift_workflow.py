@@ -1,0 +1,203 @@
+"""DriftResponseWorkflow on the real Temporal server, real Postgres and a real Modbus peer."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from helpers import plant_with_free_ports
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+
+from factorylm.models import ApprovalDecision, DriftAlert, DriftResponseResult, PendingApproval
+from factorylm.plant import Plant
+from factorylm.settings import Settings
+from factorylm.simulator.modbus import SimulatedModbusPlc
+from factorylm.stack import Stack
+from ingest.alerts import WorkflowStarter
+from workflows.drift_response import DriftResponseWorkflow
+
+APPROVER = "whatsapp:+15550100001"
+
+
+@dataclass
+class Rig:
+    settings: Settings
+    plant: Plant
+    sim: SimulatedModbusPlc
+    client: Client
+    pool: asyncpg.Pool
+
+
+@pytest.fixture
+async def rig(
+    tmp_path: Path, settings: Settings, client: Client, pool: asyncpg.Pool
+) -> AsyncIterator[Rig]:
+    plant, _ = plant_with_free_ports(tmp_path)
+    queue = f"wf-test-{uuid.uuid4().hex[:8]}"
+    s = settings.model_copy(
+        update={
+            "task_queue": queue,
+            "plc_task_queue": f"{queue}-edge",
+            "approval_timeout_s": 4.0,
+            "approvers": [APPROVER, "whatsapp:+15550100002"],
+        }
+    )
+    sim = SimulatedModbusPlc(plant.plcs[0], seed=1)
+    await sim.start()
+    stack = Stack(s, plant, client, run_ingest=False, run_api=False)
+    await stack.start()
+    yield Rig(s, plant, sim, client, pool)
+    await stack.stop()
+    await sim.stop()
+
+
+def alert(sigma: float, metric: str = "vibration") -> DriftAlert:
+    now = datetime.now(UTC)
+    return DriftAlert(
+        plc_id="conveyor-1",
+        vendor="generic_modbus",
+        metric=metric,
+        unit="mm/s",
+        sigma=sigma,
+        window_mean=2.1 + sigma * 0.3,
+        window_count=20,
+        window_seconds=5,
+        baseline_mean=2.1,
+        baseline_std=0.3,
+        sample_time=now,
+        detected_at=now,
+    )
+
+
+async def start(rig: Rig, a: DriftAlert) -> WorkflowHandle[Any, DriftResponseResult]:
+    return await rig.client.start_workflow(
+        DriftResponseWorkflow.run,
+        a,
+        id=f"{a.workflow_id}-{uuid.uuid4().hex[:6]}",
+        task_queue=rig.settings.task_queue,
+    )
+
+
+async def pending(handle: WorkflowHandle[Any, Any]) -> PendingApproval:
+    for _ in range(200):
+        p = await handle.query(DriftResponseWorkflow.pending_approval)
+        if p is not None:
+            return p  # type: ignore[no-any-return]
+        await asyncio.sleep(0.05)
+    raise AssertionError("no approval was requested")
+
+
+async def test_approved_shutdown_writes_verifies_and_opens_a_work_order(rig: Rig) -> None:
+    handle = await start(rig, alert(6.0))
+    request = await pending(handle)
+    assert request.action == "shutdown_motor" and len(request.code) == 4
+    sent = await rig.pool.fetchval(
+        "SELECT count(*) FROM notifications WHERE workflow_id = $1", handle.id
+    )
+    assert sent == 2  # both configured approvers were asked
+    outcome = await handle.execute_update(
+        DriftResponseWorkflow.decide,
+        ApprovalDecision(approve=True, approver=APPROVER, code=request.code),
+    )
+    assert outcome == "approved"
+    result = await handle.result()
+    assert result.status == "completed" and result.approved_by == APPROVER
+    assert result.value_written == result.value_read_back == 0
+    assert await rig.sim.read("motor_run") == 0
+    audit = await rig.pool.fetchrow("SELECT * FROM plc_writes WHERE workflow_id = $1", handle.id)
+    assert (
+        audit["approved_by"] == APPROVER
+        and audit["value_before"] == 1
+        and audit["status"] == "verified"
+    )
+    wo = await rig.pool.fetchrow(
+        "SELECT * FROM work_orders WHERE asset_id = 'conveyor-1' AND external_key LIKE $1",
+        f"{handle.id}/%",
+    )
+    assert f"WO-{wo['id']:06d}" == result.work_order_id
+    assert wo["priority"] == "HIGH" and "approved by " + APPROVER in wo["description"]
+
+
+async def test_bad_decisions_are_rejected_and_a_duplicate_has_no_effect(rig: Rig) -> None:
+    handle = await start(rig, alert(5.0))
+    request = await pending(handle)
+    with pytest.raises(WorkflowUpdateFailedError) as err:
+        await handle.execute_update(
+            DriftResponseWorkflow.decide,
+            ApprovalDecision(approve=True, approver="whatsapp:+19990000000"),
+        )
+    assert "not an authorised approver" in str(err.value.cause)
+    wrong = "0000" if request.code != "0000" else "1111"
+    with pytest.raises(WorkflowUpdateFailedError) as mismatch:
+        await handle.execute_update(
+            DriftResponseWorkflow.decide,
+            ApprovalDecision(approve=True, approver=APPROVER, code=wrong),
+        )
+    assert "does not match the pending request" in str(mismatch.value.cause)
+    assert (
+        await handle.execute_update(
+            DriftResponseWorkflow.decide, ApprovalDecision(approve=False, approver=APPROVER)
+        )
+        == "denied"
+    )
+    with pytest.raises(WorkflowUpdateFailedError) as dup:
+        await handle.execute_update(
+            DriftResponseWorkflow.decide, ApprovalDecision(approve=True, approver=APPROVER)
+        )
+    assert "no approval is pending" in str(dup.value.cause)
+    result = await handle.result()
+    assert result.status == "denied" and result.value_written is None
+    assert (
+        await rig.pool.fetchval("SELECT count(*) FROM plc_writes WHERE workflow_id = $1", handle.id)
+        == 0
+    )
+    assert await rig.sim.read("motor_run") == 1
+
+
+async def test_no_answer_in_time_means_no_write(rig: Rig) -> None:
+    handle = await start(rig, alert(7.0))
+    await pending(handle)
+    result = await handle.result()
+    assert result.status == "not_approved_in_time" and result.value_written is None
+    assert (
+        await rig.pool.fetchval("SELECT count(*) FROM plc_writes WHERE workflow_id = $1", handle.id)
+        == 0
+    )
+    assert await rig.sim.read("motor_run") == 1
+    description = await rig.pool.fetchval(
+        "SELECT description FROM work_orders WHERE external_key LIKE $1", f"{handle.id}/%"
+    )
+    assert "not_approved_in_time" in description
+
+
+async def test_auto_action_runs_without_approval(rig: Rig) -> None:
+    handle = await start(rig, alert(2.5))
+    result = await handle.result()
+    assert (result.action, result.policy, result.status) == (
+        "reduce_motor_speed_to_60pct",
+        "auto",
+        "completed",
+    )
+    assert result.approved_by is None and result.value_read_back == 1050
+    assert await rig.sim.read("speed_setpoint") == 1050
+
+
+async def test_a_drift_storm_is_one_workflow(rig: Rig) -> None:
+    starter = WorkflowStarter(rig.client, rig.settings.task_queue)
+    storm = alert(6.0, metric="motor_temp")
+    await asyncio.gather(*(starter.start(storm) for _ in range(20)))
+    run_ids = {run for _, run, _ in starter.started}
+    assert len(starter.started) == 20 and len(run_ids) == 1
+    handle = rig.client.get_workflow_handle(storm.workflow_id)
+    desc = await handle.describe()
+    assert desc.search_attributes["PlcId"] == ["conveyor-1"]
+    assert desc.search_attributes["Metric"] == ["motor_temp"]
+    assert desc.search_attributes["Severity"] == ["critical"]
+    await handle.terminate("test done")

@@ -1,0 +1,60 @@
+"""docker-compose.yml structure (Docker does not run on these machines)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import yaml
+
+from factorylm.settings import PROJECT_ROOT, Settings
+
+COMPOSE = yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())
+SERVICES: dict[str, Any] = COMPOSE["services"]
+APP_SERVICES = ("ingest", "worker", "plc-edge", "api")
+
+
+def env_of(name: str) -> dict[str, str]:
+    return {k: str(v) for k, v in (SERVICES[name].get("environment") or {}).items()}
+
+
+def test_services_and_images() -> None:
+    assert {"timescaledb", "temporal", "temporal-ui", *APP_SERVICES} <= set(SERVICES)
+    assert SERVICES["timescaledb"]["image"].startswith("timescale/timescaledb-ha:pg15")
+    assert SERVICES["temporal"]["image"].startswith("temporalio/auto-setup:")
+    assert SERVICES["temporal-ui"]["image"].startswith("temporalio/ui:")
+    assert (
+        env_of("temporal")["POSTGRES_SEEDS"] == "timescaledb"
+    )  # Temporal persists on that Postgres
+    for name in APP_SERVICES:
+        assert SERVICES[name]["build"] == "."  # one Dockerfile for every process
+    assert (PROJECT_ROOT / "Dockerfile").exists()
+
+
+def test_ports() -> None:
+    def published(name: str) -> set[int]:
+        return {int(str(p).rsplit(":", 2)[-1]) for p in SERVICES[name].get("ports", [])}
+
+    assert 7233 in published("temporal")
+    assert 8080 in published("temporal-ui")  # published as 8233, as the embedded Web UI
+    assert any(str(p).split(":")[-2] == "8233" for p in SERVICES["temporal-ui"]["ports"])
+    assert 8000 in published("api")
+
+
+def test_app_environment_names_are_settings() -> None:
+    fields = {f"FACTORYLM_{name.upper()}" for name in Settings.model_fields}
+    for name in APP_SERVICES:
+        env = env_of(name)
+        unknown = {k for k in env if k.startswith("FACTORYLM_")} - fields
+        assert not unknown, f"{name}: {unknown} are not settings"
+        assert env["FACTORYLM_PG_HOST"] == "timescaledb"
+        assert env["FACTORYLM_TEMPORAL_ADDRESS"].startswith("temporal:")
+    assert env_of("api")["FACTORYLM_API_HOST"] == "0.0.0.0"
+
+
+def test_no_secret_is_written_in_the_file() -> None:
+    secretish = re.compile(r"(PASSWORD|PWD|TOKEN|SECRET|KEY)$")
+    for name, service in SERVICES.items():
+        for key, value in (service.get("environment") or {}).items():
+            if secretish.search(key):
+                assert re.fullmatch(r"\$\{[A-Z_]+(:\?[^}]*)?\}", str(value)), f"{name}.{key}"
