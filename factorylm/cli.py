@@ -133,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("api", help="run the HTTP API")
     sub.add_parser("serve", help="run workers, ingest and API in one process")
     sub.add_parser("simulate", help="serve the plant file's PLCs from simulated protocol peers")
+    bench = sub.add_parser("bench", help="run benchmarks; one JSON line each")
+    bench.add_argument("name", nargs="?", default="all", help="a benchmark name, or all")
     return parser
 
 
@@ -158,6 +160,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from factorylm import demo
 
         return demo.main(settings, once=args.once)
+    if cmd == "bench":
+        from factorylm import bench
+
+        if args.name != "all" and args.name not in bench.BENCHMARKS:
+            known = ", ".join(bench.BENCHMARKS)
+            print(f"error: no benchmark {args.name!r}; known: {known}, all", file=sys.stderr)
+            return 2
+        return bench.main(settings, args.name)
     if cmd == "simulate":
         asyncio.run(_simulate(settings))
         return 0

@@ -1,0 +1,81 @@
+"""`make bench` / `factorylm bench NAME`: one JSON line per benchmark, with its anchor.
+
+Each benchmark measures the product's figure and, in the same run, an anchor for the same work
+done the plainest possible way, and prints {"bench", "value", "unit", "anchor", "ratio"}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from factorylm.db.pool import prepare_database
+from factorylm.pgcluster import Cluster
+from factorylm.settings import Settings
+from ingest.writer import _COLUMNS, BatchWriter, Sample
+
+Bench = Callable[[Settings], Awaitable[dict[str, Any]]]
+
+
+def _rows(tag: str, n: int) -> list[Sample]:
+    t0 = datetime.now(UTC) - timedelta(hours=1)
+    metrics = ("motor_speed", "motor_temp", "vibration", "current")
+    return [
+        (t0 + timedelta(microseconds=i * 100), f"{tag}-{i % 50}", metrics[i % 4], i * 0.001)
+        for i in range(n)
+    ]
+
+
+async def ingest_writer(settings: Settings, n: int = 300_000) -> dict[str, Any]:
+    """The batch writer's rows/s against one raw COPY of the same rows into the same table."""
+    conn = await asyncpg.connect(settings.pg_dsn)
+    try:
+        raw_rows = _rows("bench-raw", n)
+        t0 = time.perf_counter()
+        await conn.copy_records_to_table("samples", records=raw_rows, columns=_COLUMNS)
+        anchor = n / (time.perf_counter() - t0)
+
+        writer_rows = _rows("bench-writer", n)
+        writer = BatchWriter(settings.pg_dsn, max_rows=settings.batch_max_rows, buffer_rows=2 * n)
+        writer.start()
+        t0 = time.perf_counter()
+        for i in range(0, n, 1000):  # arrives in poll-sized chunks, as from collectors
+            writer.add(writer_rows[i : i + 1000])
+            await asyncio.sleep(0)
+        await writer.stop()
+        value = writer.written / (time.perf_counter() - t0)
+        assert writer.written == n and writer.dropped == 0
+        await conn.execute("DELETE FROM samples WHERE plc_id LIKE 'bench-%'")
+    finally:
+        await conn.close()
+    return {
+        "bench": "ingest_writer",
+        "value": round(value),
+        "unit": "rows/s",
+        "anchor": round(anchor),
+        "ratio": round(value / anchor, 3),
+        "rows": n,
+    }
+
+
+BENCHMARKS: dict[str, Bench] = {"ingest_writer": ingest_writer}
+
+
+async def run(settings: Settings, names: list[str]) -> None:
+    Cluster.from_settings(settings).start()
+    await prepare_database(settings)
+    for name in names:
+        result = await BENCHMARKS[name](settings)
+        print(json.dumps(result), flush=True)
+
+
+def main(settings: Settings, name: str) -> int:
+    names = list(BENCHMARKS) if name == "all" else [name]
+    asyncio.run(run(settings, names))
+    return 0
