@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import socket
+from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
 
+from factorylm.models import DriftAlert
 from factorylm.plant import Plant
 from factorylm.settings import PROJECT_ROOT
 
@@ -25,3 +27,23 @@ def plant_with_free_ports(tmp_path: Path) -> tuple[Plant, Path]:
     path = tmp_path / "plant.yaml"
     path.write_text(yaml.safe_dump(raw))
     return Plant.model_validate(raw), path
+
+
+def make_alert(
+    sigma: float, metric: str = "vibration", plc: str = "conveyor-1", *, std: float = 1.0
+) -> DriftAlert:
+    """A drift alert as the detector would raise it, `sigma` away from a baseline at 0."""
+    now = datetime.now(UTC)
+    return DriftAlert(
+        plc_id=plc,
+        vendor="generic_modbus",
+        metric=metric,
+        sigma=sigma,
+        window_mean=sigma * std,
+        window_count=20,
+        window_seconds=5,
+        baseline_mean=0.0,
+        baseline_std=std,
+        sample_time=now,
+        detected_at=now,
+    )

@@ -5,15 +5,13 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
-from helpers import free_port, plant_with_free_ports
+from helpers import free_port, make_alert, plant_with_free_ports
 from temporalio.client import Client
 
-from factorylm.models import DriftAlert
 from factorylm.settings import Settings
 from factorylm.simulator.modbus import SimulatedModbusPlc
 from factorylm.stack import Stack
@@ -48,20 +46,7 @@ async def api(
 
 
 async def waiting_workflow(stack: Stack) -> str:
-    now = datetime.now(UTC)
-    alert = DriftAlert(
-        plc_id="conveyor-1",
-        vendor="generic_modbus",
-        metric="current",
-        sigma=5.0,
-        window_mean=15.5,
-        window_count=10,
-        window_seconds=5,
-        baseline_mean=12.5,
-        baseline_std=0.6,
-        sample_time=now,
-        detected_at=now,
-    )
+    alert = make_alert(5.0, metric="current")
     handle = await stack.client.start_workflow(
         DriftResponseWorkflow.run,
         alert,

@@ -6,12 +6,12 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
+from helpers import make_alert as alert
 from helpers import plant_with_free_ports
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 
@@ -56,24 +56,6 @@ async def rig(
     yield Rig(s, plant, sim, client, pool)
     await stack.stop()
     await sim.stop()
-
-
-def alert(sigma: float, metric: str = "vibration") -> DriftAlert:
-    now = datetime.now(UTC)
-    return DriftAlert(
-        plc_id="conveyor-1",
-        vendor="generic_modbus",
-        metric=metric,
-        unit="mm/s",
-        sigma=sigma,
-        window_mean=2.1 + sigma * 0.3,
-        window_count=20,
-        window_seconds=5,
-        baseline_mean=2.1,
-        baseline_std=0.3,
-        sample_time=now,
-        detected_at=now,
-    )
 
 
 async def start(rig: Rig, a: DriftAlert) -> WorkflowHandle[Any, DriftResponseResult]:

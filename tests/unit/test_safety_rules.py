@@ -2,35 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import pytest
+from helpers import make_alert as alert
 from temporalio.exceptions import ApplicationError
 
 from activities.planning import choose_action
 from activities.plc_write import same_value, validate_write
-from factorylm.models import DriftAlert, PlcWriteInput
+from factorylm.models import PlcWriteInput
 from factorylm.plant import load_plant
 from factorylm.settings import PROJECT_ROOT
 
 PLANT = load_plant(PROJECT_ROOT / "config" / "plant.yaml")
-
-
-def alert(metric: str, sigma: float, plc: str = "conveyor-1") -> DriftAlert:
-    now = datetime.now(UTC)
-    return DriftAlert(
-        plc_id=plc,
-        vendor="generic_modbus",
-        metric=metric,
-        sigma=sigma,
-        window_mean=0,
-        window_count=10,
-        window_seconds=300,
-        baseline_mean=0,
-        baseline_std=1,
-        sample_time=now,
-        detected_at=now,
-    )
 
 
 def write(action: str, value: float, approved_by: str | None = None) -> PlcWriteInput:
@@ -47,17 +29,17 @@ def refused(req: PlcWriteInput) -> str:
 
 
 def test_proposal_follows_magnitude() -> None:
-    moderate = choose_action(PLANT, alert("vibration", 2.5))
-    severe = choose_action(PLANT, alert("vibration", -6.0))
+    moderate = choose_action(PLANT, alert(2.5, "vibration"))
+    severe = choose_action(PLANT, alert(-6.0, "vibration"))
     assert moderate is not None and moderate.action == "reduce_motor_speed_to_60pct"
     assert severe is not None and severe.action == "shutdown_motor"
     assert severe.policy == "approval" and severe.value == 0
 
 
 def test_no_proposal_below_threshold_unknown_metric_or_other_plc() -> None:
-    assert choose_action(PLANT, alert("vibration", 1.0)) is None
-    assert choose_action(PLANT, alert("flux_capacitor", 9.0)) is None
-    assert choose_action(PLANT, alert("vibration", 9.0, plc="press-7")) is None
+    assert choose_action(PLANT, alert(1.0, "vibration")) is None
+    assert choose_action(PLANT, alert(9.0, "flux_capacitor")) is None
+    assert choose_action(PLANT, alert(9.0, "vibration", plc="press-7")) is None
 
 
 def test_catalog_write_within_bounds_passes() -> None:
