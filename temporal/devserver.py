@@ -52,6 +52,22 @@ def port_open(host: str, port: int) -> bool:
         return False
 
 
+def _alive(pid: int) -> bool:
+    try:
+        # When this process started the server it is our child: reap it, or it stays a zombie
+        # that signal 0 still reports as alive.
+        reaped, _ = os.waitpid(pid, os.WNOHANG)
+        if reaped == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class DevServer:
     settings: Settings
@@ -147,15 +163,11 @@ class DevServer:
         pid = self.pid()
         if pid is None:
             return False
-        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGINT)  # the CLI shuts its server down cleanly on interrupt
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except OSError:
-                break
+        while time.monotonic() < deadline and _alive(pid):
             time.sleep(0.1)
-        else:
+        if _alive(pid):
             os.kill(pid, signal.SIGKILL)
         self.pid_file.unlink(missing_ok=True)
         return True

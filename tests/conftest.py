@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import pytest
-from helpers import free_port
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
@@ -19,6 +18,7 @@ from factorylm.db.pool import create_pool, prepare_database
 from factorylm.pgcluster import Cluster
 from factorylm.settings import Settings, load_settings
 from factorylm.temporal_client import SEARCH_ATTRIBUTES
+from helpers import free_port
 from temporal.devserver import ensure_cli
 
 TEST_DB = "factorylm_test"

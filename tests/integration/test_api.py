@@ -9,12 +9,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import free_port, make_alert, plant_with_free_ports
 from temporalio.client import Client
 
 from factorylm.settings import Settings
 from factorylm.simulator.modbus import SimulatedModbusPlc
 from factorylm.stack import Stack
+from helpers import free_port, make_alert, plant_with_free_ports
 from workflows.drift_response import DriftResponseWorkflow
 
 APPROVER = "whatsapp:+15550100001"

@@ -11,8 +11,6 @@ from typing import Any
 
 import asyncpg
 import pytest
-from helpers import make_alert as alert
-from helpers import plant_with_free_ports
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 
 from factorylm.models import ApprovalDecision, DriftAlert, DriftResponseResult, PendingApproval
@@ -20,6 +18,8 @@ from factorylm.plant import Plant
 from factorylm.settings import Settings
 from factorylm.simulator.modbus import SimulatedModbusPlc
 from factorylm.stack import Stack
+from helpers import make_alert as alert
+from helpers import plant_with_free_ports
 from ingest.alerts import WorkflowStarter
 from workflows.drift_response import DriftResponseWorkflow
 

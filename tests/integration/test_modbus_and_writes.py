@@ -7,7 +7,6 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from helpers import plant_with_free_ports
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 from temporalio.exceptions import ApplicationError
@@ -18,6 +17,7 @@ from factorylm.drivers import PlcError, driver_for
 from factorylm.models import PlcWriteInput
 from factorylm.plant import Plant
 from factorylm.simulator.modbus import SimulatedModbusPlc
+from helpers import plant_with_free_ports
 
 
 @pytest.fixture

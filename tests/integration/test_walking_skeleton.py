@@ -8,11 +8,11 @@ import uuid
 from pathlib import Path
 
 import asyncpg
-from helpers import plant_with_free_ports
 from temporalio.client import Client
 
 from factorylm.demo import Demo, demo_settings
 from factorylm.settings import Settings
+from helpers import plant_with_free_ports
 
 
 async def test_demo_scenario_end_to_end(

@@ -6,9 +6,9 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
-from helpers import free_port
 
 from factorylm.settings import Settings
+from helpers import free_port
 from ingest.writer import BatchWriter
 
 

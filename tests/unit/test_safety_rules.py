@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from helpers import make_alert as alert
 from temporalio.exceptions import ApplicationError
 
 from activities.planning import choose_action
@@ -11,6 +10,7 @@ from activities.plc_write import same_value, validate_write
 from factorylm.models import PlcWriteInput
 from factorylm.plant import load_plant
 from factorylm.settings import PROJECT_ROOT
+from helpers import make_alert as alert
 
 PLANT = load_plant(PROJECT_ROOT / "config" / "plant.yaml")
 
