@@ -6,6 +6,7 @@ Nothing here skips: a part that cannot start fails the run with its own error.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
@@ -21,7 +22,8 @@ from factorylm.temporal_client import SEARCH_ATTRIBUTES
 from helpers import free_port
 from temporal.devserver import ensure_cli
 
-TEST_DB = "factorylm_test"
+# One database per test run, so runs side by side (two checkouts, two developers) never collide.
+TEST_DB = f"factorylm_test_{os.getpid()}"
 
 
 @pytest.fixture(scope="session")
@@ -39,16 +41,17 @@ def postgres(base_settings: Settings) -> Iterator[None]:
     """The project's cluster (started if needed) with a fresh, migrated test database."""
     Cluster.from_settings(base_settings).start()
 
-    async def recreate() -> None:
+    async def drop() -> None:
         conn = await asyncpg.connect(base_settings.dsn_for("postgres"))
         try:
             await conn.execute(f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)')
         finally:
             await conn.close()
-        await prepare_database(base_settings)
 
-    asyncio.run(recreate())
+    asyncio.run(drop())
+    asyncio.run(prepare_database(base_settings))
     yield
+    asyncio.run(drop())
 
 
 @pytest.fixture(scope="session")
