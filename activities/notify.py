@@ -11,7 +11,7 @@ import logging
 import asyncpg
 from temporalio import activity
 
-from factorylm.models import RequestApprovalInput
+from factorylm.models import RequestApprovalInput, SendReportInput
 
 log = logging.getLogger(__name__)
 
@@ -47,3 +47,17 @@ class NotifyActivities:
                 log.info("approval request to %s: %s", recipient, body.replace("\n", " "))
                 sent += 1
         return sent
+
+    @activity.defn(name="send_report")
+    async def send_report(self, req: SendReportInput) -> bool:
+        """A report for the operations channel; False when this report was already sent."""
+        inserted = await self._pool.fetchval(
+            """INSERT INTO notifications (dedup_key, channel, recipient, body)
+               VALUES ($1, 'log', 'operations', $2) ON CONFLICT (dedup_key) DO NOTHING
+               RETURNING id""",
+            req.dedup_key,
+            f"{req.subject}\n{req.body}",
+        )
+        if inserted is not None:
+            log.info("report: %s", req.subject)
+        return inserted is not None

@@ -100,8 +100,32 @@ def create_app(settings: Settings, client: Client, pool: asyncpg.Pool) -> Starle
             }
         )
 
+    async def baselines(request: Request) -> JSONResponse:
+        if not bearer_ok(request, settings.api_token):
+            return _error(401, "missing or wrong bearer token")
+        rows = await pool.fetch(
+            """SELECT DISTINCT ON (plc_id, metric) plc_id, metric, mean, std, p95, p99,
+                      sample_count, window_start, window_end, computed_at
+               FROM baselines ORDER BY plc_id, metric, computed_at DESC, id DESC"""
+        )
+        return JSONResponse(
+            {
+                "baselines": [
+                    {
+                        **{k: r[k] for k in ("plc_id", "metric", "mean", "std", "p95", "p99")},
+                        "sample_count": r["sample_count"],
+                        "window_start": r["window_start"].isoformat(),
+                        "window_end": r["window_end"].isoformat(),
+                        "computed_at": r["computed_at"].isoformat(),
+                    }
+                    for r in rows
+                ]
+            }
+        )
+
     return Starlette(
         routes=[
+            Route("/baselines", baselines),
             Route("/health", health),
             Route("/approvals/{workflow_id}", approve, methods=["POST"]),
             Route("/work-orders/{wo_id}", work_order),

@@ -65,6 +65,11 @@ class Settings(BaseSettings):
     drift_clear_sigma: float = Field(default=1.5, gt=0)
     drift_on_delay_s: float = Field(default=0.0, ge=0)
 
+    # Baselines: a Temporal Schedule recomputes them from the last window of samples.
+    baseline_every_s: float = Field(default=3600.0, ge=10)
+    baseline_window_hours: float = Field(default=48.0, gt=0)
+    baseline_min_samples: int = Field(default=100, ge=2)
+
     # Ingest.
     batch_max_rows: int = Field(default=5000, ge=1)
     batch_max_delay_s: float = Field(default=1.0, gt=0)

@@ -22,6 +22,7 @@ from factorylm.plant import Plant
 from factorylm.settings import Settings
 from ingest.drift import DriftConfig
 from ingest.service import IngestService
+from temporal.schedules import ensure_schedules
 from workers import agents, plc_edge
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class Stack:
         await prepare_database(self.settings)
         self.pool = await create_pool(self.settings)
         if self.run_agents_worker:
+            await ensure_schedules(self.client, self.settings)
             self._workers.append(
                 agents.build_worker(self.client, self.pool, self.plant, self.settings)
             )

@@ -75,7 +75,8 @@ class DriftDetector:
     ) -> None:
         key = (plc_id, metric)
         window = self._windows.get(key)
-        limit = threshold or self.config.threshold_sigma
+        # A reload without a threshold keeps the metric's own override.
+        limit = threshold or (window.threshold if window else self.config.threshold_sigma)
         if window is None:
             self._windows[key] = _Window(baseline=baseline, threshold=limit)
         else:

@@ -11,6 +11,7 @@ from temporalio.client import Client
 from factorylm.plant import Plant, Plc
 from factorylm.settings import Settings
 from ingest.alerts import WorkflowStarter
+from ingest.baselines import BaselineLoader
 from ingest.collector import Collector
 from ingest.drift import DriftConfig, DriftDetector
 from ingest.writer import BatchWriter
@@ -45,6 +46,8 @@ class IngestService:
                 self.detector.set_baseline(
                     plc.id, metric.name, metric.baseline, metric.drift_threshold_sigma
                 )
+        # Computed baselines (the baseline workflow) replace the plant file's starting values.
+        self.baselines = BaselineLoader(settings.pg_dsn, self.detector.set_baseline)
         self.collectors = [Collector(plc, self._on_samples) for plc in plant.plcs]
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -54,6 +57,7 @@ class IngestService:
             self.detector.observe(plc.id, name, mono, value, when)
 
     async def start(self) -> None:
+        await self.baselines.start()
         self.writer.start()
         for collector in self.collectors:
             self._tasks.append(
@@ -67,6 +71,7 @@ class IngestService:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.starter.drain()
+        await self.baselines.stop()
         await self.writer.stop()
         log.info(
             "ingest stopped: %d samples written, %d dropped",

@@ -9,22 +9,27 @@ import asyncpg
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.baselines import BaselineActivities
 from activities.cmms import CmmsActivities
 from activities.events import EventActivities
 from activities.notify import NotifyActivities
 from activities.planning import PlanningActivities
 from factorylm.plant import Plant
 from factorylm.settings import Settings
+from workflows.baseline import BaselineWorkflow
 from workflows.drift_response import DriftResponseWorkflow
 
-WORKFLOWS: list[type] = [DriftResponseWorkflow]
+WORKFLOWS: list[type] = [DriftResponseWorkflow, BaselineWorkflow]
 
 
 def activities(pool: asyncpg.Pool, plant: Plant, settings: Settings) -> list[Callable[..., Any]]:
+    notify = NotifyActivities(pool)
     return [
+        BaselineActivities(pool).compute_baselines,
+        notify.send_report,
         EventActivities(pool).record_drift_event,
         PlanningActivities(plant, settings).plan_response,
-        NotifyActivities(pool).request_approval,
+        notify.request_approval,
         CmmsActivities(pool).open_work_order,
     ]
 

@@ -1,0 +1,92 @@
+"""Baseline computation, in SQL over the hypertable (rows never travel to Python)."""
+
+from __future__ import annotations
+
+import asyncpg
+from temporalio import activity
+
+from factorylm.models import BaselineReport, BaselineRow, ComputeBaselinesInput, SkippedMetric
+
+BASELINES_CHANNEL = "baselines_updated"
+
+# Per PLC·metric over the window. time_bucket keeps a sparse-but-long series from being
+# dominated by one burst: the count of 1-minute buckets must also reach the minimum coverage.
+_COMPUTE = """
+WITH stats AS (
+    SELECT plc_id, metric,
+           avg(value) AS mean, stddev_samp(value) AS std,
+           percentile_cont(0.95) WITHIN GROUP (ORDER BY value) AS p95,
+           percentile_cont(0.99) WITHIN GROUP (ORDER BY value) AS p99,
+           count(*) AS n,
+           count(DISTINCT time_bucket('1 minute', time)) AS minutes
+    FROM samples
+    WHERE time >= $1 AND time < $2
+    GROUP BY plc_id, metric
+)
+SELECT * FROM stats ORDER BY plc_id, metric
+"""
+
+_INSERT = """
+INSERT INTO baselines (run_key, plc_id, metric, mean, std, p95, p99, sample_count,
+                       window_start, window_end)
+SELECT $1, r.plc_id, r.metric, r.mean, r.std, r.p95, r.p99, r.n, $2, $3
+FROM unnest($4::text[], $5::text[], $6::float8[], $7::float8[], $8::float8[], $9::float8[],
+            $10::bigint[]) AS r(plc_id, metric, mean, std, p95, p99, n)
+ON CONFLICT (run_key, plc_id, metric) DO NOTHING
+"""
+
+
+class BaselineActivities:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @activity.defn(name="compute_baselines")
+    async def compute_baselines(self, req: ComputeBaselinesInput) -> BaselineReport:
+        start, end = req.window_start, req.window_end
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(_COMPUTE, start, end)
+            kept: list[BaselineRow] = []
+            skipped: list[SkippedMetric] = []
+            for r in rows:
+                reason = None
+                if r["n"] < req.min_samples:
+                    reason = f"{r['n']} samples, fewer than {req.min_samples}"
+                elif r["minutes"] < req.min_minutes:
+                    reason = f"data in {r['minutes']} minutes of the window, fewer than {req.min_minutes}"
+                elif not r["std"] or r["std"] <= 0:
+                    reason = "no variation (std 0): a stuck or constant signal"
+                if reason:
+                    skipped.append(
+                        SkippedMetric(plc_id=r["plc_id"], metric=r["metric"], reason=reason)
+                    )
+                    continue
+                kept.append(
+                    BaselineRow(
+                        plc_id=r["plc_id"],
+                        metric=r["metric"],
+                        mean=r["mean"],
+                        std=r["std"],
+                        p95=r["p95"],
+                        p99=r["p99"],
+                        sample_count=r["n"],
+                    )
+                )
+            async with conn.transaction():
+                await conn.execute(
+                    _INSERT,
+                    req.run_key,
+                    start,
+                    end,
+                    [k.plc_id for k in kept],
+                    [k.metric for k in kept],
+                    [k.mean for k in kept],
+                    [k.std for k in kept],
+                    [k.p95 for k in kept],
+                    [k.p99 for k in kept],
+                    [k.sample_count for k in kept],
+                )
+                # Running detectors reload at once instead of waiting for a poll.
+                await conn.execute(f"NOTIFY {BASELINES_CHANNEL}")
+        return BaselineReport(
+            run_key=req.run_key, window_start=start, window_end=end, baselines=kept, skipped=skipped
+        )

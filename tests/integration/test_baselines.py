@@ -1,0 +1,136 @@
+"""Baselines computed in SQL by BaselineWorkflow on the real stack, checked against numpy."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import numpy as np
+import pytest
+from temporalio.client import Client
+
+from factorylm.models import BaselineReport, BaselineWorkflowInput
+from factorylm.plant import Plant
+from factorylm.settings import Settings
+from factorylm.stack import Stack
+from helpers import plant_with_free_ports
+from ingest.baselines import BaselineLoader
+from ingest.drift import DriftConfig, DriftDetector
+from temporal.schedules import BASELINE_SCHEDULE_ID
+from workflows.baseline import BaselineWorkflow
+
+
+@pytest.fixture
+async def stack(tmp_path: Path, settings: Settings, client: Client) -> AsyncIterator[Stack]:
+    plant: Plant
+    plant, _ = plant_with_free_ports(tmp_path)
+    queue = f"baseline-{uuid.uuid4().hex[:8]}"
+    s = settings.model_copy(update={"task_queue": queue, "plc_task_queue": f"{queue}-edge"})
+    stack = Stack(s, plant, client, run_ingest=False, run_api=False, run_edge_worker=False)
+    await stack.start()
+    yield stack
+    await stack.stop()
+
+
+async def insert_series(pool: asyncpg.Pool, plc: str, metric: str, values: np.ndarray) -> None:
+    end = datetime.now(UTC) - timedelta(minutes=1)
+    step = timedelta(hours=2) / len(values)  # spread over two hours of the window
+    rows = [(end - i * step, plc, metric, float(v)) for i, v in enumerate(values)]
+    async with pool.acquire() as conn:
+        await conn.copy_records_to_table(
+            "samples", records=rows, columns=("time", "plc_id", "metric", "value")
+        )
+
+
+async def run_baselines(stack: Stack, **kw: object) -> BaselineReport:
+    return await stack.client.execute_workflow(
+        BaselineWorkflow.run,
+        BaselineWorkflowInput(**kw),  # type: ignore[arg-type]
+        id=f"baseline-test-{uuid.uuid4().hex[:6]}",
+        task_queue=stack.settings.task_queue,
+    )
+
+
+async def test_statistics_match_numpy_and_thin_metrics_are_reported(
+    stack: Stack, pool: asyncpg.Pool
+) -> None:
+    plc = f"bl-{uuid.uuid4().hex[:6]}"
+    rng = np.random.default_rng(4)
+    vibration = rng.normal(2.1, 0.3, 5000)
+    temp = rng.gamma(4.0, 3.0, 3000) + 40  # skewed: p95/p99 are not mean + kσ
+    await insert_series(pool, plc, "vibration", vibration)
+    await insert_series(pool, plc, "motor_temp", temp)
+    await insert_series(pool, plc, "current", rng.normal(12, 1, 20))  # too few
+    await insert_series(pool, plc, "stuck", np.full(500, 7.0))  # no variation
+
+    report = await run_baselines(stack, window_hours=48, min_samples=100)
+    ours = {b.metric: b for b in report.baselines if b.plc_id == plc}
+    assert set(ours) == {"vibration", "motor_temp"}
+    for name, data in (("vibration", vibration), ("motor_temp", temp)):
+        b = ours[name]
+        assert b.sample_count == len(data)
+        assert b.mean == pytest.approx(np.mean(data), rel=1e-9)
+        assert b.std == pytest.approx(np.std(data, ddof=1), rel=1e-9)
+        assert b.p95 == pytest.approx(np.percentile(data, 95), rel=1e-9)
+        assert b.p99 == pytest.approx(np.percentile(data, 99), rel=1e-9)
+    skipped = {s.metric: s.reason for s in report.skipped if s.plc_id == plc}
+    assert "20 samples, fewer than 100" in skipped["current"]
+    assert "no variation" in skipped["stuck"]
+    stored = await pool.fetchval("SELECT count(*) FROM baselines WHERE plc_id = $1", plc)
+    assert stored == 2
+    sent = await pool.fetchval(
+        "SELECT body FROM notifications WHERE recipient = 'operations' AND body LIKE $1",
+        f"%{plc}%current%not baselined%",
+    )
+    assert sent is not None and "vibration" in sent
+
+
+async def test_history_is_kept_and_the_latest_is_served(stack: Stack, pool: asyncpg.Pool) -> None:
+    plc = f"bl-{uuid.uuid4().hex[:6]}"
+    await insert_series(pool, plc, "vibration", np.linspace(1, 3, 400))
+    await run_baselines(stack)
+    await insert_series(pool, plc, "vibration", np.linspace(5, 9, 4000))
+    await run_baselines(stack)
+    rows = await pool.fetch(
+        "SELECT mean FROM baselines WHERE plc_id = $1 ORDER BY computed_at", plc
+    )
+    assert len(rows) == 2 and rows[1]["mean"] > rows[0]["mean"]
+
+
+async def test_recompute_changes_the_detectors_view_without_a_restart(
+    stack: Stack, pool: asyncpg.Pool, settings: Settings
+) -> None:
+    plc = f"bl-{uuid.uuid4().hex[:6]}"
+    alerts: list[object] = []
+    detector = DriftDetector(DriftConfig(window_s=1.0, min_samples=1), alerts.append)
+    loader = BaselineLoader(settings.pg_dsn, detector.set_baseline)
+    await loader.start()
+    try:
+        now = datetime.now(UTC)
+        for i in range(20):
+            detector.observe(plc, "vibration", i * 0.1, 50.0, now)
+        assert alerts == []  # no baseline yet: it cannot alarm
+        loads = loader.loads
+        await insert_series(pool, plc, "vibration", np.random.default_rng(1).normal(2.0, 0.2, 1000))
+        await run_baselines(stack)
+        for _ in range(200):  # the NOTIFY reaches the loader: wait for its reload
+            if loader.loads > loads:
+                break
+            await asyncio.sleep(0.02)
+        assert loader.loads > loads
+        for i in range(20):
+            detector.observe(plc, "vibration", 10 + i * 0.1, 50.0, now)
+        assert len(alerts) == 1
+    finally:
+        await loader.stop()
+
+
+async def test_the_schedule_runs_the_baseline_workflow_hourly(stack: Stack) -> None:
+    desc = await stack.client.get_schedule_handle(BASELINE_SCHEDULE_ID).describe()
+    assert desc.schedule.spec.intervals[0].every == timedelta(hours=1)
+    action = desc.schedule.action
+    assert getattr(action, "workflow", None) == "BaselineWorkflow"
