@@ -1,10 +1,17 @@
-"""Turning an alarm into a DriftResponseWorkflow: one open workflow per PLC·metric."""
+"""Turning alarms into DriftResponseWorkflows: one open workflow per PLC·metric.
+
+Every alarm is sent as signal-with-start (`add_evidence`) with USE_EXISTING: the first
+starts the workflow, later ones reach the open workflow as evidence. A storm of alarms for one
+pair is also coalesced here: while a start for a pair is in flight, or within `coalesce_s` of
+the last one, further alarms are merged into a single evidence signal carrying the latest.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 
 from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
@@ -16,12 +23,30 @@ from workflows.drift_response import DriftResponseWorkflow
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Started:
+    workflow_id: str
+    run_id: str
+    alert: DriftAlert
+    rpc_seconds: float
+
+
 class WorkflowStarter:
-    def __init__(self, client: Client, task_queue: str) -> None:
+    def __init__(self, client: Client, task_queue: str, *, coalesce_s: float = 5.0) -> None:
         self._client = client
         self._task_queue = task_queue
+        self._coalesce_s = coalesce_s
         self._tasks: set[asyncio.Task[None]] = set()
-        self.started: list[tuple[str, str, float]] = []  # (workflow id, run id, latency s)
+        self._last_call: dict[str, float] = {}
+        self._held: dict[str, DriftAlert] = {}  # latest alarm waiting for the next call
+        self._draining = asyncio.Event()
+        self.started: list[Started] = []
+        self.triggers = 0
+        self.calls = 0
+
+    @property
+    def calls_saved(self) -> int:
+        return self.triggers - self.calls
 
     def __call__(self, alert: DriftAlert) -> None:
         # Called from the detector on the ingest loop: never block sampling on an RPC.
@@ -30,25 +55,62 @@ class WorkflowStarter:
         task.add_done_callback(self._tasks.discard)
 
     async def start(self, alert: DriftAlert) -> None:
+        self.triggers += 1
+        key = alert.workflow_id
+        if key in self._held or self._recent(key):
+            first_held = key not in self._held
+            self._held[key] = alert
+            if first_held:
+                await self._flush_later(key)
+            return
+        await self._send(alert)
+
+    def _recent(self, key: str) -> bool:
+        last = self._last_call.get(key)
+        return last is not None and time.monotonic() - last < self._coalesce_s
+
+    async def _flush_later(self, key: str) -> None:
+        last = self._last_call.get(key, time.monotonic())
+        delay = max(0.0, last + self._coalesce_s - time.monotonic())
+        try:
+            await asyncio.wait_for(self._draining.wait(), delay)
+        except TimeoutError:
+            pass
+        alert = self._held.pop(key, None)
+        if alert is not None:
+            await self._send(alert)
+
+    async def _send(self, alert: DriftAlert) -> None:
+        key = alert.workflow_id
+        self._last_call[key] = time.monotonic()
+        self.calls += 1
         t0 = time.perf_counter()
         try:
             handle = await self._client.start_workflow(
                 DriftResponseWorkflow.run,
                 alert,
-                id=alert.workflow_id,
+                id=key,
                 task_queue=self._task_queue,
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                start_signal="add_evidence",
+                start_signal_args=[alert],
                 search_attributes=_attributes(alert),
                 static_summary=alert.describe(),
             )
         except Exception:
-            log.exception("could not start the workflow for %s", alert.workflow_id)
+            log.exception("could not start or signal the workflow for %s", key)
             return
-        latency = time.perf_counter() - t0
-        self.started.append((handle.id, handle.result_run_id or "", latency))
+        self.started.append(
+            Started(handle.id, handle.result_run_id or "", alert, time.perf_counter() - t0)
+        )
         log.info("drift alarm %s -> workflow %s", alert.describe(), handle.id)
 
     async def drain(self) -> None:
+        """Send what is held now (shutdown must not lose evidence), then wait for the calls."""
+        self._draining.set()
+        held, self._held = self._held, {}
+        for alert in held.values():
+            await self._send(alert)
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 

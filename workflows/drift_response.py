@@ -106,7 +106,7 @@ class DriftResponseWorkflow:
             OpenWorkOrderInput(
                 external_key=f"{info.workflow_id}/{info.run_id}",
                 title=f"{alert.metric} drift on {alert.plc_id} ({alert.sigma:+.1f}σ)",
-                description="\n".join([alert.describe(), *notes]),
+                description="\n".join([alert.describe(), *notes, *self._evidence_note()]),
                 priority=_PRIORITY.get(alert.severity.value, WorkOrderPriority.HIGH),
                 asset_id=alert.plc_id,
             ),
@@ -217,7 +217,17 @@ class DriftResponseWorkflow:
 
     @workflow.signal
     def add_evidence(self, alert: DriftAlert) -> None:
+        """Further alarms for this PLC·metric while the workflow is open (signal-with-start
+        delivers the first one too)."""
         self._evidence.append(alert)
+        peak = max(self._evidence, key=lambda a: abs(a.sigma))
+        workflow.upsert_search_attributes([SEVERITY.value_set(peak.severity.value)])
+
+    def _evidence_note(self) -> list[str]:
+        if len(self._evidence) <= 1:
+            return []
+        peak = max(self._evidence, key=lambda a: abs(a.sigma))
+        return [f"{len(self._evidence)} alarms while open; peak {peak.sigma:+.1f}σ."]
 
     @workflow.query
     def pending_approval(self) -> PendingApproval | None:

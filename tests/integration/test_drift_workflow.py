@@ -171,15 +171,31 @@ async def test_auto_action_runs_without_approval(rig: Rig) -> None:
     assert await rig.sim.read("speed_setpoint") == 1050
 
 
-async def test_a_drift_storm_is_one_workflow(rig: Rig) -> None:
-    starter = WorkflowStarter(rig.client, rig.settings.task_queue)
+async def test_a_drift_storm_is_one_workflow_and_more_alarms_are_evidence(rig: Rig) -> None:
+    starter = WorkflowStarter(rig.client, rig.settings.task_queue, coalesce_s=0.5)
     storm = alert(6.0, metric="motor_temp")
     await asyncio.gather(*(starter.start(storm) for _ in range(20)))
-    run_ids = {run for _, run, _ in starter.started}
-    assert len(starter.started) == 20 and len(run_ids) == 1
+    # One start, and the 19 alarms that came while it was recent as one evidence signal.
+    assert starter.triggers == 20 and starter.calls == 2
+    later = alert(9.0, metric="motor_temp")
+    await starter.start(later)
+    await starter.drain()
+    assert starter.calls == 3 and starter.calls_saved == 18
+    assert len({s.run_id for s in starter.started}) == 1
     handle = rig.client.get_workflow_handle(storm.workflow_id)
     desc = await handle.describe()
     assert desc.search_attributes["PlcId"] == ["conveyor-1"]
     assert desc.search_attributes["Metric"] == ["motor_temp"]
+    # The peak of the evidence sets the severity the Web UI filters on.
+    for _ in range(100):
+        desc = await handle.describe()
+        if desc.search_attributes.get("Severity") == ["critical"]:
+            break
+        await asyncio.sleep(0.05)
     assert desc.search_attributes["Severity"] == ["critical"]
+    history = await handle.fetch_history()
+    signals = [
+        e for e in history.events if e.HasField("workflow_execution_signaled_event_attributes")
+    ]
+    assert len(signals) == 3
     await handle.terminate("test done")
