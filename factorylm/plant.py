@@ -30,6 +30,12 @@ class Policy(StrEnum):
 
 
 RegisterType = Literal["u16", "i16", "u32", "i32", "f32"]
+# S7 data-block and Logix tag types (the PLC's own names, lower-cased).
+PlcDataType = Literal["real", "int", "dint", "bool"]
+
+MODBUS_TYPES: frozenset[str] = frozenset({"u16", "i16", "u32", "i32", "f32"})
+PLC_TYPES: frozenset[str] = frozenset({"real", "int", "dint", "bool"})
+DEFAULT_PORTS = {"modbus_tcp": 502, "s7": 102, "logix": 44818}
 
 
 class _Strict(BaseModel):
@@ -50,12 +56,13 @@ class Point(_Strict):
     unit: str = ""
     # Modbus (written `register:` in the plant file; BaseModel already has a `register`)
     address: int | None = Field(default=None, ge=0, le=65535, alias="register")
-    type: RegisterType | Literal["real", "int", "dint", "bool"] = "u16"
+    type: RegisterType | PlcDataType = "u16"
     scale: float = 1.0
     word_order: Literal["big", "little"] = "big"
     # S7
     db: int | None = Field(default=None, ge=1)
     offset: int | None = Field(default=None, ge=0)
+    bit: int | None = Field(default=None, ge=0, le=7)  # for an S7 bool: DBX offset.bit
     # Logix
     tag: str | None = None
 
@@ -92,8 +99,13 @@ class Plc(_Strict):
     device_id: int = Field(default=1, ge=0, le=247)
     rack: int = Field(default=0, ge=0)
     slot: int = Field(default=1, ge=0)
+    # Modbus RTU serial line (the device is `serial_port`, e.g. /dev/ttyUSB0).
     serial_port: str | None = None
-    baudrate: int = 19200
+    baudrate: int = Field(default=19200, gt=0)
+    parity: Literal["N", "E", "O"] = "N"
+    bytesize: Literal[7, 8] = 8
+    stopbits: Literal[1, 2] = 1
+    timeout_ms: int = Field(default=1000, ge=10)
     metrics: list[Metric] = Field(min_length=1)
     setpoints: list[Setpoint] = Field(default_factory=list)
 
@@ -103,13 +115,29 @@ class Plc(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"point names must be unique, repeated: {', '.join(dupes)}")
+        if self.protocol is Protocol.MODBUS_RTU and not self.serial_port:
+            raise ValueError("a modbus_rtu PLC needs serial_port (e.g. /dev/ttyUSB0)")
+        modbus = self.protocol in (Protocol.MODBUS_TCP, Protocol.MODBUS_RTU)
+        allowed = MODBUS_TYPES if modbus else PLC_TYPES
         for point in [*self.metrics, *self.setpoints]:
             missing = self._missing_address(point)
             if missing:
                 raise ValueError(
                     f"point {point.name!r} needs {missing} for protocol {self.protocol}"
                 )
+            if point.type not in allowed:
+                raise ValueError(
+                    f"point {point.name!r}: type {point.type!r} is not a {self.protocol} type; "
+                    f"use one of {', '.join(sorted(allowed))}"
+                )
+            if self.protocol is Protocol.S7 and point.type == "bool" and point.bit is None:
+                raise ValueError(f"point {point.name!r}: an S7 bool needs bit (0-7)")
         return self
+
+    @property
+    def tcp_port(self) -> int:
+        """The configured port, or the protocol's standard one."""
+        return self.port or DEFAULT_PORTS.get(self.protocol.value, 502)
 
     def _missing_address(self, point: Point) -> str | None:
         if self.protocol in (Protocol.MODBUS_TCP, Protocol.MODBUS_RTU):

@@ -20,10 +20,13 @@ def free_port() -> int:
 
 
 def plant_with_free_ports(tmp_path: Path) -> tuple[Plant, Path]:
-    """The shipped demo plant, with each simulated PLC moved to a free port."""
+    """The shipped demo plant, with each simulated PLC moved to a free port (and each serial
+    device into tmp_path), so test runs side by side never share a peer."""
     raw = yaml.safe_load((PROJECT_ROOT / "config" / "plant.yaml").read_text())
     for plc in raw["plcs"]:
         plc["port"] = free_port()
+        if plc.get("serial_port"):
+            plc["serial_port"] = str(tmp_path / "tty" / plc["id"])
     path = tmp_path / "plant.yaml"
     path.write_text(yaml.safe_dump(raw))
     return Plant.model_validate(raw), path

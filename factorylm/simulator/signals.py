@@ -18,6 +18,10 @@ class FaultKind(StrEnum):
     RAMP = "ramp"
     STUCK = "stuck"
     DROPOUT = "dropout"
+    OFFLINE = "offline"  # the whole PLC stops answering; handled by the peer, not the signal
+
+
+SIGNAL_FAULTS = frozenset({FaultKind.STEP, FaultKind.RAMP, FaultKind.STUCK, FaultKind.DROPOUT})
 
 
 @dataclass
