@@ -82,9 +82,19 @@ class RecordEventInput(_Model):
     alert: DriftAlert
 
 
+class ProposedAction(_Model):
+    """An action an agent (the Weaver) suggests; plan_response checks it against the catalog."""
+
+    action: str
+    reason: str
+
+
 class PlanResponseInput(_Model):
     event_id: int
     alert: DriftAlert
+    proposals: list[ProposedAction] = Field(
+        default_factory=list, description="the Weaver's suggestions, best first; unchecked"
+    )
 
 
 class ActionProposal(_Model):

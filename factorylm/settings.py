@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -79,6 +79,21 @@ class Settings(BaseSettings):
     embedding_model_dir: Path | None = Field(
         default=PROJECT_ROOT.parent / "shared" / "models" / "all-MiniLM-L6-v2"
     )
+    embedding_batch_size: int = Field(default=16, ge=1)
+    # HNSW candidate list for similarity search: higher is better recall, slower (pgvector).
+    memory_ef_search: int = Field(default=100, ge=1, le=1000)
+
+    # LLM providers (docs/agents.md). No key at all means the offline rules-based provider.
+    anthropic_api_key: SecretStr | None = None
+    anthropic_base_url: str | None = None
+    anthropic_model: str = "claude-sonnet-4-6"
+    gemini_api_key: SecretStr | None = None
+    gemini_base_url: str | None = None
+    gemini_api_version: str = "v1beta"
+    gemini_model: str = "gemini-2.5-flash"
+    llm_primary: Literal["anthropic", "gemini"] = "anthropic"
+    llm_timeout_s: float = Field(default=30.0, gt=0)
+    llm_max_tokens: int = Field(default=2048, ge=64)
 
     @field_validator("approvers", mode="before")
     @classmethod
@@ -87,6 +102,17 @@ class Settings(BaseSettings):
         if isinstance(value, str) and not value.lstrip().startswith("["):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    @field_validator(
+        "anthropic_api_key",
+        "anthropic_base_url",
+        "gemini_api_key",
+        "gemini_base_url",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("embedding_model_dir", mode="before")
     @classmethod
