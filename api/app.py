@@ -123,8 +123,23 @@ def create_app(settings: Settings, client: Client, pool: asyncpg.Pool) -> Starle
             }
         )
 
+    async def collectors(request: Request) -> JSONResponse:
+        # Written by the ingest's collector manager (ingest/manager.py), one row per PLC.
+        if not bearer_ok(request, settings.api_token):
+            return _error(401, "missing or wrong bearer token")
+        rows = await pool.fetch("SELECT * FROM collector_status ORDER BY plc_id")
+        writers = await pool.fetch("SELECT * FROM ingest_writer_status ORDER BY host")
+
+        def plain(row: asyncpg.Record) -> dict[str, object]:
+            return {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in row.items()}
+
+        return JSONResponse(
+            {"collectors": [plain(r) for r in rows], "writers": [plain(w) for w in writers]}
+        )
+
     return Starlette(
         routes=[
+            Route("/collectors", collectors),
             Route("/baselines", baselines),
             Route("/health", health),
             Route("/approvals/{workflow_id}", approve, methods=["POST"]),

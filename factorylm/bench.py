@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -64,7 +65,23 @@ async def ingest_writer(settings: Settings, n: int = 300_000) -> dict[str, Any]:
     }
 
 
-BENCHMARKS: dict[str, Bench] = {"ingest_writer": ingest_writer}
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _registry() -> dict[str, Bench]:
+    from factorylm.bench_drift import drift_storm_workflows, drift_to_workflow_p99_ms
+
+    return {
+        "ingest_writer": ingest_writer,
+        "drift_to_workflow_p99_ms": drift_to_workflow_p99_ms,
+        "drift_storm_workflows": drift_storm_workflows,
+    }
+
+
+BENCHMARKS: dict[str, Bench] = _registry()
 
 
 async def run(settings: Settings, names: list[str]) -> None:

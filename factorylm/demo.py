@@ -13,7 +13,6 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -31,6 +30,7 @@ from factorylm.simulator.modbus import SimulatedModbusPlc
 from factorylm.simulator.signals import FaultKind
 from factorylm.stack import Stack
 from factorylm.temporal_client import connect
+from factorylm.waiting import wait_for
 from temporal.devserver import DevServer
 from workflows.drift_response import DriftResponseWorkflow
 
@@ -46,22 +46,6 @@ class Scenario:
 
 def say(message: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-async def wait_for(
-    what: str, check: Callable[[], Any], *, timeout_s: float = 60.0, interval_s: float = 0.1
-) -> Any:
-    """Poll an async or sync condition until it returns something truthy."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s:g} s waiting for {what}")
-        await asyncio.sleep(interval_s)
 
 
 @dataclass

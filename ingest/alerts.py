@@ -32,10 +32,10 @@ class Started:
 
 
 class WorkflowStarter:
-    def __init__(self, client: Client, task_queue: str, *, coalesce_s: float = 5.0) -> None:
+    def __init__(self, client: Client, task_queue: str, *, coalesce_s: float = 2.0) -> None:
         self._client = client
         self._task_queue = task_queue
-        self._coalesce_s = coalesce_s
+        self.coalesce_s = coalesce_s
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_call: dict[str, float] = {}
         self._held: dict[str, DriftAlert] = {}  # latest alarm waiting for the next call
@@ -67,11 +67,11 @@ class WorkflowStarter:
 
     def _recent(self, key: str) -> bool:
         last = self._last_call.get(key)
-        return last is not None and time.monotonic() - last < self._coalesce_s
+        return last is not None and time.monotonic() - last < self.coalesce_s
 
     async def _flush_later(self, key: str) -> None:
         last = self._last_call.get(key, time.monotonic())
-        delay = max(0.0, last + self._coalesce_s - time.monotonic())
+        delay = max(0.0, last + self.coalesce_s - time.monotonic())
         try:
             await asyncio.wait_for(self._draining.wait(), delay)
         except TimeoutError:

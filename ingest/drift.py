@@ -82,6 +82,10 @@ class DriftDetector:
         else:
             window.baseline, window.threshold = baseline, limit
 
+    def alarmed(self, plc_id: str, metric: str) -> bool:
+        window = self._windows.get((plc_id, metric))
+        return window is not None and window.alarmed
+
     def observe(self, plc_id: str, metric: str, t: float, value: float, when: datetime) -> None:
         """Feed one sample (t: monotonic seconds, when: its wall-clock timestamp)."""
         key = (plc_id, metric)

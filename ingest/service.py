@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import datetime
 
@@ -12,8 +11,8 @@ from factorylm.plant import Plant, Plc
 from factorylm.settings import Settings
 from ingest.alerts import WorkflowStarter
 from ingest.baselines import BaselineLoader
-from ingest.collector import Collector
 from ingest.drift import DriftConfig, DriftDetector
+from ingest.manager import CollectorManager, Notifier
 from ingest.writer import BatchWriter
 
 log = logging.getLogger(__name__)
@@ -27,6 +26,7 @@ class IngestService:
         client: Client,
         *,
         drift: DriftConfig | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.writer = BatchWriter(
             settings.pg_dsn,
@@ -48,8 +48,11 @@ class IngestService:
                 )
         # Computed baselines (the baseline workflow) replace the plant file's starting values.
         self.baselines = BaselineLoader(settings.pg_dsn, self.detector.set_baseline)
-        self.collectors = [Collector(plc, self._on_samples) for plc in plant.plcs]
-        self._tasks: list[asyncio.Task[None]] = []
+        # The manager supervises one collector per PLC and alerts after repeated failures.
+        self.manager = CollectorManager(
+            plant, self._on_samples, dsn=settings.pg_dsn, notifier=notifier, writer=self.writer
+        )
+        self.collectors = self.manager.collectors
 
     def _on_samples(self, plc: Plc, when: datetime, mono: float, values: dict[str, float]) -> None:
         self.writer.add((when, plc.id, name, value) for name, value in values.items())
@@ -59,20 +62,16 @@ class IngestService:
     async def start(self) -> None:
         await self.baselines.start()
         self.writer.start()
-        for collector in self.collectors:
-            self._tasks.append(
-                asyncio.create_task(collector.run(), name=f"collect-{collector.plc.id}")
-            )
+        await self.manager.start()
         log.info("ingest started: %d PLCs", len(self.collectors))
 
     async def stop(self) -> None:
         """Stop polling, then flush every accepted sample before returning."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.manager.stop()
         await self.starter.drain()
         await self.baselines.stop()
         await self.writer.stop()
+        await self.manager.close()  # records the writer's final counters
         log.info(
             "ingest stopped: %d samples written, %d dropped",
             self.writer.written,
