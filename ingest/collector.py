@@ -1,10 +1,17 @@
-"""One collector per PLC: polls at its configured rate and timestamps values at read time."""
+"""One collector per PLC: polls at its configured rate and timestamps values at read time.
+
+The cadence is fixed: cycle n starts at t0 + n·period. A cycle that overruns its slot skips
+the slots it missed (counted in `missed`) instead of bursting to catch up. When the PLC fails,
+the collector closes the connection and retries with exponential backoff; the manager hears
+about every failure and recovery through `on_change`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -17,42 +24,62 @@ SampleSink = Callable[[Plc, datetime, float, dict[str, float]], None]
 
 
 class Collector:
-    def __init__(self, plc: Plc, sink: SampleSink, *, driver: PlcDriver | None = None) -> None:
+    def __init__(
+        self,
+        plc: Plc,
+        sink: SampleSink,
+        *,
+        driver: PlcDriver | None = None,
+        max_backoff_s: float = 30.0,
+        on_change: Callable[[Collector], None] | None = None,
+    ) -> None:
         self.plc = plc
         self._sink = sink
         self._driver = driver or driver_for(plc)
         self._period = plc.poll_interval_ms / 1000
+        self._max_backoff_s = max_backoff_s
+        self._on_change = on_change
         self.cycles = 0
         self.missed = 0
+        self.failures = 0  # all failed reads since start
         self.consecutive_errors = 0
         self.last_good: datetime | None = None
         self.last_error: str | None = None
+        self.failing_since: datetime | None = None
+        # How late each cycle started against its slot (seconds); the jitter benchmark reads it.
+        self.lateness: deque[float] = deque(maxlen=100_000)
+
+    @property
+    def period_s(self) -> float:
+        return self._period
 
     async def run(self) -> None:
         backoff = self._period
         next_at = time.monotonic()
         try:
             while True:
+                mono = time.monotonic()
+                self.lateness.append(mono - next_at)
                 try:
-                    mono = time.monotonic()
                     values = await self._driver.read_points(list(self.plc.metrics))
                     when = datetime.now(UTC)
                 except PlcError as exc:
-                    self.consecutive_errors += 1
-                    self.last_error = str(exc)
-                    log.warning(
-                        "%s (attempt %d, retry in %.1f s)", exc, self.consecutive_errors, backoff
-                    )
+                    self._failed(str(exc), backoff)
                     await self._driver.close()
                     await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 30.0)
+                    backoff = min(backoff * 2, self._max_backoff_s)
                     next_at = time.monotonic()
                     continue
                 backoff = self._period
+                recovered = self.consecutive_errors > 0
                 self.consecutive_errors = 0
+                self.failing_since = None
                 self.last_good = when
                 self.cycles += 1
                 self._sink(self.plc, when, mono, values)
+                if recovered:
+                    log.info("PLC %s answers again", self.plc.id)
+                    self._notify()
                 next_at += self._period
                 delay = next_at - time.monotonic()
                 if delay < 0:
@@ -64,3 +91,16 @@ class Collector:
                 await asyncio.sleep(max(delay, 0))
         finally:
             await self._driver.close()
+
+    def _failed(self, error: str, backoff: float) -> None:
+        self.failures += 1
+        self.consecutive_errors += 1
+        self.last_error = error
+        if self.failing_since is None:
+            self.failing_since = datetime.now(UTC)
+        log.warning("%s (attempt %d, retry in %.1f s)", error, self.consecutive_errors, backoff)
+        self._notify()
+
+    def _notify(self) -> None:
+        if self._on_change is not None:
+            self._on_change(self)

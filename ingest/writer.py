@@ -14,8 +14,16 @@ from collections.abc import Iterable
 from datetime import datetime
 
 import asyncpg
+from opentelemetry import metrics
 
 log = logging.getLogger(__name__)
+
+# Exported wherever the process configures an OpenTelemetry meter provider; a no-op otherwise.
+_DROPPED = metrics.get_meter("factorylm.ingest").create_counter(
+    "factorylm.ingest.samples_dropped",
+    unit="{sample}",
+    description="Samples dropped because the writer's buffer was full (oldest first)",
+)
 
 Sample = tuple[datetime, str, str, float]  # (time, plc_id, metric, value)
 _COLUMNS = ("time", "plc_id", "metric", "value")
@@ -128,6 +136,7 @@ class BatchWriter:
             for _ in range(overflow):
                 self._buffer.popleft()
             self.dropped += overflow
+            _DROPPED.add(overflow)
             log.warning(
                 "sample buffer full (%d rows): dropped the %d oldest, %d dropped in total",
                 self._buffer_rows,

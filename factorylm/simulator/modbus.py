@@ -35,9 +35,15 @@ class _ModbusPeer(SimulatedPeer):
     protocol_label = "Modbus"
     _server: ModbusTcpServer | ModbusSerialServer
 
+    requests_answered = 0
+
     def _trace(self, sending: bool, data: bytes) -> bytes:
         # Offline: requests are still taken in, but no answer ever leaves (a hung device).
-        return b"" if sending and self.offline else data
+        if sending and self.offline:
+            return b""
+        if sending:
+            self.requests_answered += 1
+        return data
 
     async def _set_answering(self, answering: bool) -> None:
         return None  # _trace reads self.offline
