@@ -82,22 +82,51 @@ async def _serve(settings: Settings, *, agents: bool, edge: bool, ingest: bool, 
         await stack.stop()
 
 
-async def _simulate(settings: Settings) -> None:
-    from factorylm.plant import Protocol, load_plant
-    from factorylm.simulator.modbus import SimulatedModbusPlc
+async def _simulate(settings: Settings, control_port: int) -> None:
+    from factorylm.plant import load_plant
+    from factorylm.simulator.plant import PlantSimulator
 
-    plant = load_plant(settings.plant_file)
-    sims = [SimulatedModbusPlc(p) for p in plant.plcs if p.protocol is Protocol.MODBUS_TCP]
-    for sim in sims:
-        await sim.start()
-        print(f"simulating {sim.plc.id} on {sim.plc.host}:{sim.plc.port}", flush=True)
+    sim = PlantSimulator(load_plant(settings.plant_file), control_port=control_port)
+    await sim.start()
+    for peer in sim.peers.values():
+        print(f"simulating {peer.plc.id} ({peer.protocol_label}) on {peer.address}", flush=True)
+    print(f"fault control on {sim.control.url if sim.control else '-'}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    for sim in sims:
-        await sim.stop()
+    await sim.stop()
+
+
+def _simulator_control(args: argparse.Namespace) -> int:
+    """`simulate inject|clear|faults`: talk to the running simulator's control channel."""
+    import json
+
+    import httpx
+
+    url = f"http://127.0.0.1:{args.control_port}/faults"
+    try:
+        if args.sim_action == "inject":
+            body = {"plc": args.plc, "metric": args.metric, "kind": args.kind, "size": args.size}
+            response = httpx.post(url, json=body, timeout=10)
+        elif args.sim_action == "clear":
+            params = {k: v for k, v in (("plc", args.plc), ("metric", args.metric)) if v}
+            response = httpx.delete(url, params=params, timeout=10)
+        else:
+            response = httpx.get(url, timeout=10)
+    except httpx.TransportError as exc:
+        print(
+            f"error: no simulator answers on {url} ({exc}); start it with `factorylm simulate`",
+            file=sys.stderr,
+        )
+        return 1
+    payload = response.json()
+    if response.status_code != 200:
+        print(f"error: {payload.get('error', response.text)}", file=sys.stderr)
+        return 1
+    print(json.dumps(payload["faults"]))
+    return 0
 
 
 def _doctor(settings: Settings) -> int:
@@ -132,7 +161,29 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("ingest", help="run the ingest process (collectors, writer, drift detector)")
     sub.add_parser("api", help="run the HTTP API")
     sub.add_parser("serve", help="run workers, ingest and API in one process")
-    sub.add_parser("simulate", help="serve the plant file's PLCs from simulated protocol peers")
+    simulate = sub.add_parser(
+        "simulate", help="serve the plant file's PLCs from simulated protocol peers"
+    )
+    simulate.add_argument(
+        "--control-port",
+        type=int,
+        default=15099,
+        help="loopback port of the fault control channel (default 15099)",
+    )
+    sim_sub = simulate.add_subparsers(dest="sim_action")
+    inject = sim_sub.add_parser("inject", help="inject a fault into the running simulator")
+    inject.add_argument("--plc", required=True, help="PLC id from the plant file")
+    inject.add_argument("--metric", help="metric name (not needed for --kind offline)")
+    inject.add_argument(
+        "--kind", required=True, choices=["step", "ramp", "stuck", "dropout", "offline"]
+    )
+    inject.add_argument("--size", default="0", help="size in baseline sigmas, e.g. 4sigma")
+    clear = sim_sub.add_parser("clear", help="clear faults (all of a PLC's: back online too)")
+    clear.add_argument("--plc", help="PLC id (default: every PLC)")
+    clear.add_argument("--metric", help="only this metric's fault")
+    faults = sim_sub.add_parser("faults", help="list the active faults")
+    for control in (inject, clear, faults):
+        control.add_argument("--control-port", type=int, default=argparse.SUPPRESS)
     bench = sub.add_parser("bench", help="run benchmarks; one JSON line each")
     bench.add_argument("name", nargs="?", default="all", help="a benchmark name, or all")
     return parser
@@ -169,7 +220,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         return bench.main(settings, args.name)
     if cmd == "simulate":
-        asyncio.run(_simulate(settings))
+        if args.sim_action:
+            return _simulator_control(args)
+        asyncio.run(_simulate(settings, args.control_port))
         return 0
     queue = getattr(args, "queue", "all")
     asyncio.run(
