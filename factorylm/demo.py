@@ -1,6 +1,6 @@
 """`make demo` / `factorylm demo`: the whole product on its embedded default, with a scenario.
 
-Starts PostgreSQL, the Temporal dev server, the simulated Modbus PLCs, the workers, the
+Starts PostgreSQL, the Temporal dev server, the simulated plant (S7, EtherNet/IP, Modbus TCP and RTU peers), the workers, the
 ingest and the API; injects a vibration fault; plays the approver through the API; and reports
 what happened. `--once` tears everything down and prints one JSON line last.
 """
@@ -24,9 +24,10 @@ from temporalio.service import RPCError
 
 from factorylm.models import DriftResponseResult, PendingApproval, drift_workflow_id
 from factorylm.pgcluster import Cluster
-from factorylm.plant import Plant, Protocol, load_plant
+from factorylm.plant import Plant, load_plant
 from factorylm.settings import Settings
-from factorylm.simulator.modbus import SimulatedModbusPlc
+from factorylm.simulator.peer import SimulatedPeer
+from factorylm.simulator.plant import PlantSimulator
 from factorylm.simulator.signals import FaultKind
 from factorylm.stack import Stack
 from factorylm.temporal_client import connect
@@ -55,7 +56,10 @@ class Demo:
     plant: Plant | None = None
     cluster_started: bool = False
     temporal_started: bool = False
-    sims: dict[str, SimulatedModbusPlc] = field(default_factory=dict)
+    sims: dict[str, SimulatedPeer] = field(default_factory=dict)
+    simulator: PlantSimulator | None = None
+    # `factorylm simulate inject` reaches the demo's simulator here; None: no control channel.
+    control_port: int | None = None
     stack: Stack | None = None
     client: Client | None = None
 
@@ -71,12 +75,13 @@ class Demo:
         say(
             f"Temporal server on {settings.temporal_address}, namespace {settings.temporal_namespace}"
         )
-        for plc in self.plant.plcs:
-            if plc.protocol is Protocol.MODBUS_TCP:
-                sim = SimulatedModbusPlc(plc, seed=7)
-                await sim.start()
-                self.sims[plc.id] = sim
-                say(f"simulated Modbus TCP PLC {plc.id} on {plc.host}:{plc.port}")
+        self.simulator = PlantSimulator(self.plant, seed=7, control_port=self.control_port)
+        await self.simulator.start()
+        self.sims = self.simulator.peers
+        for peer in self.sims.values():
+            say(f"simulated {peer.protocol_label} PLC {peer.plc.id} on {peer.address}")
+        if self.simulator.control is not None:
+            say(f"fault control: factorylm simulate inject --control-port {self.control_port} ...")
         self.client = await connect(settings)
         self.stack = Stack(settings, self.plant, self.client)
         await self.stack.start()
@@ -94,8 +99,8 @@ class Demo:
         if self.stack is not None:
             await self.stack.stop()
             say("ingest flushed, workers and API stopped")
-        for sim in self.sims.values():
-            await sim.stop()
+        if self.simulator is not None:
+            await self.simulator.stop()
         if self.temporal_started:
             await asyncio.to_thread(DevServer(self.settings).stop)
             say("Temporal server stopped")
@@ -186,7 +191,7 @@ def demo_settings(settings: Settings) -> Settings:
 
 
 async def run(settings: Settings, *, once: bool) -> int:
-    demo = Demo(demo_settings(settings))
+    demo = Demo(demo_settings(settings), control_port=15099)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
