@@ -13,6 +13,14 @@ command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
   || { log "Python 3.11 is required (found $("$PYTHON" --version 2>&1))"; exit 1; }
 
 bash scripts/install-postgres.sh
+# socat links the simulated Modbus RTU device to a pty pair (factorylm simulate, tests).
+# install-postgres.sh installs it with the build dependencies; a machine that already had
+# the extensions gets it here.
+if ! command -v socat >/dev/null 2>&1; then
+  log "installing socat"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get install -y -qq --no-install-recommends socat >/dev/null
+fi
 TEMPORAL_BIN=$(bash temporal/install.sh)
 log "temporal CLI: $TEMPORAL_BIN"
 
