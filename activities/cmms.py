@@ -1,35 +1,31 @@
-"""Work orders in the built-in CMMS tables, idempotent by an external key."""
+"""Opening work orders in the configured CMMS (built-in by default, or Atlas)."""
 
 from __future__ import annotations
 
 import asyncpg
 from temporalio import activity
 
+from factorylm.cmms import WorkOrderStore
+from factorylm.cmms.atlas import AtlasCmms
+from factorylm.cmms.builtin import BuiltinCmms, work_order_label
 from factorylm.models import OpenWorkOrderInput, WorkOrderRef
+from factorylm.settings import Settings
+
+__all__ = ["CmmsActivities", "store_for", "work_order_label"]
 
 
-def work_order_label(row_id: int) -> str:
-    return f"WO-{row_id:06d}"
+def store_for(pool: asyncpg.Pool, settings: Settings) -> WorkOrderStore:
+    if settings.cmms == "atlas":
+        return AtlasCmms(pool, settings.atlas_url, settings.atlas_email, settings.atlas_password)
+    return BuiltinCmms(pool)
 
 
 class CmmsActivities:
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self._pool = pool
+    def __init__(self, pool: asyncpg.Pool, settings: Settings | None = None) -> None:
+        self._store: WorkOrderStore = (
+            store_for(pool, settings) if settings is not None else BuiltinCmms(pool)
+        )
 
     @activity.defn(name="open_work_order")
     async def open_work_order(self, req: OpenWorkOrderInput) -> WorkOrderRef:
-        row_id = await self._pool.fetchval(
-            """INSERT INTO work_orders (external_key, title, description, priority, asset_id)
-               VALUES ($1, $2, $3, $4, $5) ON CONFLICT (external_key) DO NOTHING RETURNING id""",
-            req.external_key,
-            req.title,
-            req.description,
-            req.priority.value,
-            req.asset_id,
-        )
-        if row_id is not None:
-            return WorkOrderRef(id=work_order_label(row_id), created=True)
-        existing = await self._pool.fetchval(
-            "SELECT id FROM work_orders WHERE external_key = $1", req.external_key
-        )
-        return WorkOrderRef(id=work_order_label(existing), created=False)
+        return await self._store.open(req)

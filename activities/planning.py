@@ -1,40 +1,73 @@
-"""Response planning: choose what to propose for an event, only from the action catalog."""
+"""Response planning: choose what to propose for an event, only from the action catalog.
+
+plan_response is the final gate between the agents and the machine: the Weaver's proposals
+are taken, best first, only when they name a catalog action that applies to this PLC and
+metric and whose threshold the drift reached; otherwise the rules choose (choose_action).
+"""
 
 from __future__ import annotations
 
 from temporalio import activity
 
-from factorylm.models import ActionProposal, DriftAlert, PlanResponseInput, ResponsePlan
+from factorylm.models import (
+    ActionProposal,
+    DriftAlert,
+    PlanResponseInput,
+    ProposedAction,
+    ResponsePlan,
+)
 from factorylm.plant import CatalogAction, Plant
 from factorylm.settings import Settings
+
+
+def applicable_actions(plant: Plant, alert: DriftAlert) -> list[CatalogAction]:
+    """Catalog actions that answer this metric on this PLC, whatever the magnitude."""
+    return [
+        a
+        for a in plant.actions
+        if alert.metric in a.metrics and (a.plc is None or a.plc == alert.plc_id)
+    ]
+
+
+def _proposal(action: CatalogAction, reason: str) -> ActionProposal:
+    return ActionProposal(
+        action=action.name,
+        kind=action.kind,
+        policy=action.policy,
+        description=action.description,
+        reason=reason,
+        plc_id=action.plc,
+        setpoint=action.setpoint,
+        value=action.value,
+    )
 
 
 def choose_action(plant: Plant, alert: DriftAlert) -> ActionProposal | None:
     """The catalog action answering this metric with the highest threshold the drift reached."""
     magnitude = abs(alert.sigma)
-    candidates: list[CatalogAction] = [
-        a
-        for a in plant.actions
-        if alert.metric in a.metrics
-        and a.min_sigma <= magnitude
-        and (a.plc is None or a.plc == alert.plc_id)
-    ]
+    candidates = [a for a in applicable_actions(plant, alert) if a.min_sigma <= magnitude]
     if not candidates:
         return None
     best = max(candidates, key=lambda a: a.min_sigma)  # max keeps catalog order on ties
-    return ActionProposal(
-        action=best.name,
-        kind=best.kind,
-        policy=best.policy,
-        description=best.description,
-        reason=(
-            f"{alert.metric} at {alert.sigma:+.1f}σ reached this action's threshold "
-            f"({best.min_sigma:g}σ)"
-        ),
-        plc_id=best.plc,
-        setpoint=best.setpoint,
-        value=best.value,
+    return _proposal(
+        best,
+        f"{alert.metric} at {alert.sigma:+.1f}σ reached this action's threshold "
+        f"({best.min_sigma:g}σ)",
     )
+
+
+def gate_proposals(
+    plant: Plant, alert: DriftAlert, proposals: list[ProposedAction]
+) -> ActionProposal | None:
+    """The first suggested action the catalog allows here, else the rules' choice."""
+    allowed = {
+        a.name: a for a in applicable_actions(plant, alert) if a.min_sigma <= abs(alert.sigma)
+    }
+    for suggested in proposals:
+        action = allowed.get(suggested.action)
+        if action is not None:
+            return _proposal(action, f"{suggested.reason} (Weaver; catalog threshold reached)")
+    return choose_action(plant, alert)
 
 
 class PlanningActivities:
@@ -45,8 +78,9 @@ class PlanningActivities:
     @activity.defn(name="plan_response")
     async def plan_response(self, req: PlanResponseInput) -> ResponsePlan:
         return ResponsePlan(
-            proposal=choose_action(self._plant, req.alert),
+            proposal=gate_proposals(self._plant, req.alert, list(req.proposals)),
             approvers=list(self._settings.approvers),
             approval_timeout_s=self._settings.approval_timeout_s,
             plc_task_queue=self._settings.plc_task_queue,
+            outcome_wait_s=self._settings.outcome_wait_hours * 3600,
         )

@@ -24,6 +24,7 @@ from factorylm.settings import Settings
 from workflows.drift_response import DriftResponseWorkflow
 
 from .auth import bearer_ok
+from .whatsapp import WhatsAppWebhook
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +138,11 @@ def create_app(settings: Settings, client: Client, pool: asyncpg.Pool) -> Starle
             {"collectors": [plain(r) for r in rows], "writers": [plain(w) for w in writers]}
         )
 
+    whatsapp = WhatsAppWebhook(settings, client, pool)
+
     return Starlette(
         routes=[
+            Route("/webhooks/twilio/whatsapp", whatsapp.handle, methods=["POST"]),
             Route("/collectors", collectors),
             Route("/baselines", baselines),
             Route("/health", health),

@@ -73,11 +73,14 @@ def free_port() -> int:
 
 def _registry() -> dict[str, Bench]:
     from factorylm.bench_drift import drift_storm_workflows, drift_to_workflow_p99_ms
+    from factorylm.bench_ingest import ingest_end_to_end, poll_cycle
 
     return {
         "ingest_writer": ingest_writer,
         "drift_to_workflow_p99_ms": drift_to_workflow_p99_ms,
         "drift_storm_workflows": drift_storm_workflows,
+        "poll_cycle": poll_cycle,
+        "ingest_end_to_end": ingest_end_to_end,
     }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import signal
 import sys
 import time
@@ -18,11 +19,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-import httpx
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.service import RPCError
 
-from factorylm.models import DriftResponseResult, PendingApproval, drift_workflow_id
+from factorylm.fakes.server import LocalServer
+from factorylm.fakes.twilio import FakeTwilio, post_inbound
+from factorylm.models import DriftResponseResult, drift_workflow_id
 from factorylm.pgcluster import Cluster
 from factorylm.plant import Plant, load_plant
 from factorylm.settings import Settings
@@ -32,8 +34,8 @@ from factorylm.simulator.signals import FaultKind
 from factorylm.stack import Stack
 from factorylm.temporal_client import connect
 from factorylm.waiting import wait_for
+from factorylm.whatsapp import WhatsAppSender
 from temporal.devserver import DevServer
-from workflows.drift_response import DriftResponseWorkflow
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,9 @@ class Demo:
     control_port: int | None = None
     stack: Stack | None = None
     client: Client | None = None
+    # Without Twilio credentials the demo talks to a local Twilio that speaks its REST API.
+    twilio: FakeTwilio | None = None
+    twilio_server: LocalServer | None = None
 
     async def up(self) -> None:
         settings = self.settings
@@ -82,6 +87,21 @@ class Demo:
             say(f"simulated {peer.protocol_label} PLC {peer.plc.id} on {peer.address}")
         if self.simulator.control is not None:
             say(f"fault control: factorylm simulate inject --control-port {self.control_port} ...")
+        if not WhatsAppSender.configured(settings):
+            self.twilio = FakeTwilio()
+            self.twilio_server = LocalServer(self.twilio.app())
+            await self.twilio_server.start()
+            settings = self.settings = settings.model_copy(
+                update={
+                    "twilio_account_sid": self.twilio.account_sid,
+                    "twilio_auth_token": self.twilio.auth_token,
+                    "twilio_api_base_url": self.twilio_server.url,
+                    "public_url": settings.api_url,
+                }
+            )
+            say(
+                f"WhatsApp through a local Twilio API on {self.twilio_server.url} (no credentials set)"
+            )
         self.client = await connect(settings)
         self.stack = Stack(settings, self.plant, self.client)
         await self.stack.start()
@@ -101,6 +121,8 @@ class Demo:
             say("ingest flushed, workers and API stopped")
         if self.simulator is not None:
             await self.simulator.stop()
+        if self.twilio_server is not None:
+            await self.twilio_server.stop()
         if self.temporal_started:
             await asyncio.to_thread(DevServer(self.settings).stop)
             say("Temporal server stopped")
@@ -141,21 +163,27 @@ class Demo:
 
         await wait_for(f"workflow {workflow_id}", started, timeout_s=30)
         say(f"drift detected: workflow {workflow_id} started")
-        pending: PendingApproval = await wait_for(
-            "the approval request",
-            lambda: handle.query(DriftResponseWorkflow.pending_approval),
-            timeout_s=30,
-        )
-        say(f"approval requested for {pending.action} (code {pending.code}); the scenario approves")
         approver = settings.approvers[0]
-        async with httpx.AsyncClient(base_url=settings.api_url, timeout=10) as http:
-            response = await http.post(
-                f"/approvals/{workflow_id}",
-                json={"approve": True, "approver": approver, "code": pending.code},
-                headers={"Authorization": f"Bearer {settings.api_token}"},
+        if self.twilio is None:
+            say(f"the approval request went to {approver} on WhatsApp: answer it there")
+        else:
+            twilio = self.twilio
+            request = await wait_for(
+                f"the WhatsApp request to {approver}",
+                lambda: next((m for m in twilio.to(approver) if "Reply YES" in m.body), None),
+                timeout_s=30,
             )
-        say(f"API answered {response.status_code}: {response.text}")
-        response.raise_for_status()
+            say(f"WhatsApp to {approver}:\n    " + request.body.replace("\n", "\n    "))
+            code = re.search(r"YES (\d{4})", request.body)
+            assert code is not None
+            answer = await post_inbound(
+                settings.api_url, settings.public_url, twilio.auth_token, approver, f"YES {code[1]}"
+            )
+            answer.raise_for_status()
+            said = re.search(r"<Message>(.*)</Message>", answer.text, re.S)
+            say(
+                f"{approver} replies 'YES {code[1]}'; FactoryLM answers: {said[1] if said else answer.text}"
+            )
         result = await _result(handle)
         self.sims[sc.plc_id].clear(sc.metric)
         say(

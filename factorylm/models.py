@@ -6,7 +6,7 @@ data converter. They stay small: blobs travel as references, never inline.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -115,6 +115,7 @@ class ResponsePlan(_Model):
     approvers: list[str]
     approval_timeout_s: float
     plc_task_queue: str = Field(description="the edge worker's queue, where PLC writes run")
+    outcome_wait_s: float = Field(default=72 * 3600, description="how long to await the fix report")
 
 
 class RequestApprovalInput(_Model):
@@ -123,6 +124,50 @@ class RequestApprovalInput(_Model):
     alert: DriftAlert
     proposal: ActionProposal
     recipients: list[str]
+    summary: str = Field(default="", description="the agents' findings, in a few lines")
+    escalation: bool = Field(default=False, description="the on-duty approver did not answer")
+    timeout_s: float = 300.0
+
+
+class CloseApprovalInput(_Model):
+    workflow_id: str
+    code: str
+    status: str = Field(pattern="^(approved|denied|expired|escalated)$")
+    answered_by: str | None = None
+
+
+class SendMessageInput(_Model):
+    dedup_key: str
+    recipients: list[str]
+    body: str
+    workflow_id: str | None = None
+
+
+class RequestOutcomeInput(_Model):
+    workflow_id: str
+    event_id: int
+    recipient: str
+    work_order_id: str
+    summary: str
+
+
+class FollowUpInput(_Model):
+    drift_workflow_id: str
+    event_id: int
+    recipient: str
+    work_order_id: str
+    summary: str
+    wait_s: float
+
+
+class FollowUpResult(_Model):
+    answer: str | None
+    recorded: bool
+
+
+class CloseOutcomeInput(_Model):
+    workflow_id: str
+    answer: str | None
 
 
 class ApprovalDecision(_Model):
@@ -166,17 +211,28 @@ class WorkOrderPriority(StrEnum):
     HIGH = "HIGH"
 
 
+class AttachmentRef(_Model):
+    """A file in the blob store (photos, reports): payloads carry the reference, not bytes."""
+
+    name: str
+    content_type: str
+    path: str
+
+
 class OpenWorkOrderInput(_Model):
     external_key: str = Field(description="idempotency key: a retried activity never opens two")
     title: str
     description: str
     priority: WorkOrderPriority = WorkOrderPriority.MEDIUM
     asset_id: str | None = None
+    due_date: date | None = None
+    attachments: list[AttachmentRef] = Field(default_factory=list)
 
 
 class WorkOrderRef(_Model):
     id: str
     created: bool
+    system: str = "builtin"
 
 
 class DriftResponseResult(_Model):

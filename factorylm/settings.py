@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -53,7 +53,25 @@ class Settings(BaseSettings):
     api_token: str = "dev-token-change-me"
     public_url: str = "http://127.0.0.1:8000"
 
+    # WhatsApp through Twilio. Without an account SID and auth token messages go to the log.
+    twilio_account_sid: str = ""
+    twilio_auth_token: str = ""
+    twilio_whatsapp_from: str = "whatsapp:+14155238886"
+    # Empty means Twilio's own API; the demo and tests point it at a local fake.
+    twilio_api_base_url: str = ""
+    # Content template (approved by WhatsApp) used outside the 24-hour session window.
+    twilio_approval_template_sid: str = ""
+    # How long the workflow waits for the technician's outcome reply after the work order.
+    outcome_wait_hours: float = Field(default=72.0, gt=0)
+
+    # Work orders: the built-in tables, or Atlas CMMS over its REST API.
+    cmms: Literal["builtin", "atlas"] = "builtin"
+    atlas_url: str = ""
+    atlas_email: str = ""
+    atlas_password: str = ""
+
     # People allowed to approve risky actions, as channel addresses ("whatsapp:+15551230001").
+    # The order is the escalation order: the first is on duty, the second the backup.
     approvers: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["whatsapp:+15550100001"]
     )
@@ -118,6 +136,17 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_download(cls, value: object) -> object:
         return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _atlas_complete(self) -> Settings:
+        if self.cmms == "atlas" and not (
+            self.atlas_url and self.atlas_email and self.atlas_password
+        ):
+            raise ValueError(
+                "FACTORYLM_CMMS=atlas needs FACTORYLM_ATLAS_URL, FACTORYLM_ATLAS_EMAIL and "
+                "FACTORYLM_ATLAS_PASSWORD"
+            )
+        return self
 
     @field_validator("temporal_address")
     @classmethod

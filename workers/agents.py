@@ -9,6 +9,7 @@ import asyncpg
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.agents.registry import agent_activities, vector_memory
 from activities.baselines import BaselineActivities
 from activities.cmms import CmmsActivities
 from activities.events import EventActivities
@@ -18,19 +19,25 @@ from factorylm.plant import Plant
 from factorylm.settings import Settings
 from workflows.baseline import BaselineWorkflow
 from workflows.drift_response import DriftResponseWorkflow
+from workflows.outcome_followup import OutcomeFollowUpWorkflow
 
-WORKFLOWS: list[type] = [DriftResponseWorkflow, BaselineWorkflow]
+WORKFLOWS: list[type] = [DriftResponseWorkflow, BaselineWorkflow, OutcomeFollowUpWorkflow]
 
 
 def activities(pool: asyncpg.Pool, plant: Plant, settings: Settings) -> list[Callable[..., Any]]:
-    notify = NotifyActivities(pool)
+    notify = NotifyActivities(pool, settings)
     return [
         BaselineActivities(pool).compute_baselines,
         notify.send_report,
-        EventActivities(pool).record_drift_event,
+        notify.close_approval,
+        notify.send_message,
+        notify.request_outcome,
+        notify.close_outcome,
+        EventActivities(pool, vector_memory(pool, settings)).record_drift_event,
         PlanningActivities(plant, settings).plan_response,
         notify.request_approval,
-        CmmsActivities(pool).open_work_order,
+        CmmsActivities(pool, settings).open_work_order,
+        *agent_activities(pool, plant, settings),
     ]
 
 

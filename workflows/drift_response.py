@@ -7,19 +7,35 @@ request and the authorised approvers; the wait is a durable timer.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
+    from factorylm.agent_models import (
+        AlarmTriageInput,
+        ManualHunterInput,
+        ManualHunterResult,
+        TriageResult,
+        WatchmanInput,
+        WatchmanResult,
+        WeaverInput,
+        WeaverReport,
+    )
+    from factorylm.conductor import Agent, EventType, agents_for, manual_query, watch_window_s
     from factorylm.errors import PLC_SAFETY_ERRORS
     from factorylm.models import (
         ActionProposal,
         ApprovalDecision,
+        CloseApprovalInput,
         DriftAlert,
         DriftResponseResult,
+        FollowUpInput,
         OpenWorkOrderInput,
         PendingApproval,
         PlanResponseInput,
@@ -28,11 +44,13 @@ with workflow.unsafe.imports_passed_through():
         RecordEventInput,
         RequestApprovalInput,
         ResponsePlan,
+        SendMessageInput,
         WorkOrderPriority,
         WorkOrderRef,
     )
     from factorylm.plant import ActionKind, Policy
     from factorylm.temporal_client import SEVERITY
+    from workflows.outcome_followup import OutcomeFollowUpWorkflow
 
 _SHORT = timedelta(seconds=30)
 _RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
@@ -43,6 +61,17 @@ _PLC_RETRY = RetryPolicy(
     non_retryable_error_types=list(PLC_SAFETY_ERRORS),
 )
 _PRIORITY = {"warning": WorkOrderPriority.LOW, "high": WorkOrderPriority.MEDIUM}
+# Agents advise; they must never hold up the safety response. A few attempts, then without them.
+_AGENT_TIMEOUT = timedelta(seconds=90)
+_AGENT_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=5), maximum_attempts=3
+)
+_AGENT_RESULT: dict[Agent, type] = {
+    Agent.MANUAL_HUNTER: ManualHunterResult,
+    Agent.ALARM_TRIAGE: TriageResult,
+    Agent.WATCHMAN: WatchmanResult,
+    Agent.WEAVER: WeaverReport,
+}
 
 
 @workflow.defn
@@ -52,6 +81,8 @@ class DriftResponseWorkflow:
         self._pending: PendingApproval | None = None
         self._decision: ApprovalDecision | None = None
         self._evidence: list[DriftAlert] = []
+        self._summary = ""  # the agents' findings, for the people who are asked
+        self._brief = ""
 
     @workflow.run
     async def run(self, alert: DriftAlert) -> DriftResponseResult:
@@ -65,10 +96,13 @@ class DriftResponseWorkflow:
             retry_policy=_RETRY,
             result_type=int,
         )
+        report = await self._consult_agents(event_id, alert)
         self._set_status("planning response")
         plan: ResponsePlan = await workflow.execute_activity(
             "plan_response",
-            PlanResponseInput(event_id=event_id, alert=alert),
+            PlanResponseInput(
+                event_id=event_id, alert=alert, proposals=report.proposals if report else []
+            ),
             start_to_close_timeout=_SHORT,
             retry_policy=_RETRY,
             result_type=ResponsePlan,
@@ -87,7 +121,16 @@ class DriftResponseWorkflow:
                 notes.append(f"{proposal.action} is never executed automatically: refused.")
             elif proposal.policy is Policy.APPROVAL:
                 go_ahead, approved_by, outcome = await self._ask_approval(alert, proposal, plan)
-                notes.append(f"Approval: {outcome}" + (f" by {approved_by}" if approved_by else ""))
+                if outcome == "not_approved_in_time":
+                    asked = " then ".join(plan.approvers[:2])
+                    notes.append(
+                        f"Not approved in time: asked {asked}, "
+                        f"{plan.approval_timeout_s / 60:g} min each. No PLC write was made."
+                    )
+                else:
+                    notes.append(
+                        f"Approval: {outcome}" + (f" by {approved_by}" if approved_by else "")
+                    )
             else:
                 go_ahead = True
             if go_ahead:
@@ -99,6 +142,14 @@ class DriftResponseWorkflow:
                     )
                 else:
                     notes.append(f"Execution failed: {outcome}.")
+                if proposal.policy is Policy.AUTO and plan.approvers:
+                    done = notes[-1] if write is not None or outcome != "completed" else ""
+                    await self._tell(
+                        "auto-executed",
+                        plan.approvers[:1],
+                        f"Auto-executed: {proposal.action} — {proposal.description}. "
+                        f"{alert.describe()}. {done}".strip(),
+                    )
 
         self._set_status("opening work order")
         work_order: WorkOrderRef = await workflow.execute_activity(
@@ -106,7 +157,14 @@ class DriftResponseWorkflow:
             OpenWorkOrderInput(
                 external_key=f"{info.workflow_id}/{info.run_id}",
                 title=f"{alert.metric} drift on {alert.plc_id} ({alert.sigma:+.1f}σ)",
-                description="\n".join([alert.describe(), *notes, *self._evidence_note()]),
+                description="\n".join(
+                    [
+                        alert.describe(),
+                        *notes,
+                        *self._evidence_note(),
+                        *(["", report.markdown] if report else []),
+                    ]
+                ),
                 priority=_PRIORITY.get(alert.severity.value, WorkOrderPriority.HIGH),
                 asset_id=alert.plc_id,
             ),
@@ -114,6 +172,25 @@ class DriftResponseWorkflow:
             retry_policy=_RETRY,
             result_type=WorkOrderRef,
         )
+        if plan.approvers:
+            summary = (
+                f"{alert.describe()}. {proposal.action if proposal else 'No action'}: {outcome}. "
+                f"Work order {work_order.id}."
+            )
+            await self._tell("summary", plan.approvers[:1], summary)
+            await workflow.start_child_workflow(
+                OutcomeFollowUpWorkflow.run,
+                FollowUpInput(
+                    drift_workflow_id=info.workflow_id,
+                    event_id=event_id,
+                    recipient=plan.approvers[0],
+                    work_order_id=work_order.id,
+                    summary=summary,
+                    wait_s=plan.outcome_wait_s,
+                ),
+                id=f"outcome-{info.workflow_id}-{info.run_id[:8]}",
+                parent_close_policy=ParentClosePolicy.ABANDON,
+            )
         self._set_status(outcome)
         return DriftResponseResult(
             workflow_id=info.workflow_id,
@@ -127,9 +204,71 @@ class DriftResponseWorkflow:
             work_order_id=work_order.id,
         )
 
+    # -- agents ----------------------------------------------------------------------------
+    async def _consult_agents(self, event_id: int, alert: DriftAlert) -> WeaverReport | None:
+        """The Conductor's agents for a drift in parallel, then the Weaver's report."""
+        workflow_id = workflow.info().workflow_id
+        self._set_status("consulting agents")
+        inputs: dict[Agent, Any] = {
+            Agent.MANUAL_HUNTER: ManualHunterInput(
+                workflow_id=workflow_id, query=manual_query(alert)
+            ),
+            Agent.ALARM_TRIAGE: AlarmTriageInput(
+                workflow_id=workflow_id, event_id=event_id, alert=alert
+            ),
+            Agent.WATCHMAN: WatchmanInput(
+                workflow_id=workflow_id,
+                plc_id=alert.plc_id,
+                metric=alert.metric,
+                end=alert.detected_at,
+                window_s=watch_window_s(alert),
+                bucket_s=watch_window_s(alert) / 30,
+            ),
+        }
+        agents = agents_for(EventType.DRIFT)
+        found = dict(
+            zip(
+                agents,
+                await asyncio.gather(*(self._run_agent(a, inputs[a], alert) for a in agents)),
+                strict=True,
+            )
+        )
+        self._set_status("writing the report")
+        report: WeaverReport | None = await self._run_agent(
+            Agent.WEAVER,
+            WeaverInput(
+                workflow_id=workflow_id,
+                event_id=event_id,
+                alert=alert,
+                manuals=found.get(Agent.MANUAL_HUNTER),
+                triage=found.get(Agent.ALARM_TRIAGE),
+                watchman=found.get(Agent.WATCHMAN),
+            ),
+            alert,
+        )
+        if report is not None:
+            self._brief = f"{report.summary}\n\n_{report.generated_by}_"
+        return report
+
+    async def _run_agent(self, agent: Agent, arg: Any, alert: DriftAlert) -> Any:
+        try:
+            return await workflow.execute_activity(
+                agent.value,
+                arg,
+                start_to_close_timeout=_AGENT_TIMEOUT,
+                retry_policy=_AGENT_RETRY,
+                result_type=_AGENT_RESULT[agent],
+                summary=f"{agent.name.replace('_', ' ').title()}: {alert.metric} on {alert.plc_id}",
+            )
+        except ActivityError as err:
+            workflow.logger.warning("agent %s failed, continuing without it: %s", agent, err.cause)
+            return None
+
     async def _ask_approval(
         self, alert: DriftAlert, proposal: ActionProposal, plan: ResponsePlan
     ) -> tuple[bool, str | None, str]:
+        """Ask the on-duty approver; on timeout escalate once to the backup; then give up."""
+        wf_id = workflow.info().workflow_id
         code = f"{workflow.random().randint(0, 9999):04d}"
         self._pending = PendingApproval(
             code=code,
@@ -137,33 +276,70 @@ class DriftResponseWorkflow:
             requested_at=workflow.now(),
             approvers=plan.approvers,
         )
-        self._set_status(f"waiting for approval of {proposal.action} (code {code})")
+        # Escalation order is the configured order: on duty first, then the backup.
+        for attempt, recipient in enumerate(plan.approvers[:2]):
+            self._set_status(
+                f"waiting for {recipient} to approve {proposal.action} (code {code})"
+                + (" — escalated" if attempt else "")
+            )
+            await workflow.execute_activity(
+                "request_approval",
+                RequestApprovalInput(
+                    workflow_id=wf_id,
+                    code=code,
+                    alert=alert,
+                    proposal=proposal,
+                    recipients=[recipient],
+                    summary=self._summary,
+                    escalation=attempt > 0,
+                    timeout_s=plan.approval_timeout_s,
+                ),
+                start_to_close_timeout=_SHORT,
+                retry_policy=_RETRY,
+            )
+            try:
+                await workflow.wait_condition(
+                    lambda: self._decision is not None,
+                    timeout=timedelta(seconds=plan.approval_timeout_s),
+                    timeout_summary="approval timer" + (" (backup)" if attempt else ""),
+                )
+                break
+            except TimeoutError:
+                continue
+        decision = self._decision
+        self._pending = None
+        if decision is None:
+            await self._close_requests(code, "expired", None)
+            return False, None, "not_approved_in_time"
+        await self._close_requests(
+            code, "approved" if decision.approve else "denied", decision.approver
+        )
+        if not decision.approve:
+            return False, None, "denied"
+        return True, decision.approver, "approved"
+
+    async def _close_requests(self, code: str, status: str, by: str | None) -> None:
         await workflow.execute_activity(
-            "request_approval",
-            RequestApprovalInput(
-                workflow_id=workflow.info().workflow_id,
-                code=code,
-                alert=alert,
-                proposal=proposal,
-                recipients=plan.approvers,
+            "close_approval",
+            CloseApprovalInput(
+                workflow_id=workflow.info().workflow_id, code=code, status=status, answered_by=by
             ),
             start_to_close_timeout=_SHORT,
             retry_policy=_RETRY,
         )
-        try:
-            await workflow.wait_condition(
-                lambda: self._decision is not None,
-                timeout=timedelta(seconds=plan.approval_timeout_s),
-                timeout_summary="approval timer",
-            )
-        except TimeoutError:
-            self._pending = None
-            return False, None, "not_approved_in_time"
-        decision = self._decision
-        assert decision is not None
-        if not decision.approve:
-            return False, None, "denied"
-        return True, decision.approver, "approved"
+
+    async def _tell(self, key: str, recipients: list[str], body: str) -> None:
+        await workflow.execute_activity(
+            "send_message",
+            SendMessageInput(
+                dedup_key=f"{workflow.info().workflow_id}/{workflow.info().run_id}/{key}",
+                recipients=recipients,
+                body=body,
+                workflow_id=workflow.info().workflow_id,
+            ),
+            start_to_close_timeout=_SHORT,
+            retry_policy=_RETRY,
+        )
 
     async def _execute(
         self, proposal: ActionProposal, approved_by: str | None, task_queue: str
@@ -196,7 +372,9 @@ class DriftResponseWorkflow:
 
     def _set_status(self, status: str) -> None:
         self._status = status
-        workflow.set_current_details(f"**{status}**")
+        workflow.set_current_details(
+            f"**{status}**" + (f"\n\n{self._brief}" if self._brief else "")
+        )
 
     # -- human decisions ---------------------------------------------------------------------
     @workflow.update

@@ -14,6 +14,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from factorylm.drivers import PlcError
 from factorylm.drivers.logix import LogixDriver
 from factorylm.plant import Plc, Point, Protocol
 from factorylm.simulator.peer import SimulatedPeer
@@ -32,7 +33,7 @@ class SimulatedLogixPlc(SimulatedPeer):
         # cpppo answers a request in milliseconds; refreshing at the poll rate is plenty.
         super().__init__(plc, seed=seed, tick_s=tick_s or plc.poll_interval_ms / 1000)
         self._proc: asyncio.subprocess.Process | None = None
-        self._client = LogixDriver(plc, timeout_s=2.0)
+        self._client = LogixDriver(plc, timeout_s=5.0)
 
     @property
     def address(self) -> str:
@@ -75,6 +76,21 @@ class SimulatedLogixPlc(SimulatedPeer):
             asyncio.create_task(_discard(self._proc.stdout)),
             asyncio.create_task(_discard(self._proc.stderr)),
         ]
+        await self._until_answering()
+
+    async def _until_answering(self, timeout_s: float = 30.0) -> None:
+        # cpppo binds before it is ready to serve, and its first answer can take seconds on a
+        # loaded machine: retry the first exchange rather than fail the whole simulator.
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        probe = next(p for p in [*self.plc.metrics, *self.plc.setpoints] if p.tag)
+        while True:
+            try:
+                await self._client.read_points([probe])
+                return
+            except PlcError as exc:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise RuntimeError(f"{self.plc.id}: cpppo never answered: {exc}") from exc
+                await self._client.close()
 
     async def _unserve(self) -> None:
         await self._client.close()

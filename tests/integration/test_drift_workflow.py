@@ -24,6 +24,7 @@ from ingest.alerts import WorkflowStarter
 from workflows.drift_response import DriftResponseWorkflow
 
 APPROVER = "whatsapp:+15550100001"
+BACKUP = "whatsapp:+15550100002"
 
 
 @dataclass
@@ -46,7 +47,7 @@ async def rig(
             "task_queue": queue,
             "plc_task_queue": f"{queue}-edge",
             "approval_timeout_s": 4.0,
-            "approvers": [APPROVER, "whatsapp:+15550100002"],
+            "approvers": [APPROVER, BACKUP],
         }
     )
     sim = SimulatedModbusPlc(plant.plcs[0], seed=1)
@@ -67,6 +68,15 @@ async def start(rig: Rig, a: DriftAlert) -> WorkflowHandle[Any, DriftResponseRes
     )
 
 
+async def wait_rows(pool: asyncpg.Pool, query: str, *args: object) -> list[asyncpg.Record]:
+    for _ in range(200):
+        rows = await pool.fetch(query, *args)
+        if rows:
+            return rows
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no rows for {query}")
+
+
 async def pending(handle: WorkflowHandle[Any, Any]) -> PendingApproval:
     for _ in range(200):
         p = await handle.query(DriftResponseWorkflow.pending_approval)
@@ -80,10 +90,10 @@ async def test_approved_shutdown_writes_verifies_and_opens_a_work_order(rig: Rig
     handle = await start(rig, alert(6.0))
     request = await pending(handle)
     assert request.action == "shutdown_motor" and len(request.code) == 4
-    sent = await rig.pool.fetchval(
-        "SELECT count(*) FROM notifications WHERE workflow_id = $1", handle.id
+    asked = await wait_rows(
+        rig.pool, "SELECT recipient FROM approval_requests WHERE workflow_id = $1", handle.id
     )
-    assert sent == 2  # both configured approvers were asked
+    assert [r["recipient"] for r in asked] == [APPROVER]  # the on-duty approver first
     outcome = await handle.execute_update(
         DriftResponseWorkflow.decide,
         ApprovalDecision(approve=True, approver=APPROVER, code=request.code),
@@ -143,10 +153,18 @@ async def test_bad_decisions_are_rejected_and_a_duplicate_has_no_effect(rig: Rig
     assert await rig.sim.read("motor_run") == 1
 
 
-async def test_no_answer_in_time_means_no_write(rig: Rig) -> None:
+async def test_no_answer_escalates_once_then_means_no_write(rig: Rig) -> None:
     handle = await start(rig, alert(7.0))
     await pending(handle)
     result = await handle.result()
+    asked = await rig.pool.fetch(
+        "SELECT recipient, status FROM approval_requests WHERE workflow_id = $1 ORDER BY id",
+        handle.id,
+    )
+    assert [(r["recipient"], r["status"]) for r in asked] == [
+        (APPROVER, "expired"),
+        (BACKUP, "expired"),
+    ]
     assert result.status == "not_approved_in_time" and result.value_written is None
     assert (
         await rig.pool.fetchval("SELECT count(*) FROM plc_writes WHERE workflow_id = $1", handle.id)
@@ -156,7 +174,7 @@ async def test_no_answer_in_time_means_no_write(rig: Rig) -> None:
     description = await rig.pool.fetchval(
         "SELECT description FROM work_orders WHERE external_key LIKE $1", f"{handle.id}/%"
     )
-    assert "not_approved_in_time" in description
+    assert "Not approved in time" in description and "No PLC write was made" in description
 
 
 async def test_auto_action_runs_without_approval(rig: Rig) -> None:

@@ -1,0 +1,1 @@
+"""Agent activities: Manual Hunter, Alarm Triage, Watchman, Weaver, and outcome feedback."""

@@ -1,0 +1,157 @@
+"""POST /webhooks/twilio/whatsapp: people answer FactoryLM on WhatsApp.
+
+The request must carry Twilio's signature over the configured public URL; anything else is
+refused with 403 before it can reach a workflow. Only configured approver numbers are heard.
+"YES 4821" / "NO 4821" (or a plain yes/no when exactly one request waits for that number)
+become the workflow's `decide` update; any other text is the outcome report of the latest
+work order that number was asked about. Every answer is TwiML telling the person what happened.
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import parse_qsl
+
+import asyncpg
+from starlette.requests import Request
+from starlette.responses import Response
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowUpdateFailedError
+from temporalio.service import RPCError, RPCStatusCode
+from twilio.twiml.messaging_response import MessagingResponse
+
+from factorylm.models import ApprovalDecision
+from factorylm.settings import Settings
+from factorylm.whatsapp import Reply, parse_reply, signature_ok
+from workflows.drift_response import DriftResponseWorkflow
+from workflows.outcome_followup import OutcomeFollowUpWorkflow
+
+log = logging.getLogger(__name__)
+
+HELP = (
+    "FactoryLM: reply YES <code> to approve or NO <code> to deny a request, "
+    "or describe what you found and fixed after a work order."
+)
+
+
+def twiml(text: str) -> Response:
+    reply = MessagingResponse()
+    reply.message(text)
+    return Response(str(reply), media_type="application/xml")
+
+
+class WhatsAppWebhook:
+    def __init__(self, settings: Settings, client: Client, pool: asyncpg.Pool) -> None:
+        self._settings = settings
+        self._client = client
+        self._pool = pool
+
+    async def handle(self, request: Request) -> Response:
+        settings = self._settings
+        if not settings.twilio_auth_token:
+            return Response("WhatsApp webhook not configured (FACTORYLM_TWILIO_AUTH_TOKEN)", 503)
+        raw = (await request.body()).decode("utf-8", errors="replace")
+        form = dict(parse_qsl(raw, keep_blank_values=True))
+        url = settings.public_url.rstrip("/") + request.url.path
+        if request.url.query:
+            url += "?" + request.url.query
+        if not signature_ok(
+            settings.twilio_auth_token, url, form, request.headers.get("x-twilio-signature", "")
+        ):
+            log.warning("refused a WhatsApp webhook with a bad signature from %s", request.client)
+            return Response("invalid signature", status_code=403)
+        sender = form.get("From", "")
+        await self._pool.execute(
+            """INSERT INTO whatsapp_sessions (number, last_inbound_at) VALUES ($1, now())
+               ON CONFLICT (number) DO UPDATE SET last_inbound_at = now()""",
+            sender,
+        )
+        if sender not in settings.approvers:
+            log.warning("ignored WhatsApp message from unauthorised %s", sender)
+            return twiml("This number is not authorised for FactoryLM. Nothing was done.")
+        body = form.get("Body", "")
+        reply = parse_reply(body)
+        if reply is not None:
+            return twiml(await self._decide(sender, reply))
+        return twiml(await self._outcome(sender, body))
+
+    async def _decide(self, sender: str, reply: Reply) -> str:
+        if reply.code:
+            rows = await self._pool.fetch(
+                """SELECT * FROM approval_requests WHERE recipient = $1 AND code = $2
+                   ORDER BY requested_at DESC""",
+                sender,
+                reply.code,
+            )
+            pending = [r for r in rows if r["status"] == "pending"]
+            if not pending:
+                if rows:
+                    return f"Request {reply.code} is no longer open ({rows[0]['status']}). Nothing was done."
+                return f"No request with code {reply.code} was sent to you. Nothing was done."
+        else:
+            pending = await self._still_open(
+                await self._pool.fetch(
+                    "SELECT * FROM approval_requests WHERE recipient = $1 AND status = 'pending'",
+                    sender,
+                )
+            )
+            if not pending:
+                return "No request is waiting for your answer. Nothing was done."
+            if len(pending) > 1:
+                codes = ", ".join(f"{r['code']} ({r['action']})" for r in pending)
+                return f"Several requests are waiting: {codes}. Reply YES <code> or NO <code>."
+        row = pending[0]
+        decision = ApprovalDecision(approve=reply.approve, approver=sender, code=row["code"])
+        handle = self._client.get_workflow_handle(row["workflow_id"])
+        try:
+            result = await handle.execute_update(DriftResponseWorkflow.decide, decision)
+        except WorkflowUpdateFailedError as exc:
+            reason = str(exc.cause) if exc.cause else "refused"
+            return f"Request {row['code']} was not changed: {reason}. Nothing was done."
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                raise
+            return f"Request {row['code']} is no longer open. Nothing was done."
+        log.info("%s %s %s via WhatsApp", sender, result, row["workflow_id"])
+        if result == "approved":
+            return f"Approved: {row['action']} runs now (request {row['code']}). You will get the result."
+        return f"Denied: {row['action']} will not run (request {row['code']}). A work order records it."
+
+    async def _still_open(self, rows: list[asyncpg.Record]) -> list[asyncpg.Record]:
+        """Drop requests whose workflow has ended without closing them (e.g. terminated by an
+        operator), so a plain "yes" is not refused for a request nobody waits on any more."""
+        if len(rows) <= 1:
+            return rows
+        open_rows = []
+        for row in rows:
+            try:
+                desc = await self._client.get_workflow_handle(row["workflow_id"]).describe()
+                running = desc.status == WorkflowExecutionStatus.RUNNING
+            except RPCError as exc:
+                if exc.status != RPCStatusCode.NOT_FOUND:
+                    raise
+                running = False
+            if running:
+                open_rows.append(row)
+            else:
+                await self._pool.execute(
+                    "UPDATE approval_requests SET status = 'expired' WHERE id = $1 AND status = 'pending'",
+                    row["id"],
+                )
+        return open_rows
+
+    async def _outcome(self, sender: str, text: str) -> str:
+        row = await self._pool.fetchrow(
+            """SELECT * FROM outcome_requests WHERE recipient = $1 AND status = 'waiting'
+               ORDER BY requested_at DESC LIMIT 1""",
+            sender,
+        )
+        if row is None:
+            return HELP
+        handle = self._client.get_workflow_handle(row["workflow_id"])
+        try:
+            await handle.signal(OutcomeFollowUpWorkflow.outcome, text)
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                raise
+            return HELP
+        return f'Thanks — recorded on {row["work_order_id"]}: "{text.strip()}".'

@@ -1,0 +1,147 @@
+"""A local Twilio: the Messages resource of the 2010-04-01 REST API, and inbound webhooks.
+
+Speaks what the official `twilio` client sends (form-encoded POST to
+/2010-04-01/Accounts/{AccountSid}/Messages.json with basic auth) and answers with the
+documented Message JSON. It keeps what was sent, so a scenario can read the code a person
+was given, and it can play that person by posting a correctly signed inbound webhook.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import itertools
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from twilio.request_validator import RequestValidator
+
+
+@dataclass
+class SentMessage:
+    sid: str
+    to: str
+    from_: str
+    body: str
+    content_sid: str | None
+    content_variables: str | None
+    media_url: list[str]
+    created: datetime
+
+
+@dataclass
+class FakeTwilio:
+    account_sid: str = "ACfake0000000000000000000000000000"
+    auth_token: str = "fake-auth-token"
+    sent: list[SentMessage] = field(default_factory=list)
+    media: dict[str, tuple[bytes, str]] = field(default_factory=dict)
+    fail_next: int = 0  # answer this many sends with 500, for retry tests
+    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def _authorised(self, request: Request) -> bool:
+        header = request.headers.get("authorization", "")
+        expected = base64.b64encode(f"{self.account_sid}:{self.auth_token}".encode()).decode()
+        return hmac.compare_digest(header, f"Basic {expected}")
+
+    async def _create_message(self, request: Request) -> Response:
+        if request.path_params["sid"] != self.account_sid or not self._authorised(request):
+            return JSONResponse(
+                {"code": 20003, "message": "Authenticate", "status": 401}, status_code=401
+            )
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            return JSONResponse({"code": 20500, "message": "Internal error", "status": 500}, 500)
+        form = await request.form()
+        to, from_ = str(form.get("To", "")), str(form.get("From", ""))
+        body = str(form.get("Body", ""))
+        content_sid = form.get("ContentSid")
+        if not to.startswith("whatsapp:") or not from_.startswith("whatsapp:"):
+            return JSONResponse(
+                {"code": 21211, "message": f"Invalid 'To' Phone Number: {to}", "status": 400}, 400
+            )
+        if not body and not content_sid:
+            return JSONResponse(
+                {"code": 21602, "message": "Message body is required.", "status": 400}, 400
+            )
+        sid = f"SM{next(self._ids):032x}"
+        now = datetime.now(UTC)
+        message = SentMessage(
+            sid=sid,
+            to=to,
+            from_=from_,
+            body=body,
+            content_sid=str(content_sid) if content_sid else None,
+            content_variables=str(form.get("ContentVariables"))
+            if form.get("ContentVariables")
+            else None,
+            media_url=[str(v) for v in form.getlist("MediaUrl")],
+            created=now,
+        )
+        self.sent.append(message)
+        return JSONResponse(
+            {
+                "sid": sid,
+                "account_sid": self.account_sid,
+                "to": to,
+                "from": from_,
+                "body": body,
+                "status": "queued",
+                "num_media": str(len(message.media_url)),
+                "direction": "outbound-api",
+                "api_version": "2010-04-01",
+                "date_created": now.strftime("%a, %d %b %Y %H:%M:%S +0000"),
+                "uri": f"/2010-04-01/Accounts/{self.account_sid}/Messages/{sid}.json",
+            },
+            status_code=201,
+        )
+
+    async def _media(self, request: Request) -> Response:
+        if not self._authorised(request):
+            return Response(status_code=401)
+        item = self.media.get(request.path_params["media_sid"])
+        if item is None:
+            return Response(status_code=404)
+        return Response(item[0], media_type=item[1])
+
+    def app(self) -> Starlette:
+        return Starlette(
+            routes=[
+                Route(
+                    "/2010-04-01/Accounts/{sid}/Messages.json",
+                    self._create_message,
+                    methods=["POST"],
+                ),
+                Route("/media/{media_sid}", self._media),
+            ]
+        )
+
+    def to(self, recipient: str) -> list[SentMessage]:
+        return [m for m in self.sent if m.to == recipient]
+
+
+def sign(auth_token: str, url: str, form: dict[str, str]) -> str:
+    return str(RequestValidator(auth_token).compute_signature(url, form))
+
+
+async def post_inbound(
+    api_url: str, public_url: str, auth_token: str, sender: str, body: str, **extra: str
+) -> httpx.Response:
+    """Play a person replying on WhatsApp: Twilio's inbound webhook, signed as Twilio signs."""
+    path = "/webhooks/twilio/whatsapp"
+    form = {
+        "MessageSid": f"SM{abs(hash((sender, body, datetime.now(UTC)))):032x}"[:34],
+        "AccountSid": "AC",
+        "From": sender,
+        "To": "whatsapp:+14155238886",
+        "Body": body,
+        "NumMedia": "0",
+        **extra,
+    }
+    signature = sign(auth_token, public_url.rstrip("/") + path, form)
+    async with httpx.AsyncClient(base_url=api_url, timeout=10) as http:
+        return await http.post(path, data=form, headers={"X-Twilio-Signature": signature})

@@ -1,0 +1,296 @@
+"""WhatsApp approvals end to end: the official twilio client against a local Twilio API,
+signed inbound webhooks into the real API, decisions reaching the real workflow."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from temporalio.client import Client, WorkflowHandle
+
+from factorylm.fakes.server import LocalServer
+from factorylm.fakes.twilio import FakeTwilio, SentMessage, post_inbound, sign
+from factorylm.models import DriftResponseResult
+from factorylm.settings import Settings
+from factorylm.simulator.modbus import SimulatedModbusPlc
+from factorylm.stack import Stack
+from helpers import free_port, make_alert, plant_with_free_ports
+from workflows.drift_response import DriftResponseWorkflow
+from workflows.outcome_followup import OutcomeFollowUpWorkflow
+
+# Numbers of their own: other test modules leave requests to the default approvers.
+ON_DUTY = "whatsapp:+15550200001"
+BACKUP = "whatsapp:+15550200002"
+
+
+@dataclass
+class Rig:
+    settings: Settings
+    stack: Stack
+    twilio: FakeTwilio
+    sim: SimulatedModbusPlc
+    pool: asyncpg.Pool
+
+    async def start(
+        self, sigma: float, metric: str = "vibration"
+    ) -> WorkflowHandle[Any, DriftResponseResult]:
+        a = make_alert(sigma, metric)
+        return await self.stack.client.start_workflow(
+            DriftResponseWorkflow.run,
+            a,
+            id=f"{a.workflow_id}-{uuid.uuid4().hex[:6]}",
+            task_queue=self.settings.task_queue,
+            result_type=DriftResponseResult,
+        )
+
+    async def message_to(self, who: str, containing: str, after: int = 0) -> SentMessage:
+        for _ in range(300):
+            found = [
+                m
+                for m in self.twilio.to(who)[after:]
+                if containing in m.body or containing == m.content_sid
+            ]
+            if found:
+                return found[-1]
+            await asyncio.sleep(0.03)
+        raise AssertionError(f"no message to {who} containing {containing!r}")
+
+    async def reply(self, who: str, text: str) -> str:
+        response = await post_inbound(
+            self.settings.api_url, self.settings.public_url, self.twilio.auth_token, who, text
+        )
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"].startswith("application/xml")
+        said = re.search(r"<Message>(.*)</Message>", response.text, re.S)
+        assert said is not None
+        return said[1]
+
+
+@pytest.fixture
+async def rig(
+    tmp_path: Path, settings: Settings, client: Client, pool: asyncpg.Pool
+) -> AsyncIterator[Rig]:
+    twilio = FakeTwilio()
+    server = LocalServer(twilio.app())
+    await server.start()
+    plant, _ = plant_with_free_ports(tmp_path)
+    queue = f"wa-{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    s = settings.model_copy(
+        update={
+            "task_queue": queue,
+            "plc_task_queue": f"{queue}-edge",
+            "approvers": [ON_DUTY, BACKUP],
+            "approval_timeout_s": 30.0,
+            "api_port": port,
+            "public_url": f"http://127.0.0.1:{port}",
+            "twilio_account_sid": twilio.account_sid,
+            "twilio_auth_token": twilio.auth_token,
+            "twilio_api_base_url": server.url,
+        }
+    )
+    sim = SimulatedModbusPlc(plant.plcs[0])
+    await sim.start()
+    stack = Stack(s, plant, client, run_ingest=False)
+    await stack.start()
+    yield Rig(s, stack, twilio, sim, pool)
+    await stack.stop()
+    await sim.stop()
+    await server.stop()
+
+
+def code_in(message: SentMessage) -> str:
+    found = re.search(r"YES (\d{4})", message.body)
+    assert found is not None, message.body
+    return found[1]
+
+
+async def test_yes_with_code_approves_and_the_person_is_told(rig: Rig) -> None:
+    handle = await rig.start(6.0)
+    request = await rig.message_to(ON_DUTY, "Reply YES")
+    assert "shutdown_motor" in request.body and "vibration on conveyor-1" in request.body
+    assert f"/workflows/{handle.id}" in request.body  # the dashboard link
+    assert rig.twilio.to(BACKUP) == []  # the backup is only asked on escalation
+    said = await rig.reply(ON_DUTY, f"YES {code_in(request)}")
+    assert said.startswith("Approved: shutdown_motor")
+    result = await handle.result()
+    assert result.status == "completed" and result.approved_by == ON_DUTY
+    assert await rig.sim.read("motor_run") == 0
+    summary = await rig.message_to(ON_DUTY, f"Work order {result.work_order_id}")
+    assert "completed" in summary.body
+
+
+async def test_plain_yes_needs_exactly_one_pending_request(rig: Rig) -> None:
+    first = await rig.start(6.0, "vibration")
+    second = await rig.start(6.0, "motor_temp")
+    await rig.message_to(ON_DUTY, "motor_temp on conveyor-1")
+    await rig.message_to(ON_DUTY, "vibration on conveyor-1")
+    said = await rig.reply(ON_DUTY, "yes")
+    assert said.startswith("Several requests are waiting")
+    deny_code = code_in(await rig.message_to(ON_DUTY, "motor_temp on conveyor-1"))
+    assert (await rig.reply(ON_DUTY, f"no {deny_code}")).startswith("Denied: shutdown_motor")
+    assert (await second.result()).status == "denied"
+    assert (await rig.reply(ON_DUTY, "Yes")).startswith("Approved")  # now only one is left
+    assert (await first.result()).approved_by == ON_DUTY
+
+
+async def test_forged_tampered_and_unknown_messages_change_nothing(rig: Rig) -> None:
+    handle = await rig.start(6.0)
+    code = code_in(await rig.message_to(ON_DUTY, "Reply YES"))
+    url = rig.settings.public_url + "/webhooks/twilio/whatsapp"
+    form = {"From": ON_DUTY, "Body": f"YES {code}", "MessageSid": "SMx", "NumMedia": "0"}
+    async with httpx.AsyncClient(base_url=rig.settings.api_url) as http:
+        forged = await http.post(
+            "/webhooks/twilio/whatsapp",
+            data=form,
+            headers={"X-Twilio-Signature": sign("not-the-token", url, form)},
+        )
+        assert forged.status_code == 403
+        tampered_form = {**form, "From": BACKUP}  # signed for one sender, sent as another
+        tampered = await http.post(
+            "/webhooks/twilio/whatsapp",
+            data=tampered_form,
+            headers={"X-Twilio-Signature": sign(rig.twilio.auth_token, url, form)},
+        )
+        assert tampered.status_code == 403
+        unsigned = await http.post("/webhooks/twilio/whatsapp", data=form)
+        assert unsigned.status_code == 403
+    said = await rig.reply("whatsapp:+19995550000", f"YES {code}")
+    assert "not authorised" in said
+    assert await handle.query(DriftResponseWorkflow.pending_approval) is not None  # still waiting
+    assert (await rig.reply(ON_DUTY, f"NO {code}")).startswith("Denied")
+    assert (await handle.result()).status == "denied"
+
+
+async def test_duplicate_and_late_replies_have_no_second_effect(rig: Rig) -> None:
+    handle = await rig.start(6.0)
+    code = code_in(await rig.message_to(ON_DUTY, "Reply YES"))
+    assert (await rig.reply(ON_DUTY, f"YES {code}")).startswith("Approved")
+    await handle.result()
+    again = await rig.reply(ON_DUTY, f"YES {code}")
+    assert again == f"Request {code} is no longer open (approved). Nothing was done."
+    writes = await rig.pool.fetchval(
+        "SELECT count(*) FROM plc_writes WHERE workflow_id = $1", handle.id
+    )
+    assert writes == 1
+    unknown = await rig.reply(ON_DUTY, "YES 0000" if code != "0000" else "YES 1111")
+    assert "No request with code" in unknown
+
+
+async def test_timeout_escalates_to_the_backup_then_a_late_yes_is_refused(
+    rig: Rig,
+) -> None:
+    fast = rig.settings.model_copy(update={"approval_timeout_s": 1.5})
+    # A short approval timer: a second stack (workers only) on its own queue.
+    stack = Stack(
+        fast.model_copy(update={"task_queue": rig.settings.task_queue + "-fast"}),
+        rig.stack.plant,
+        rig.stack.client,
+        run_ingest=False,
+        run_api=False,
+        run_edge_worker=False,
+    )
+    await stack.start()
+    try:
+        a = make_alert(6.0)
+        handle = await rig.stack.client.start_workflow(
+            DriftResponseWorkflow.run,
+            a,
+            id=f"{a.workflow_id}-{uuid.uuid4().hex[:6]}",
+            task_queue=stack.settings.task_queue,
+            result_type=DriftResponseResult,
+        )
+        first = await rig.message_to(ON_DUTY, "Reply YES")
+        escalated = await rig.message_to(BACKUP, "escalated")
+        assert code_in(escalated) == code_in(first)
+        result = await handle.result()
+        assert result.status == "not_approved_in_time" and result.value_written is None
+        late = await rig.reply(BACKUP, f"YES {code_in(escalated)}")
+        assert (
+            late == f"Request {code_in(escalated)} is no longer open (expired). Nothing was done."
+        )
+        assert await rig.sim.read("motor_run") == 1
+    finally:
+        await stack.stop()
+
+
+async def test_outside_the_session_window_the_template_is_used(rig: Rig) -> None:
+    templated = rig.settings.model_copy(
+        update={
+            "twilio_approval_template_sid": "HXapproval",
+            "task_queue": rig.settings.task_queue + "-tpl",
+        }
+    )
+    stack = Stack(
+        templated,
+        rig.stack.plant,
+        rig.stack.client,
+        run_ingest=False,
+        run_api=False,
+        run_edge_worker=False,
+    )
+    await stack.start()
+    try:
+        await rig.pool.execute("DELETE FROM whatsapp_sessions WHERE number = $1", ON_DUTY)
+        a = make_alert(6.0, "current")
+        handle = await rig.stack.client.start_workflow(
+            DriftResponseWorkflow.run,
+            a,
+            id=f"{a.workflow_id}-{uuid.uuid4().hex[:6]}",
+            task_queue=templated.task_queue,
+            result_type=DriftResponseResult,
+        )
+        message = await rig.message_to(ON_DUTY, "HXapproval")
+        assert message.body == "" and message.content_variables is not None
+        code = re.search(r'"3": "(\d{4})"', message.content_variables)
+        assert code is not None
+        # Answering opens the session: what follows is free-form text again.
+        assert (await rig.reply(ON_DUTY, f"YES {code[1]}")).startswith("Approved")
+        result = await handle.result()
+        summary = await rig.message_to(ON_DUTY, f"Work order {result.work_order_id}")
+        assert summary.content_sid is None
+    finally:
+        await stack.stop()
+
+
+async def test_the_technicians_report_reaches_the_follow_up(rig: Rig) -> None:
+    handle = await rig.start(2.5)  # an auto action: no approval, a notice instead
+    notice = await rig.message_to(ON_DUTY, "Auto-executed: reduce_motor_speed_to_60pct")
+    assert "read back 1050" in notice.body
+    result = await handle.result()
+    ask = await rig.message_to(ON_DUTY, "reply with what you found")
+    assert result.work_order_id in ask.body
+    said = await rig.reply(ON_DUTY, "Replaced the drive-end bearing, vibration normal")
+    assert said.startswith(f"Thanks — recorded on {result.work_order_id}")
+    follow_up = rig.stack.client.get_workflow_handle(
+        f"outcome-{handle.id}-{(await handle.describe()).run_id[:8]}"
+    )
+    outcome = await follow_up.result()
+    assert outcome["answer"] == "Replaced the drive-end bearing, vibration normal"
+    row = await rig.pool.fetchrow(
+        "SELECT * FROM outcome_requests WHERE workflow_id = $1", follow_up.id
+    )
+    assert row["status"] == "answered"
+    assert await follow_up.query(OutcomeFollowUpWorkflow.answer) == outcome["answer"]
+
+
+async def test_requests_of_ended_workflows_do_not_block_a_plain_yes(rig: Rig) -> None:
+    await rig.pool.execute(
+        """INSERT INTO approval_requests (workflow_id, code, recipient, action)
+           VALUES ('drift-gone-vibration', '9999', $1, 'shutdown_motor')""",
+        ON_DUTY,
+    )
+    handle = await rig.start(6.0)
+    await rig.message_to(ON_DUTY, "Reply YES")
+    assert (await rig.reply(ON_DUTY, "yes")).startswith("Approved: shutdown_motor")
+    assert (await handle.result()).status == "completed"
+    stale = await rig.pool.fetchval("SELECT status FROM approval_requests WHERE code = '9999'")
+    assert stale == "expired"
