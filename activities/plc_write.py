@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Collection
 
 import asyncpg
 from temporalio import activity
@@ -18,6 +19,7 @@ from factorylm.drivers import PlcDriver, driver_for
 from factorylm.errors import (
     ACTION_NOT_IN_CATALOG,
     APPROVAL_MISSING,
+    MALFORMED_REQUEST,
     READ_BACK_MISMATCH,
     VALUE_OUT_OF_BOUNDS,
     non_retryable,
@@ -28,15 +30,28 @@ from factorylm.plant import ActionKind, Plant, Plc, Policy, Setpoint
 log = logging.getLogger(__name__)
 
 
-def validate_write(plant: Plant, req: PlcWriteInput) -> tuple[Plc, Setpoint]:
-    """Raise a non-retryable error unless the request is a catalog write within bounds."""
+def validate_write(
+    plant: Plant, req: PlcWriteInput, approvers: Collection[str]
+) -> tuple[Plc, Setpoint]:
+    """Raise a non-retryable error unless the request is a catalog write within bounds,
+    approved by an authorised person when its policy says so."""
+    for name, text in (
+        ("action_id", req.action_id),
+        ("workflow_id", req.workflow_id),
+        ("approved_by", req.approved_by or ""),
+    ):
+        if any(ord(c) < 32 or ord(c) == 127 for c in text):
+            raise non_retryable(MALFORMED_REQUEST, f"{name} contains control characters")
     action = plant.action(req.action)
     if action is None or action.kind is not ActionKind.PLC_WRITE:
         raise non_retryable(ACTION_NOT_IN_CATALOG, f"{req.action!r} is not a catalog PLC write")
     if action.policy is Policy.NEVER:
         raise non_retryable(ACTION_NOT_IN_CATALOG, f"{action.name} has policy 'never'")
-    if action.policy is Policy.APPROVAL and not req.approved_by:
-        raise non_retryable(APPROVAL_MISSING, f"{action.name} needs an approval")
+    if action.policy is Policy.APPROVAL and req.approved_by not in approvers:
+        # The edge checks the approver itself: a workflow bug must not be enough to write.
+        raise non_retryable(
+            APPROVAL_MISSING, f"{action.name} needs an approval from an authorised approver"
+        )
     assert action.plc is not None and action.setpoint is not None
     plc = plant.plc(action.plc)
     setpoint = plc.setpoint(action.setpoint) if plc else None
@@ -61,9 +76,10 @@ def same_value(setpoint: Setpoint, a: float, b: float) -> bool:
 
 
 class PlcWriteActivities:
-    def __init__(self, pool: asyncpg.Pool, plant: Plant) -> None:
+    def __init__(self, pool: asyncpg.Pool, plant: Plant, approvers: Collection[str]) -> None:
         self._pool = pool
         self._plant = plant
+        self._approvers = frozenset(approvers)
         self._drivers: dict[str, PlcDriver] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -78,7 +94,7 @@ class PlcWriteActivities:
 
     @activity.defn(name="write_plc_setpoint")
     async def write_plc_setpoint(self, req: PlcWriteInput) -> PlcWriteResult:
-        plc, setpoint = validate_write(self._plant, req)
+        plc, setpoint = validate_write(self._plant, req, self._approvers)
         lock = self._locks.setdefault(plc.id, asyncio.Lock())
         async with lock:
             return await self._write(req, plc, setpoint)

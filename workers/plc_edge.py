@@ -17,7 +17,7 @@ from factorylm.settings import Settings
 def build_worker(
     client: Client, pool: asyncpg.Pool, plant: Plant, settings: Settings
 ) -> tuple[Worker, PlcWriteActivities]:
-    writes = PlcWriteActivities(pool, plant)
+    writes = PlcWriteActivities(pool, plant, settings.approvers)
     worker = Worker(
         client,
         task_queue=settings.plc_task_queue,

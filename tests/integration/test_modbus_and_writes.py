@@ -19,6 +19,8 @@ from factorylm.plant import Plant
 from factorylm.simulator.modbus import SimulatedModbusPlc
 from helpers import plant_with_free_ports
 
+APPROVER = "whatsapp:+15550100001"
+
 
 @pytest.fixture
 async def sim_plant(tmp_path: Path) -> AsyncIterator[tuple[Plant, SimulatedModbusPlc]]:
@@ -75,7 +77,7 @@ async def test_write_is_verified_audited_and_idempotent(
     sim_plant: tuple[Plant, SimulatedModbusPlc], pool: asyncpg.Pool
 ) -> None:
     plant, sim = sim_plant
-    acts = PlcWriteActivities(pool, plant)
+    acts = PlcWriteActivities(pool, plant, [APPROVER])
     req = PlcWriteInput(
         action_id="wf-1/run/reduce",
         workflow_id="wf-1",
@@ -115,7 +117,7 @@ async def test_retry_after_a_crash_between_write_and_read_back_does_not_write_tw
     )
     await sim._write("motor_run", 0)
     writes_seen: list[float] = []
-    acts = PlcWriteActivities(pool, plant)
+    acts = PlcWriteActivities(pool, plant, [APPROVER])
     driver = acts._driver(plant.plcs[0])
     original = driver.write_point
 
@@ -161,7 +163,7 @@ async def test_read_back_mismatch_is_an_incident_not_a_retry(
         address=(plc.host, plc.port or 0),
     )
     await server.serve_forever(background=True)
-    acts = PlcWriteActivities(pool, plant)
+    acts = PlcWriteActivities(pool, plant, [APPROVER])
     req = PlcWriteInput(
         action_id="wf-3/run/reduce",
         workflow_id="wf-3",
@@ -189,7 +191,7 @@ async def test_out_of_bounds_request_never_reaches_the_plc(
     sim_plant: tuple[Plant, SimulatedModbusPlc], pool: asyncpg.Pool
 ) -> None:
     plant, sim = sim_plant
-    acts = PlcWriteActivities(pool, plant)
+    acts = PlcWriteActivities(pool, plant, [APPROVER])
     req = PlcWriteInput(
         action_id="wf-4/run/x", workflow_id="wf-4", action="reduce_motor_speed_to_60pct", value=1700
     )

@@ -12,6 +12,7 @@ from factorylm.plant import load_plant
 from factorylm.settings import PROJECT_ROOT
 from helpers import make_alert as alert
 
+APPROVER = "whatsapp:+15550100001"
 PLANT = load_plant(PROJECT_ROOT / "config" / "plant.yaml")
 
 
@@ -23,7 +24,7 @@ def write(action: str, value: float, approved_by: str | None = None) -> PlcWrite
 
 def refused(req: PlcWriteInput) -> str:
     with pytest.raises(ApplicationError) as err:
-        validate_write(PLANT, req)
+        validate_write(PLANT, req, [APPROVER])
     assert err.value.non_retryable
     return str(err.value.type)
 
@@ -43,7 +44,7 @@ def test_no_proposal_below_threshold_unknown_metric_or_other_plc() -> None:
 
 
 def test_catalog_write_within_bounds_passes() -> None:
-    plc, setpoint = validate_write(PLANT, write("reduce_motor_speed_to_60pct", 1050))
+    plc, setpoint = validate_write(PLANT, write("reduce_motor_speed_to_60pct", 1050), [APPROVER])
     assert (plc.id, setpoint.name) == ("conveyor-1", "speed_setpoint")
 
 
@@ -56,7 +57,9 @@ def test_catalog_write_within_bounds_passes() -> None:
         (write("shutdown_motor", 0), "ApprovalMissing"),
         (write("reduce_motor_speed_to_60pct", 1051), "ValueOutOfBounds"),
         (write("reduce_motor_speed_to_60pct", float("nan")), "ValueOutOfBounds"),
-        (write("shutdown_motor", 2, approved_by="whatsapp:+1"), "ValueOutOfBounds"),
+        (write("shutdown_motor", 2, approved_by=APPROVER), "ValueOutOfBounds"),
+        (write("shutdown_motor", 0, approved_by="whatsapp:+19990000000"), "ApprovalMissing"),
+        (write("shutdown_motor", 0, approved_by="whatsapp:+1555\x00"), "MalformedRequest"),
     ],
 )
 def test_writes_outside_the_rules_are_refused_before_io(req: PlcWriteInput, kind: str) -> None:
