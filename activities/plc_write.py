@@ -108,6 +108,7 @@ class PlcWriteActivities:
         if row is not None and row["status"] == "mismatch":
             raise non_retryable(READ_BACK_MISMATCH, f"{req.action_id}: read-back already failed")
         driver = self._driver(plc)
+        activity.heartbeat("reading the value before")
         current = (await driver.read_points([setpoint]))[setpoint.name]
         already_written = False
         if row is None:
@@ -131,6 +132,7 @@ class PlcWriteActivities:
         if not already_written:
             activity.heartbeat("writing")
             await driver.write_point(setpoint, req.value)
+        activity.heartbeat("reading back")
         read_back = (await driver.read_points([setpoint]))[setpoint.name]
         verified = same_value(setpoint, read_back, req.value)
         row = await self._pool.fetchrow(

@@ -53,6 +53,8 @@ with workflow.unsafe.imports_passed_through():
     from workflows.outcome_followup import OutcomeFollowUpWorkflow
 
 _SHORT = timedelta(seconds=30)
+# Opening a work order is a database insert or one CMMS call: a stuck attempt is retried soon.
+_WORK_ORDER_TIMEOUT = timedelta(seconds=15)
 _RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
 _PLC_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -168,7 +170,7 @@ class DriftResponseWorkflow:
                 priority=_PRIORITY.get(alert.severity.value, WorkOrderPriority.HIGH),
                 asset_id=alert.plc_id,
             ),
-            start_to_close_timeout=_SHORT,
+            start_to_close_timeout=_WORK_ORDER_TIMEOUT,
             retry_policy=_RETRY,
             result_type=WorkOrderRef,
         )
@@ -361,6 +363,8 @@ class DriftResponseWorkflow:
                 ),
                 task_queue=task_queue,
                 start_to_close_timeout=_SHORT,
+                # A dead edge worker is noticed in seconds; the retry then finds the audit row.
+                heartbeat_timeout=timedelta(seconds=5),
                 retry_policy=_PLC_RETRY,
                 result_type=PlcWriteResult,
             )
