@@ -72,6 +72,7 @@ def free_port() -> int:
 
 
 def _registry() -> dict[str, Bench]:
+    from factorylm.bench_approval import approval_to_write_p99_ms, fault_to_whatsapp_s
     from factorylm.bench_drift import drift_storm_workflows, drift_to_workflow_p99_ms
     from factorylm.bench_ingest import ingest_end_to_end, poll_cycle
 
@@ -81,6 +82,8 @@ def _registry() -> dict[str, Bench]:
         "drift_storm_workflows": drift_storm_workflows,
         "poll_cycle": poll_cycle,
         "ingest_end_to_end": ingest_end_to_end,
+        "approval_to_write_p99_ms": approval_to_write_p99_ms,
+        "fault_to_whatsapp_s": fault_to_whatsapp_s,
     }
 
 
