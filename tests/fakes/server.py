@@ -1,49 +1,21 @@
-"""A Starlette app on a free loopback port, in the test's event loop, with scripted replies."""
+"""A Starlette app on a free loopback port, in the test's event loop, with scripted replies.
+
+Reply and Script live in the product (factorylm/fakes/scripted.py): the demo and the benchmarks
+script the same local LLM APIs."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
-from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Generator
 
 import uvicorn
 from starlette.applications import Starlette
 
+from factorylm.fakes.scripted import Reply, Script
 from helpers import free_port
 
-
-@dataclass
-class Reply:
-    """One scripted answer: a JSON value for the structured output, raw text, or an error."""
-
-    body: Any = None
-    raw_text: str | None = None
-    status: int = 200
-    error_type: str = "api_error"
-    delay_s: float = 0.0
-
-
-@dataclass
-class Script:
-    """Replies served in order; when they run out, `default` computes one from the request."""
-
-    replies: deque[Reply] = field(default_factory=deque)
-    default: Callable[[dict[str, Any]], Reply] | None = None
-    requests: list[dict[str, Any]] = field(default_factory=list)
-    headers: list[dict[str, str]] = field(default_factory=list)
-
-    def push(self, *replies: Reply) -> None:
-        self.replies.extend(replies)
-
-    def next(self, request: dict[str, Any]) -> Reply:
-        if self.replies:
-            return self.replies.popleft()
-        if self.default is not None:
-            return self.default(request)
-        return Reply(status=500, body={"message": "the fake has no reply scripted"})
+__all__ = ["FakeServer", "Reply", "Script"]
 
 
 class _Quiet(uvicorn.Server):
