@@ -44,6 +44,8 @@ def approval_text(req: RequestApprovalInput, link: str) -> str:
     ]
     if req.summary:
         lines.append(req.summary)
+    if trace_id := req.alert.trace_context.get("trace_id"):
+        lines.append(f"Trace: {trace_id}")
     lines += [
         f"Details: {link}",
         f"Reply YES {req.code} to approve or NO {req.code} to deny (within {minutes} min).",

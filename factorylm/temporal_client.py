@@ -6,6 +6,7 @@ from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
 
+from factorylm import tracing
 from factorylm.settings import Settings
 
 PLC_ID = SearchAttributeKey.for_keyword("PlcId")
@@ -23,7 +24,11 @@ async def connect(settings: Settings, *, address: str | None = None) -> Client:
     target = address or settings.temporal_address
     try:
         return await Client.connect(
-            target, namespace=settings.temporal_namespace, data_converter=pydantic_data_converter
+            target,
+            namespace=settings.temporal_namespace,
+            data_converter=pydantic_data_converter,
+            # Workers built on this client inherit it: one trace from alarm to activities.
+            interceptors=[tracing.interceptor()],
         )
     except RuntimeError as exc:
         raise TemporalUnavailable(

@@ -13,9 +13,11 @@ import logging
 import time
 from dataclasses import dataclass
 
+from opentelemetry import trace
 from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 
+from factorylm import tracing
 from factorylm.models import DriftAlert
 from factorylm.temporal_client import METRIC, PLC_ID, SEVERITY
 from workflows.drift_response import DriftResponseWorkflow
@@ -32,8 +34,16 @@ class Started:
 
 
 class WorkflowStarter:
-    def __init__(self, client: Client, task_queue: str, *, coalesce_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        client: Client,
+        task_queue: str,
+        *,
+        coalesce_s: float = 2.0,
+        tracer: trace.Tracer | None = None,
+    ) -> None:
         self._client = client
+        self._tracer = tracer or trace.get_tracer(__name__)
         self._task_queue = task_queue
         self.coalesce_s = coalesce_s
         self._tasks: set[asyncio.Task[None]] = set()
@@ -85,18 +95,29 @@ class WorkflowStarter:
         self._last_call[key] = time.monotonic()
         self.calls += 1
         t0 = time.perf_counter()
+        attributes: dict[str, str | float] = {
+            "plc.id": alert.plc_id,
+            "metric": alert.metric,
+            "drift.sigma": alert.sigma,
+        }
         try:
-            handle = await self._client.start_workflow(
-                DriftResponseWorkflow.run,
-                alert,
-                id=key,
-                task_queue=self._task_queue,
-                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                start_signal="add_evidence",
-                start_signal_args=[alert],
-                search_attributes=_attributes(alert),
-                static_summary=alert.describe(),
-            )
+            # The workflow start carries this span's context: its spans and every activity's
+            # join the alarm's trace, whose id travels in the alert to messages and work orders.
+            with self._tracer.start_as_current_span("drift.alarm", attributes=attributes):
+                trace_id = tracing.current_trace_id()
+                if trace_id:
+                    alert = alert.model_copy(update={"trace_context": {"trace_id": trace_id}})
+                handle = await self._client.start_workflow(
+                    DriftResponseWorkflow.run,
+                    alert,
+                    id=key,
+                    task_queue=self._task_queue,
+                    id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                    start_signal="add_evidence",
+                    start_signal_args=[alert],
+                    search_attributes=_attributes(alert),
+                    static_summary=alert.describe(),
+                )
         except Exception:
             log.exception("could not start or signal the workflow for %s", key)
             return
