@@ -1,0 +1,355 @@
+"""MonkeyWorkflow: works through the Trello board's Current Sprint with Claude, within budget.
+
+One cycle: read Current Sprint; alert a person (once) for each card labelled Human Action
+Required; pick the next Autonomous card (Critical Path first, then board position); check the
+budget against its estimate; In Progress; execute and check; Review Needed with the result —
+or comment the failure, retry once with it as context, then Blocked. Over budget, the loop
+waits for the next window. Signals pause, resume, stop and wake it (the Trello webhook wakes it
+when a card moves). MonkeyReportWorkflow is the 4-hourly progress report (a Schedule).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from factorylm.models import SendMessageInput
+    from factorylm.trello.models import (
+        BLOCKED,
+        BUDGET_EXCEEDED,
+        CURRENT_SPRINT,
+        IN_PROGRESS,
+        MONKEY_AGENT,
+        REVIEW_NEEDED,
+        BudgetRefusal,
+        CardOutcome,
+        CheckBudgetInput,
+        ExecuteCardInput,
+        MonkeyCounters,
+        MonkeyInput,
+        MonkeyReportInput,
+        MonkeyStatus,
+        MonkeySummary,
+        ReadSprintInput,
+        SprintCard,
+        SprintSnapshot,
+        UpdateCardInput,
+    )
+
+_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=2),
+    maximum_interval=timedelta(minutes=2),
+    maximum_attempts=5,
+    non_retryable_error_types=[BUDGET_EXCEEDED],
+)
+_TRELLO_TIMEOUT = timedelta(minutes=2)
+_EXECUTE_TIMEOUT = timedelta(minutes=15)
+_MAX_ALERTED = 500  # card ids remembered across continue-as-new; the dedup key backs it up
+
+
+class _BudgetWait(Exception):
+    def __init__(self, refusal: BudgetRefusal) -> None:
+        super().__init__(refusal.window)
+        self.refusal = refusal
+
+
+def budget_refusal(error: ActivityError) -> BudgetRefusal | None:
+    cause = error.cause
+    if isinstance(cause, ApplicationError) and cause.type == BUDGET_EXCEEDED and cause.details:
+        return BudgetRefusal.model_validate(cause.details[0])
+    return None
+
+
+def next_card(cards: list[SprintCard]) -> SprintCard | None:
+    ready = [c for c in cards if c.autonomous]
+    ready.sort(key=lambda c: (not c.critical, c.pos))
+    return ready[0] if ready else None
+
+
+def clip(text: str, limit: int = 6000) -> str:
+    return text if len(text) <= limit else text[:limit] + "\n…(truncated)"
+
+
+@workflow.defn
+class MonkeyWorkflow:
+    def __init__(self) -> None:
+        self._paused = False
+        self._stopping = False
+        self._wakes = 0
+        self._state = "starting"
+        self._detail = ""
+        self._retry_at: datetime | None = None
+        self._counters = MonkeyCounters()
+
+    @workflow.signal
+    def pause(self) -> None:
+        self._paused = True
+
+    @workflow.signal
+    def resume(self) -> None:
+        self._paused = False
+        self._wakes += 1
+
+    @workflow.signal
+    def stop(self) -> None:
+        """Finish the card in hand (if any), then end the workflow."""
+        self._stopping = True
+
+    @workflow.signal
+    def wake(self, reason: str) -> None:
+        self._wakes += 1
+        self._detail = f"woken: {reason}"
+
+    @workflow.query
+    def status(self) -> MonkeyStatus:
+        state = "stopping" if self._stopping else "paused" if self._paused else self._state
+        return MonkeyStatus(
+            state=state,
+            detail=self._detail,
+            counters=self._counters,
+            budget_retry_at=self._retry_at if self._state == "waiting_for_budget" else None,
+        )
+
+    def _set(self, state: str, detail: str) -> None:
+        self._state, self._detail = state, detail
+        workflow.set_current_details(f"{state}: {detail}")
+
+    def _count(self, **changes: int) -> None:
+        values = {k: getattr(self._counters, k) + v for k, v in changes.items()}
+        self._counters = self._counters.model_copy(update=values)
+
+    def _summary(self, status: str) -> MonkeySummary:
+        c = self._counters
+        return MonkeySummary(
+            status=status,
+            cards_done=c.cards_done,
+            cards_blocked=c.cards_blocked,
+            human_alerts=c.human_alerts,
+            tokens_used=c.tokens_used,
+            budget_refusals=c.budget_refusals,
+            cycles=c.cycles,
+            runs=c.runs,
+        )
+
+    @workflow.run
+    async def run(self, params: MonkeyInput) -> MonkeySummary:
+        self._counters = params.counters
+        cycles_this_run = 0
+        while True:
+            if self._stopping:
+                self._set("stopped", "stopped by signal")
+                return self._summary("stopped")
+            if self._paused:
+                self._set("paused", "paused by signal; send resume to continue")
+                await workflow.wait_condition(lambda: not self._paused or self._stopping)
+                continue
+            if (
+                cycles_this_run >= params.continue_after_cycles
+                or workflow.info().is_continue_as_new_suggested()
+            ):
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                counters = self._counters.model_copy(update={"runs": self._counters.runs + 1})
+                workflow.continue_as_new(params.model_copy(update={"counters": counters}))
+            cycles_this_run += 1
+            self._count(cycles=1)
+            try:
+                worked = await self._cycle(params)
+            except _BudgetWait as wait:
+                refusal = wait.refusal
+                self._retry_at = refusal.retry_at
+                self._set(
+                    "waiting_for_budget",
+                    f"{refusal.window} budget used ({refusal.used_tokens} of "
+                    f"{refusal.limit_tokens}); next window {refusal.retry_at.isoformat()}",
+                )
+                if params.stop_when_idle:
+                    return self._summary("budget_exhausted")
+                delay = (refusal.retry_at - workflow.now()).total_seconds()
+                await self._sleep(max(1.0, delay))
+                continue
+            if not worked:
+                if params.stop_when_idle:
+                    self._set("idle", "no Autonomous card left in Current Sprint")
+                    return self._summary("idle")
+                self._set("idle", "no Autonomous card in Current Sprint; waiting for a card")
+                await self._sleep(params.idle_poll_s)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Until the time passes, or a wake, resume or stop signal arrives."""
+        seen = self._wakes
+        try:
+            await workflow.wait_condition(
+                lambda: self._stopping or self._wakes != seen, timeout=timedelta(seconds=seconds)
+            )
+        except TimeoutError:
+            pass
+
+    async def _cycle(self, params: MonkeyInput) -> bool:
+        """One pass over Current Sprint; False when there was nothing to work on."""
+        self._set("working", "reading Current Sprint")
+        snapshot: SprintSnapshot = await workflow.execute_activity(
+            "monkey_read_sprint",
+            ReadSprintInput(board_id=params.board_id),
+            start_to_close_timeout=_TRELLO_TIMEOUT,
+            retry_policy=_RETRY,
+            result_type=SprintSnapshot,
+        )
+        for card in snapshot.cards:
+            if card.needs_human and card.id not in self._counters.alerted_cards:
+                await self._alert_human(params, card)
+        chosen = next_card(snapshot.cards)
+        if chosen is None:
+            return False
+        card = chosen
+        self._set("working", f"budget check for {card.name} (~{card.estimated_tokens} tokens)")
+        try:
+            await workflow.execute_activity(
+                "check_budget",
+                CheckBudgetInput(
+                    agent=MONKEY_AGENT,
+                    requested_tokens=card.estimated_tokens,
+                    work_ref=card.id,
+                    workflow_id=workflow.info().workflow_id,
+                ),
+                start_to_close_timeout=timedelta(seconds=60),
+                retry_policy=_RETRY,
+            )
+        except ActivityError as exc:
+            refusal = budget_refusal(exc)
+            if refusal is None:
+                raise
+            self._count(budget_refusals=1)
+            if refusal.never_fits:
+                await self._update(
+                    params,
+                    card,
+                    BLOCKED,
+                    f"The Monkey will not start this card: its estimate "
+                    f"({card.estimated_tokens} tokens) is larger than the whole {refusal.window} "
+                    f"budget ({refusal.limit_tokens}). Split the card or raise the budget, then "
+                    f"move it back to {CURRENT_SPRINT}.",
+                )
+                self._count(cards_blocked=1)
+                return True
+            raise _BudgetWait(refusal) from exc
+        await self._update(params, card, IN_PROGRESS, None)
+        await self._work(params, card)
+        return True
+
+    async def _work(self, params: MonkeyInput, card: SprintCard) -> None:
+        run_key = f"{workflow.info().workflow_id}/{workflow.info().run_id}/{card.id}"
+        failure: str | None = None
+        for attempt in (1, 2):
+            self._set("working", f"{card.name}: attempt {attempt}")
+            try:
+                outcome: CardOutcome = await workflow.execute_activity(
+                    "monkey_execute_card",
+                    ExecuteCardInput(
+                        card=card,
+                        attempt=attempt,
+                        previous_failure=failure,
+                        run_key=f"{run_key}/{attempt}",
+                    ),
+                    start_to_close_timeout=_EXECUTE_TIMEOUT,
+                    retry_policy=_RETRY,
+                    result_type=CardOutcome,
+                )
+            except ActivityError as exc:
+                refusal = budget_refusal(exc)
+                if refusal is None:
+                    raise
+                self._count(budget_refusals=1)
+                await self._update(
+                    params,
+                    card,
+                    CURRENT_SPRINT,
+                    f"Paused for the token budget before attempt {attempt}: {exc.cause}",
+                )
+                raise _BudgetWait(refusal) from exc
+            self._count(tokens_used=outcome.tokens)
+            if outcome.passed:
+                await self._update(
+                    params,
+                    card,
+                    REVIEW_NEEDED,
+                    clip(
+                        f"Monkey result (attempt {attempt}, {outcome.generated_by}, "
+                        f"{outcome.tokens} tokens):\n{outcome.summary}\n\n"
+                        f"Success checks:\n{outcome.check_report}"
+                    ),
+                )
+                self._count(cards_done=1)
+                return
+            failure = clip(f"{outcome.summary}\n\nSuccess checks:\n{outcome.check_report}", 4000)
+            last = attempt == 2
+            await self._update(
+                params,
+                card,
+                BLOCKED if last else None,
+                clip(
+                    f"Monkey attempt {attempt} failed its checks ({outcome.generated_by}, "
+                    f"{outcome.tokens} tokens):\n{outcome.check_report}\n\n"
+                    + (
+                        "Moved to Blocked: a person needs to look at it."
+                        if last
+                        else "Retrying once with this failure as context."
+                    )
+                ),
+            )
+            if last:
+                self._count(cards_blocked=1)
+
+    async def _update(
+        self, params: MonkeyInput, card: SprintCard, to_list: str | None, comment: str | None
+    ) -> None:
+        await workflow.execute_activity(
+            "monkey_update_card",
+            UpdateCardInput(
+                board_id=params.board_id, card_id=card.id, to_list=to_list, comment=comment
+            ),
+            start_to_close_timeout=_TRELLO_TIMEOUT,
+            retry_policy=_RETRY,
+        )
+
+    async def _alert_human(self, params: MonkeyInput, card: SprintCard) -> None:
+        body = (
+            f"FactoryLM Monkey: the card '{card.name}' needs a person (Human Action Required). "
+            f"The Monkey skips it until it is done. {card.url}".strip()
+        )
+        sent: int = await workflow.execute_activity(
+            "send_message",
+            SendMessageInput(
+                dedup_key=f"monkey/human/{card.id}",
+                recipients=params.recipients,
+                body=body,
+                workflow_id=workflow.info().workflow_id,
+            ),
+            start_to_close_timeout=timedelta(seconds=60),
+            retry_policy=_RETRY,
+            result_type=int,
+        )
+        alerted = [*self._counters.alerted_cards, card.id][-_MAX_ALERTED:]
+        self._counters = self._counters.model_copy(update={"alerted_cards": alerted})
+        if sent:
+            self._count(human_alerts=1)
+
+
+@workflow.defn
+class MonkeyReportWorkflow:
+    @workflow.run
+    async def run(self, params: MonkeyReportInput) -> bool:
+        info = workflow.info()
+        sent: bool = await workflow.execute_activity(
+            "monkey_progress_report",
+            params.model_copy(
+                update={"report_key": f"monkey-report/{info.workflow_id}/{info.run_id}"}
+            ),
+            start_to_close_timeout=timedelta(minutes=2),
+            retry_policy=_RETRY,
+            result_type=bool,
+        )
+        return sent
