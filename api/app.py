@@ -20,11 +20,15 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.cmms import work_order_label
 from factorylm.models import ApprovalDecision
+from factorylm.photos.intake import PhotoIntake
+from factorylm.photos.store import photo_store_for
 from factorylm.settings import Settings
 from workflows.drift_response import DriftResponseWorkflow
 
 from .auth import bearer_ok
+from .photos import PhotoRoutes
 from .whatsapp import WhatsAppWebhook
+from .whatsapp_photos import WhatsAppPhotos
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +142,11 @@ def create_app(settings: Settings, client: Client, pool: asyncpg.Pool) -> Starle
             {"collectors": [plain(r) for r in rows], "writers": [plain(w) for w in writers]}
         )
 
-    whatsapp = WhatsAppWebhook(settings, client, pool)
+    intake = PhotoIntake(settings, client, pool, photo_store_for(settings))
+    photos = PhotoRoutes(settings, pool, intake)
+    whatsapp = WhatsAppWebhook(
+        settings, client, pool, WhatsAppPhotos(settings, client, pool, intake)
+    )
 
     return Starlette(
         routes=[
@@ -148,5 +156,6 @@ def create_app(settings: Settings, client: Client, pool: asyncpg.Pool) -> Starle
             Route("/health", health),
             Route("/approvals/{workflow_id}", approve, methods=["POST"]),
             Route("/work-orders/{wo_id}", work_order),
+            *photos.routes(),
         ]
     )

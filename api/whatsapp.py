@@ -4,7 +4,9 @@ The request must carry Twilio's signature over the configured public URL; anythi
 refused with 403 before it can reach a workflow. Only configured approver numbers are heard.
 "YES 4821" / "NO 4821" (or a plain yes/no when exactly one request waits for that number)
 become the workflow's `decide` update; any other text is the outcome report of the latest
-work order that number was asked about. Every answer is TwiML telling the person what happened.
+work order that number was asked about. A message with media files a photo, and a reply to
+"Which machine is this?" names a photo's machine (api/whatsapp_photos.py). Every answer is
+TwiML telling the person what happened.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from factorylm.whatsapp import Reply, parse_reply, signature_ok
 from workflows.drift_response import DriftResponseWorkflow
 from workflows.outcome_followup import OutcomeFollowUpWorkflow
 
+from .whatsapp_photos import WhatsAppPhotos
+
 log = logging.getLogger(__name__)
 
 HELP = (
@@ -40,10 +44,17 @@ def twiml(text: str) -> Response:
 
 
 class WhatsAppWebhook:
-    def __init__(self, settings: Settings, client: Client, pool: asyncpg.Pool) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        client: Client,
+        pool: asyncpg.Pool,
+        photos: WhatsAppPhotos | None = None,
+    ) -> None:
         self._settings = settings
         self._client = client
         self._pool = pool
+        self._photos = photos
 
     async def handle(self, request: Request) -> Response:
         settings = self._settings
@@ -68,10 +79,16 @@ class WhatsAppWebhook:
         if sender not in settings.approvers:
             log.warning("ignored WhatsApp message from unauthorised %s", sender)
             return twiml("This number is not authorised for FactoryLM. Nothing was done.")
+        if self._photos is not None and (form.get("NumMedia", "0") or "0") != "0":
+            return twiml(await self._photos.media_message(sender, form))
         body = form.get("Body", "")
         reply = parse_reply(body)
         if reply is not None:
             return twiml(await self._decide(sender, reply))
+        if self._photos is not None:
+            answered = await self._photos.asset_answer(sender, body)
+            if answered is not None:
+                return twiml(answered)
         return twiml(await self._outcome(sender, body))
 
     async def _decide(self, sender: str, reply: Reply) -> str:

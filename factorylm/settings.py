@@ -53,6 +53,16 @@ class Settings(BaseSettings):
     api_token: str = "dev-token-change-me"
     public_url: str = "http://127.0.0.1:8000"
 
+    # Photo intake (docs/photos.md). Photos are stored outside Temporal; empty dir: state_dir/photos.
+    photo_store: Literal["filesystem", "s3"] = "filesystem"
+    photo_dir: Path | None = None
+    photo_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    # How long a photo of an unidentified machine waits for "which machine is this?".
+    photo_asset_wait_s: float = Field(default=3600.0, gt=0)
+    # Gemini attempts per photo before Claude is asked; below this confidence a person reviews.
+    photo_gemini_attempts: int = Field(default=2, ge=1, le=5)
+    photo_review_below_confidence: float = Field(default=0.4, ge=0, le=1)
+
     # WhatsApp through Twilio. Without an account SID and auth token messages go to the log.
     twilio_account_sid: str = ""
     twilio_auth_token: str = ""
@@ -130,6 +140,11 @@ class Settings(BaseSettings):
     )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("photo_dir", mode="before")
+    @classmethod
+    def _empty_is_state_dir(cls, value: object) -> object:
         return None if value == "" else value
 
     @field_validator("embedding_model_dir", mode="before")

@@ -14,14 +14,21 @@ from activities.baselines import BaselineActivities
 from activities.cmms import CmmsActivities
 from activities.events import EventActivities
 from activities.notify import NotifyActivities
+from activities.photos import photo_activities
 from activities.planning import PlanningActivities
 from factorylm.plant import Plant
 from factorylm.settings import Settings
 from workflows.baseline import BaselineWorkflow
 from workflows.drift_response import DriftResponseWorkflow
 from workflows.outcome_followup import OutcomeFollowUpWorkflow
+from workflows.photo_intake import PhotoIntakeWorkflow
 
-WORKFLOWS: list[type] = [DriftResponseWorkflow, BaselineWorkflow, OutcomeFollowUpWorkflow]
+WORKFLOWS: list[type] = [
+    DriftResponseWorkflow,
+    BaselineWorkflow,
+    OutcomeFollowUpWorkflow,
+    PhotoIntakeWorkflow,
+]
 
 
 def activities(pool: asyncpg.Pool, plant: Plant, settings: Settings) -> list[Callable[..., Any]]:
@@ -38,6 +45,7 @@ def activities(pool: asyncpg.Pool, plant: Plant, settings: Settings) -> list[Cal
         notify.request_approval,
         CmmsActivities(pool, settings).open_work_order,
         *agent_activities(pool, plant, settings),
+        *photo_activities(pool, plant, settings),
     ]
 
 
