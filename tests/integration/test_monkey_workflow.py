@@ -1,0 +1,287 @@
+"""MonkeyWorkflow on the real Temporal server, with py-trello against the local Trello, the
+anthropic client against the fake Messages API, WhatsApp through the local Twilio, and the
+real database: the card flow, retry then Blocked, human alerts, budget waits, continue-as-new,
+pause/resume/stop, and the signed Trello webhook waking the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from fakes.anthropic_api import fake_anthropic
+from fakes.server import FakeServer, Reply, Script
+from temporalio.client import Client, WorkflowHandle
+from temporalio.worker import Worker
+
+from activities.monkey import monkey_activities
+from activities.notify import NotifyActivities
+from api.app import create_app
+from api.trello import callback_url
+from factorylm.fakes.server import LocalServer
+from factorylm.fakes.trello import FakeTrello
+from factorylm.fakes.twilio import FakeTwilio
+from factorylm.settings import Settings
+from factorylm.trello.board import TrelloBoard, trello_client
+from factorylm.trello.models import MonkeyInput, MonkeyReportInput, MonkeyStatus, MonkeySummary
+from factorylm.trello.plan import PlanCard
+from factorylm.trello.webhook import SIGNATURE_HEADER, sign
+from factorylm.waiting import wait_for
+from helpers import free_port
+from workflows.monkey import MonkeyReportWorkflow, MonkeyWorkflow
+
+ENGINEER = "whatsapp:+15550100001"
+
+
+def claude(request: dict[str, Any]) -> Reply:
+    """Plays Claude: the answer depends on the card and on whether it is a retry."""
+    prompt = request["messages"][0]["content"]
+    retry = "previous attempt failed" in prompt
+    if "Card: Critical fix" in prompt:
+        text = "fixed\n" if retry else "broken\n"
+        return Reply(
+            body={"summary": "wrote fix.txt", "files": [{"path": "fix.txt", "content": text}]}
+        )
+    if "Card: Hopeless" in prompt:
+        return Reply(body={"summary": "tried", "files": [{"path": "x.txt", "content": "nope"}]})
+    return Reply(body={"summary": "wrote out.txt", "files": [{"path": "out.txt", "content": "ok"}]})
+
+
+@dataclass
+class Rig:
+    settings: Settings
+    client: Client
+    pool: asyncpg.Pool
+    trello: FakeTrello
+    twilio: FakeTwilio
+    script: Script
+    board: TrelloBoard
+    api_url: str
+
+    async def card(self, name: str, labels: list[str], checks: list[str], tokens: int = 300) -> str:
+        return await asyncio.to_thread(
+            self.board.add_card,
+            PlanCard(
+                name=name,
+                description=f"Do {name}.",
+                labels=labels,
+                estimated_tokens=tokens,
+                checklist=["do it", "check it"],
+                success_checks=checks,
+            ),
+            "Current Sprint",
+        )
+
+    async def start(self, **overrides: Any) -> WorkflowHandle[Any, MonkeySummary]:
+        params = MonkeyInput(
+            board_id=self.board.board_id, recipients=[ENGINEER], idle_poll_s=600, **overrides
+        )
+        return await self.client.start_workflow(
+            MonkeyWorkflow.run,
+            params,
+            id=self.settings.monkey_workflow_id,
+            task_queue=self.settings.task_queue,
+            result_type=MonkeySummary,
+        )
+
+    async def status(self, handle: WorkflowHandle[Any, Any]) -> MonkeyStatus:
+        result: MonkeyStatus = await handle.query(MonkeyWorkflow.status)
+        return result
+
+    def list_of(self, card_id: str) -> str:
+        return self.trello.list_of(card_id)
+
+
+@pytest.fixture
+async def rig(settings: Settings, client: Client, pool: asyncpg.Pool) -> AsyncIterator[Rig]:
+    await pool.execute("DELETE FROM llm_usage; DELETE FROM budget_refusals")
+    trello, twilio, script = FakeTrello(), FakeTwilio(), Script(default=claude)
+    trello_server, twilio_server = LocalServer(trello.app()), LocalServer(twilio.app())
+    anthropic: FakeServer = fake_anthropic(script)
+    for server in (trello_server, twilio_server, anthropic):
+        await server.start()
+    queue = f"monkey-{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    s = Settings.model_validate(
+        settings.model_copy(
+            update={
+                "task_queue": queue,
+                "approvers": [ENGINEER],
+                "api_port": port,
+                "public_url": f"http://127.0.0.1:{port}",
+                "twilio_account_sid": twilio.account_sid,
+                "twilio_auth_token": twilio.auth_token,
+                "twilio_api_base_url": twilio_server.url,
+                "trello_api_key": trello.api_key,
+                "trello_token": trello.token,
+                "trello_app_secret": trello.app_secret,
+                "trello_base_url": trello_server.url,
+                "anthropic_api_key": "sk-ant-test",
+                "anthropic_base_url": anthropic.url,
+                "monkey_workflow_id": f"monkey-{queue}",
+                "budget_hourly_tokens": 0,
+                "budget_daily_tokens": 50_000,
+            }
+        ).model_dump()
+    )
+    board = TrelloBoard(trello_client(s), trello.add_board("Monkey test"))
+    await asyncio.to_thread(board.ensure_structure)
+    notify = NotifyActivities(pool, s)
+    worker = Worker(
+        client,
+        task_queue=queue,
+        workflows=[MonkeyWorkflow, MonkeyReportWorkflow],
+        activities=[*monkey_activities(pool, s), notify.send_message],
+    )
+    api = LocalServer(create_app(s, client, pool), port=port)
+    await api.start()
+    async with worker:
+        yield Rig(s, client, pool, trello, twilio, script, board, api.url)
+    await api.stop()
+    for server in (trello_server, twilio_server, anthropic):
+        await server.stop()
+    await pool.execute("DELETE FROM llm_usage; DELETE FROM budget_refusals")
+
+
+async def test_the_monkey_works_the_sprint(rig: Rig) -> None:
+    plain = await rig.card("Plain task", ["Autonomous"], ["test -f out.txt"])
+    hopeless = await rig.card("Hopeless", ["Autonomous"], ["grep -q never x.txt"])
+    critical = await rig.card(
+        "Critical fix", ["Autonomous", "Critical Path"], ["grep -q fixed fix.txt"]
+    )
+    human = await rig.card("Wire the PLC", ["Human Action Required", "Autonomous"], [])
+    parked = await rig.card("Not for the Monkey", ["Integration"], [])
+    handle = await rig.start(stop_when_idle=True, continue_after_cycles=2)
+    summary = await asyncio.wait_for(handle.result(), 60)
+    assert (summary.cards_done, summary.cards_blocked, summary.human_alerts) == (2, 1, 1)
+    assert summary.status == "idle" and summary.budget_refusals == 0
+    # Two cycles per run: three cards and the idle look are four cycles, so two runs.
+    assert summary.cycles == 4 and summary.runs == 2
+    assert rig.list_of(critical) == rig.list_of(plain) == "Review Needed"
+    assert rig.list_of(hopeless) == "Blocked"
+    assert rig.list_of(human) == rig.list_of(parked) == "Current Sprint"
+    # Critical Path first, then board position; the retry carried the failure.
+    prompts = [r["messages"][0]["content"] for r in rig.script.requests]
+    assert prompts[0].startswith("Card: Critical fix") and "previous attempt failed" in prompts[1]
+    assert "FAIL `grep -q fixed fix.txt`" in prompts[1]
+    assert prompts[2].startswith("Card: Plain task")
+    hopeless_comments = rig.trello.comments(hopeless)
+    assert len(hopeless_comments) == 2 and "Moved to Blocked" in hopeless_comments[1]
+    review = rig.trello.comments(critical)
+    assert "attempt 1 failed" in review[0] and "PASS `grep -q fixed fix.txt`" in review[1]
+    assert "anthropic claude" in review[1]
+    alerts = [m for m in rig.twilio.to(ENGINEER) if "Wire the PLC" in m.body]
+    assert len(alerts) == 1 and "Human Action Required" in alerts[0].body
+    used = await rig.pool.fetchval(
+        "SELECT sum(input_tokens + output_tokens) FROM llm_usage WHERE workflow_id = $1",
+        handle.id,
+    )
+    assert summary.tokens_used == used > 0
+    runs = await rig.pool.fetch(
+        "SELECT card_name, attempt, passed FROM monkey_runs WHERE workflow_id = $1 ORDER BY id",
+        handle.id,
+    )
+    assert [(r["card_name"], r["attempt"], r["passed"]) for r in runs] == [
+        ("Critical fix", 1, False),
+        ("Critical fix", 2, True),
+        ("Plain task", 1, True),
+        ("Hopeless", 1, False),
+        ("Hopeless", 2, False),
+    ]
+
+
+async def test_over_budget_it_waits_for_the_next_window(rig: Rig) -> None:
+    huge = await rig.card("Huge", ["Autonomous"], [], tokens=60_000)
+    card = await rig.card("Plain task", ["Autonomous"], ["test -f out.txt"], tokens=2_000)
+    await rig.pool.execute(
+        """INSERT INTO llm_usage (agent, provider, model, input_tokens, output_tokens, ok)
+           VALUES ('weaver', 'anthropic', 'claude-sonnet-4-6', 30000, 19000, true)"""
+    )
+    handle = await rig.start()
+    status = await wait_for(
+        "the Monkey waiting for the budget",
+        lambda: _status_is(rig, handle, "waiting_for_budget"),
+        timeout_s=30,
+    )
+    assert status.budget_retry_at is not None and status.counters.budget_refusals == 2
+    # The card larger than the whole day was blocked with a reason, not waited for.
+    assert rig.list_of(huge) == "Blocked"
+    assert "larger than the whole day budget" in rig.trello.comments(huge)[0]
+    assert rig.list_of(card) == "Current Sprint" and rig.script.requests == []
+    assert any("98 % of the daily budget" in m.body for m in rig.twilio.to(ENGINEER))
+    # A new window: yesterday's spend no longer counts. A wake makes the Monkey look again.
+    await rig.pool.execute("DELETE FROM llm_usage")
+    await handle.signal(MonkeyWorkflow.wake, "test: new window")
+    await wait_for("the card reviewed", lambda: rig.list_of(card) == "Review Needed")
+    await handle.signal(MonkeyWorkflow.stop)
+    summary = await asyncio.wait_for(handle.result(), 30)
+    assert summary.status == "stopped" and summary.cards_done == 1
+    assert summary.budget_refusals == 2
+
+
+async def test_webhook_pause_resume_and_forgery(rig: Rig) -> None:
+    handle = await rig.start()
+    await wait_for("the Monkey idle", lambda: _status_is(rig, handle, "idle"), timeout_s=30)
+    async with httpx.AsyncClient(base_url=rig.api_url) as http:
+        assert (await http.head("/webhooks/trello")).status_code == 200
+        body = json.dumps({"action": {"type": "updateCard", "data": {"card": {"id": "x"}}}})
+        forged = await http.post(
+            "/webhooks/trello",
+            content=body,
+            headers={
+                SIGNATURE_HEADER: sign("not-the-secret", body.encode(), callback_url(rig.settings))
+            },
+        )
+        assert forged.status_code == 403
+        unsigned = await http.post("/webhooks/trello", content=body)
+        assert unsigned.status_code == 403
+    # Trello's own flow: a webhook registered through py-trello, a person drags a card.
+    await asyncio.to_thread(
+        trello_client(rig.settings).create_hook, callback_url(rig.settings), rig.board.board_id
+    )
+    card = await asyncio.to_thread(
+        rig.board.add_card,
+        PlanCard(name="Plain task", labels=["Autonomous"], success_checks=["test -f out.txt"]),
+    )
+    await handle.signal(MonkeyWorkflow.pause)
+    await wait_for("paused", lambda: _status_is(rig, handle, "paused"))
+    rig.trello.move_card(card, "Current Sprint")  # sends the signed webhook
+    await wait_for("the webhook delivered", lambda: rig.trello._pending == set())
+    assert rig.list_of(card) == "Current Sprint"  # paused: nothing moves
+    await handle.signal(MonkeyWorkflow.resume)
+    await wait_for("the card reviewed", lambda: rig.list_of(card) == "Review Needed", timeout_s=30)
+    # Idle again until the next card arrives: the webhook, not the 10-minute poll, wakes it.
+    await wait_for("idle again", lambda: _status_is(rig, handle, "idle"))
+    second = await asyncio.to_thread(
+        rig.board.add_card,
+        PlanCard(name="Second", labels=["Autonomous"], success_checks=["test -f out.txt"]),
+    )
+    rig.trello.move_card(second, "Current Sprint")
+    await wait_for(
+        "the webhook woke it", lambda: rig.list_of(second) == "Review Needed", timeout_s=30
+    )
+    await handle.signal(MonkeyWorkflow.stop)
+    assert (await asyncio.wait_for(handle.result(), 30)).cards_done == 2
+
+
+async def test_progress_report(rig: Rig) -> None:
+    handle = await rig.client.start_workflow(
+        MonkeyReportWorkflow.run,
+        MonkeyReportInput(board_id=rig.board.board_id, recipients=[ENGINEER], report_key=""),
+        id=f"monkey-report-{uuid.uuid4().hex[:6]}",
+        task_queue=rig.settings.task_queue,
+    )
+    assert await handle.result() is True
+    (report,) = [m for m in rig.twilio.to(ENGINEER) if "progress report" in m.body]
+    assert "Current Sprint 0" in report.body and "Budget this day" in report.body
+
+
+async def _status_is(rig: Rig, handle: WorkflowHandle[Any, Any], state: str) -> MonkeyStatus | None:
+    status = await rig.status(handle)
+    return status if status.state == state else None
