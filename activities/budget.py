@@ -6,7 +6,7 @@ import logging
 
 import asyncpg
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from activities.notify import NotifyActivities
 from factorylm.budget import BudgetLedger, BudgetStatus, Limits, WindowUsage, first_exceeded
@@ -57,6 +57,10 @@ class BudgetActivities:
         alerts = await self.alert_if_high(status, req.agent)
         windows = status.windows_for(req.agent)
         over = first_exceeded(windows, req.requested_tokens)
+        too_small = [w for w in windows if w.limit_tokens and req.requested_tokens > w.limit_tokens]
+        if over is not None and too_small:
+            # Name the window the work can never fit in, not the one that happens to be full.
+            over = min(too_small, key=lambda w: w.limit_tokens)
         if over is not None:
             await self.ledger.record_refusal(req.agent, req.work_ref, over, req.requested_tokens)
             refusal = BudgetRefusal(
@@ -65,7 +69,7 @@ class BudgetActivities:
                 limit_tokens=over.limit_tokens,
                 requested_tokens=req.requested_tokens,
                 retry_at=over.end,
-                never_fits=req.requested_tokens > over.limit_tokens,
+                never_fits=bool(too_small),
             )
             raise ApplicationError(
                 f"{_label(over)} token budget: {over.used_tokens:,} of {over.limit_tokens:,} "
@@ -78,6 +82,8 @@ class BudgetActivities:
                 refusal.model_dump(mode="json"),
                 type=BUDGET_EXCEEDED,
                 non_retryable=True,
+                # An expected refusal, not a fault: the worker logs it quietly.
+                category=ApplicationErrorCategory.BENIGN,
             )
         remaining = [w.remaining_tokens for w in windows if w.remaining_tokens is not None]
         return BudgetCheck(

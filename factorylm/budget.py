@@ -214,4 +214,4 @@ def first_exceeded(windows: list[WindowUsage], requested: int) -> WindowUsage | 
     over = [
         w for w in windows if w.limit_tokens and w.used_tokens + max(requested, 1) > w.limit_tokens
     ]
-    return max(over, key=lambda w: w.end) if over else None
+    return max(over, key=lambda w: (w.end, w.limit_tokens)) if over else None

@@ -12,6 +12,8 @@ import asyncio
 import itertools
 import json
 import logging
+import secrets
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -50,8 +52,9 @@ class FakeTrello:
     _pending: set[asyncio.Task[None]] = field(default_factory=set)
 
     def _id(self) -> str:
-        # Trello ids are 24 hex digits; py-trello's paging reads them as hex numbers.
-        return f"{next(self._ids):024x}"
+        # Trello ids are 24 hex digits (time first); py-trello's paging reads them as hex
+        # numbers. Unique across runs, so dedup keys built from card ids never collide.
+        return f"{int(time.time()):08x}{secrets.token_hex(4)}{next(self._ids):08x}"
 
     # -- state helpers for tests and the demo ----------------------------------------------
 

@@ -20,6 +20,9 @@ from factorylm.trello.models import BUDGET_EXCEEDED, BudgetRefusal, CheckBudgetI
 from helpers import free_port
 
 ENGINEER = "whatsapp:+15550100001"
+# Budget windows are real clock windows: each test starts from an empty day, alerts unsent.
+CLEAN = """DELETE FROM llm_usage; DELETE FROM budget_refusals;
+           DELETE FROM notifications WHERE dedup_key LIKE 'budget/%'"""
 
 
 async def spend(pool: asyncpg.Pool, agent: str, tokens: int, at: datetime | None = None) -> None:
@@ -37,9 +40,9 @@ async def spend(pool: asyncpg.Pool, agent: str, tokens: int, at: datetime | None
 @pytest.fixture
 async def clean(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Pool]:
     # The ledger reads every agent's usage: each test starts from an empty day.
-    await pool.execute("DELETE FROM llm_usage; DELETE FROM budget_refusals")
+    await pool.execute(CLEAN)
     yield pool
-    await pool.execute("DELETE FROM llm_usage; DELETE FROM budget_refusals")
+    await pool.execute(CLEAN)
 
 
 @pytest.fixture

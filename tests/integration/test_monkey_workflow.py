@@ -37,6 +37,9 @@ from helpers import free_port
 from workflows.monkey import MonkeyReportWorkflow, MonkeyWorkflow
 
 ENGINEER = "whatsapp:+15550100001"
+# Budget windows are real clock windows: each test starts from an empty day, alerts unsent.
+CLEAN = """DELETE FROM llm_usage; DELETE FROM budget_refusals;
+           DELETE FROM notifications WHERE dedup_key LIKE 'budget/%'"""
 
 
 def claude(request: dict[str, Any]) -> Reply:
@@ -100,7 +103,7 @@ class Rig:
 
 @pytest.fixture
 async def rig(settings: Settings, client: Client, pool: asyncpg.Pool) -> AsyncIterator[Rig]:
-    await pool.execute("DELETE FROM llm_usage; DELETE FROM budget_refusals")
+    await pool.execute(CLEAN)
     trello, twilio, script = FakeTrello(), FakeTwilio(), Script(default=claude)
     trello_server, twilio_server = LocalServer(trello.app()), LocalServer(twilio.app())
     anthropic: FakeServer = fake_anthropic(script)
@@ -146,7 +149,7 @@ async def rig(settings: Settings, client: Client, pool: asyncpg.Pool) -> AsyncIt
     await api.stop()
     for server in (trello_server, twilio_server, anthropic):
         await server.stop()
-    await pool.execute("DELETE FROM llm_usage; DELETE FROM budget_refusals")
+    await pool.execute(CLEAN)
 
 
 async def test_the_monkey_works_the_sprint(rig: Rig) -> None:
