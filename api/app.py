@@ -26,7 +26,9 @@ from factorylm.settings import Settings
 from workflows.drift_response import DriftResponseWorkflow
 
 from .auth import bearer_ok
+from .budget import BudgetEndpoint
 from .photos import PhotoRoutes
+from .trello import WEBHOOK_PATH, TrelloWebhook
 from .whatsapp import WhatsAppWebhook
 from .whatsapp_photos import WhatsAppPhotos
 
@@ -147,10 +149,14 @@ def create_app(settings: Settings, client: Client, pool: asyncpg.Pool) -> Starle
     whatsapp = WhatsAppWebhook(
         settings, client, pool, WhatsAppPhotos(settings, client, pool, intake)
     )
+    trello = TrelloWebhook(settings, client)
+    budget = BudgetEndpoint(settings, pool)
 
     return Starlette(
         routes=[
             Route("/webhooks/twilio/whatsapp", whatsapp.handle, methods=["POST"]),
+            Route(WEBHOOK_PATH, trello.handle, methods=["POST", "HEAD"]),
+            Route("/budget", budget.handle),
             Route("/collectors", collectors),
             Route("/baselines", baselines),
             Route("/health", health),

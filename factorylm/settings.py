@@ -123,10 +123,40 @@ class Settings(BaseSettings):
     llm_timeout_s: float = Field(default=30.0, gt=0)
     llm_max_tokens: int = Field(default=2048, ge=64)
 
+    # The Monkey (docs/monkey.md): token budgets over llm_usage, the Trello board it works from.
+    budget_hourly_tokens: int = Field(default=10_000, ge=0)  # 0: no hourly limit
+    budget_daily_tokens: int = Field(default=50_000, ge=0)  # 0: no daily limit
+    # Per-agent daily limits, e.g. FACTORYLM_BUDGET_AGENT_DAILY_TOKENS='{"monkey": 30000}'.
+    budget_agent_daily_tokens: dict[str, int] = Field(default_factory=dict)
+    budget_alert_fraction: float = Field(default=0.8, gt=0, le=1)
+    trello_api_key: str = ""
+    trello_token: SecretStr | None = None
+    # The Trello app's secret: Trello signs its webhooks with it.
+    trello_app_secret: SecretStr | None = None
+    trello_board_id: str = ""
+    # Empty means Trello's own API; the demo and tests point py-trello at a local fake.
+    trello_base_url: str = ""
+    monkey_workflow_id: str = "monkey"
+    monkey_report_every_s: float = Field(default=4 * 3600.0, ge=60)
+    monkey_idle_poll_s: float = Field(default=300.0, gt=0)
+    # Success checks run only these programs (argv[0], looked up on the search path).
+    monkey_check_allowlist: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["test", "grep", "diff", "wc", "python3", "pytest", "ruff"]
+    )
+    monkey_check_path: str = "/usr/local/bin:/usr/bin:/bin"
+    monkey_check_timeout_s: float = Field(default=60.0, gt=0)
+
     @field_validator("approvers", mode="before")
     @classmethod
     def _split_approvers(cls, value: object) -> object:
         # Operators write FACTORYLM_APPROVERS=whatsapp:+1...,whatsapp:+1... in env files.
+        if isinstance(value, str) and not value.lstrip().startswith("["):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("monkey_check_allowlist", mode="before")
+    @classmethod
+    def _split_allowlist(cls, value: object) -> object:
         if isinstance(value, str) and not value.lstrip().startswith("["):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
@@ -136,6 +166,8 @@ class Settings(BaseSettings):
         "anthropic_base_url",
         "gemini_api_key",
         "gemini_base_url",
+        "trello_token",
+        "trello_app_secret",
         mode="before",
     )
     @classmethod

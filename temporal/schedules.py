@@ -20,11 +20,14 @@ from temporalio.client import (
 
 from factorylm.models import BaselineWorkflowInput
 from factorylm.settings import Settings
+from factorylm.trello.models import MonkeyReportInput
 from workflows.baseline import BaselineWorkflow
+from workflows.monkey import MonkeyReportWorkflow
 
 log = logging.getLogger(__name__)
 
 BASELINE_SCHEDULE_ID = "baselines"
+MONKEY_REPORT_SCHEDULE_ID = "monkey-report"
 
 
 def baseline_schedule(settings: Settings) -> Schedule:
@@ -46,14 +49,38 @@ def baseline_schedule(settings: Settings) -> Schedule:
     )
 
 
+def monkey_report_schedule(settings: Settings) -> Schedule:
+    return Schedule(
+        action=ScheduleActionStartWorkflow(
+            MonkeyReportWorkflow.run,
+            MonkeyReportInput(
+                board_id=settings.trello_board_id,
+                recipients=list(settings.approvers),
+                report_key="",  # the workflow keys each report by its own run
+            ),
+            id="monkey-report",
+            task_queue=settings.task_queue,
+        ),
+        spec=ScheduleSpec(
+            intervals=[
+                ScheduleIntervalSpec(every=timedelta(seconds=settings.monkey_report_every_s))
+            ]
+        ),
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+    )
+
+
 async def ensure_schedules(client: Client, settings: Settings) -> None:
-    schedule = baseline_schedule(settings)
-    try:
-        await client.create_schedule(BASELINE_SCHEDULE_ID, schedule)
-        log.info("created schedule %s", BASELINE_SCHEDULE_ID)
-    except ScheduleAlreadyRunningError:
+    for schedule_id, schedule in (
+        (BASELINE_SCHEDULE_ID, baseline_schedule(settings)),
+        (MONKEY_REPORT_SCHEDULE_ID, monkey_report_schedule(settings)),
+    ):
+        try:
+            await client.create_schedule(schedule_id, schedule)
+            log.info("created schedule %s", schedule_id)
+        except ScheduleAlreadyRunningError:
 
-        def update(_: ScheduleUpdateInput) -> ScheduleUpdate:
-            return ScheduleUpdate(schedule=schedule)
+            def update(_: ScheduleUpdateInput, new: Schedule = schedule) -> ScheduleUpdate:
+                return ScheduleUpdate(schedule=new)
 
-        await client.get_schedule_handle(BASELINE_SCHEDULE_ID).update(update)
+            await client.get_schedule_handle(schedule_id).update(update)

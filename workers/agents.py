@@ -13,6 +13,7 @@ from activities.agents.registry import agent_activities, vector_memory
 from activities.baselines import BaselineActivities
 from activities.cmms import CmmsActivities
 from activities.events import EventActivities
+from activities.monkey import monkey_activities
 from activities.notify import NotifyActivities
 from activities.photos import photo_activities
 from activities.planning import PlanningActivities
@@ -20,6 +21,7 @@ from factorylm.plant import Plant
 from factorylm.settings import Settings
 from workflows.baseline import BaselineWorkflow
 from workflows.drift_response import DriftResponseWorkflow
+from workflows.monkey import MonkeyReportWorkflow, MonkeyWorkflow
 from workflows.outcome_followup import OutcomeFollowUpWorkflow
 from workflows.photo_intake import PhotoIntakeWorkflow
 
@@ -28,6 +30,8 @@ WORKFLOWS: list[type] = [
     BaselineWorkflow,
     OutcomeFollowUpWorkflow,
     PhotoIntakeWorkflow,
+    MonkeyWorkflow,
+    MonkeyReportWorkflow,
 ]
 
 
@@ -46,6 +50,7 @@ def activities(pool: asyncpg.Pool, plant: Plant, settings: Settings) -> list[Cal
         CmmsActivities(pool, settings).open_work_order,
         *agent_activities(pool, plant, settings),
         *photo_activities(pool, plant, settings),
+        *monkey_activities(pool, settings),
     ]
 
 
