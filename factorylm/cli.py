@@ -11,6 +11,10 @@ from collections.abc import Sequence
 
 from factorylm.settings import Settings, SettingsError, load_settings
 
+# `factorylm demo --scenario NAME`; the default stays the drift scenario. Add a name here and
+# its branch in factorylm/demo.py `_run_named`.
+DEMO_SCENARIOS = ("drift", "photo")
+
 
 def _db(settings: Settings, action: str) -> int:
     from factorylm.db.pool import prepare_database
@@ -149,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("action", choices=["start", "stop", "status"])
     demo = sub.add_parser("demo", help="run the product on its embedded default with a scenario")
     demo.add_argument("--once", action="store_true", help="run the scenario, tear down, print JSON")
+    demo.add_argument("--scenario", choices=DEMO_SCENARIOS, default="drift", help="which scenario")
     sub.add_parser("doctor", help="check every part and say how to fix what is missing")
     worker = sub.add_parser("worker", help="run the Temporal workers")
     worker.add_argument(
@@ -213,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cmd == "demo":
         from factorylm import demo
 
-        return demo.main(settings, once=args.once)
+        return demo.main(settings, once=args.once, scenario=args.scenario)
     if cmd in ("trello", "monkey"):
         from factorylm.trello import cli as trello_cli
 

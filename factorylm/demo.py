@@ -218,7 +218,16 @@ def demo_settings(settings: Settings) -> Settings:
     )
 
 
-async def run(settings: Settings, *, once: bool) -> int:
+async def _run_named(demo: Demo, scenario: str) -> dict[str, Any]:
+    """The scenario chosen with --scenario (names in factorylm/cli.py DEMO_SCENARIOS)."""
+    if scenario == "photo":
+        from factorylm.demo_photo import run_photo_scenario
+
+        return await run_photo_scenario(demo, say)
+    return await demo.run_scenario()
+
+
+async def run(settings: Settings, *, once: bool, scenario: str = "drift") -> int:
     demo = Demo(demo_settings(settings), control_port=15099)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -227,7 +236,7 @@ async def run(settings: Settings, *, once: bool) -> int:
     summary: dict[str, Any] = {"status": "failed"}
     try:
         await demo.up()
-        summary = await demo.run_scenario()
+        summary = await _run_named(demo, scenario)
         if not once:
             say("the demo stays up: open the Web UI, try the API; Ctrl-C stops everything")
             await stop.wait()
@@ -241,6 +250,6 @@ async def run(settings: Settings, *, once: bool) -> int:
     return 0 if summary.get("status") == "completed" else 1
 
 
-def main(settings: Settings, *, once: bool) -> int:
+def main(settings: Settings, *, once: bool, scenario: str = "drift") -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    return asyncio.run(run(settings, once=once))
+    return asyncio.run(run(settings, once=once, scenario=scenario))
