@@ -224,6 +224,10 @@ async def _run_named(demo: Demo, scenario: str) -> dict[str, Any]:
         from factorylm.demo_photo import run_photo_scenario
 
         return await run_photo_scenario(demo, say)
+    if scenario == "monkey":
+        from factorylm.demo_monkey import run_monkey_scenario
+
+        return await run_monkey_scenario(demo, say)
     return await demo.run_scenario()
 
 
