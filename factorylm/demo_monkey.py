@@ -55,6 +55,11 @@ async def run_monkey_scenario(demo: Demo, say: Callable[[str], None]) -> dict[st
                     "anthropic_api_key": None,
                     "gemini_api_key": None,
                     "task_queue": f"{demo.settings.task_queue}-monkey-demo",
+                    # The demo database is shared with other scenarios' LLM calls: the demo
+                    # budgets the Monkey's own tokens only, 50 000 a day as in the plan.
+                    "budget_hourly_tokens": 0,
+                    "budget_daily_tokens": 0,
+                    "budget_agent_daily_tokens": {"monkey": 50_000},
                 }
             ).model_dump()
         )
