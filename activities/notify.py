@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 import asyncpg
 from temporalio import activity
 
+from factorylm.grafana import plant_link
 from factorylm.models import (
     CloseApprovalInput,
     CloseOutcomeInput,
@@ -33,7 +34,7 @@ def dashboard_link(settings: Settings, workflow_id: str) -> str:
     return f"{settings.temporal_ui_url}/namespaces/{settings.temporal_namespace}/workflows/{workflow_id}"
 
 
-def approval_text(req: RequestApprovalInput, link: str) -> str:
+def approval_text(req: RequestApprovalInput, link: str, graphs: str | None = None) -> str:
     p = req.proposal
     minutes = max(1, round(req.timeout_s / 60))
     lines = [
@@ -46,6 +47,8 @@ def approval_text(req: RequestApprovalInput, link: str) -> str:
         lines.append(req.summary)
     if trace_id := req.alert.trace_context.get("trace_id"):
         lines.append(f"Trace: {trace_id}")
+    if graphs:
+        lines.append(f"Graphs: {graphs}")
     lines += [
         f"Details: {link}",
         f"Reply YES {req.code} to approve or NO {req.code} to deny (within {minutes} min).",
@@ -100,7 +103,10 @@ class NotifyActivities:
     @activity.defn(name="request_approval")
     async def request_approval(self, req: RequestApprovalInput) -> int:
         link = dashboard_link(self._settings, req.workflow_id)
-        body = approval_text(req, link)
+        graphs = plant_link(
+            self._settings.grafana_url, req.alert.plc_id, req.alert.metric, req.alert.detected_at
+        )
+        body = approval_text(req, link, graphs)
         template = {
             "1": req.alert.describe(),
             "2": req.proposal.action,

@@ -155,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--once", action="store_true", help="run the scenario, tear down, print JSON")
     demo.add_argument("--scenario", choices=DEMO_SCENARIOS, default="drift", help="which scenario")
     sub.add_parser("doctor", help="check every part and say how to fix what is missing")
+    sub.add_parser("probe", help="health check for containers: PostgreSQL and Temporal answer")
     worker = sub.add_parser("worker", help="run the Temporal workers")
     worker.add_argument(
         "--queue",
@@ -189,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     faults = sim_sub.add_parser("faults", help="list the active faults")
     for control in (inject, clear, faults):
         control.add_argument("--control-port", type=int, default=argparse.SUPPRESS)
+    from factorylm import cli_agents
+
+    cli_agents.add_parsers(sub)
     from factorylm.trello import cli as trello_cli
 
     trello_cli.add_parsers(sub)
@@ -209,16 +213,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     cmd = args.command
+    from factorylm.tracing import setup_tracing
+
+    setup_tracing(f"factorylm-{cmd}")
     if cmd == "db":
         return _db(settings, args.action)
     if cmd == "temporal":
         return _temporal(settings, args.action)
     if cmd == "doctor":
         return _doctor(settings)
+    if cmd == "probe":
+        from factorylm.doctor import probe, report
+
+        text, code = report(asyncio.run(probe(settings)))
+        print(text)
+        return code
     if cmd == "demo":
         from factorylm import demo
 
         return demo.main(settings, once=args.once, scenario=args.scenario)
+    if cmd in ("manuals", "outcome"):
+        from factorylm import cli_agents
+
+        return cli_agents.run(settings, args)
     if cmd in ("trello", "monkey"):
         from factorylm.trello import cli as trello_cli
 

@@ -125,3 +125,9 @@ def report(checks: list[Check]) -> tuple[str, int]:
     missing = sum(not c.ok for c in checks)
     lines.append("all parts ok" if not missing else f"{missing} part(s) missing")
     return "\n".join(lines), 1 if missing else 0
+
+
+async def probe(settings: Settings) -> list[Check]:
+    """What a container health check needs: this process's dependencies answer."""
+    pg, tp = await asyncio.gather(_postgres(settings), _temporal(settings))
+    return [c for c in [*pg, *tp] if c.name in ("postgres", "temporal")]

@@ -98,6 +98,13 @@ class Settings(BaseSettings):
     baseline_window_hours: float = Field(default=48.0, gt=0)
     baseline_min_samples: int = Field(default=100, ge=2)
 
+    # Operations: the health monitor's period, the daily summary's local time and zone.
+    health_every_s: float = Field(default=300.0, ge=10)
+    daily_summary_at: str = Field(default="07:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    plant_timezone: str = "UTC"
+    # Grafana (production compose): alert messages link to dashboards filtered to the event.
+    grafana_url: str = ""
+
     # Ingest.
     batch_max_rows: int = Field(default=5000, ge=1)
     batch_max_delay_s: float = Field(default=1.0, gt=0)

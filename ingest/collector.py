@@ -71,14 +71,15 @@ class Collector:
                     next_at = time.monotonic()
                     continue
                 backoff = self._period
-                recovered = self.consecutive_errors > 0
+                # The first good sample is news too: the status goes from starting to ok.
+                recovered = self.consecutive_errors > 0 or self.cycles == 0
                 self.consecutive_errors = 0
                 self.failing_since = None
                 self.last_good = when
                 self.cycles += 1
                 self._sink(self.plc, when, mono, values)
                 if recovered:
-                    log.info("PLC %s answers again", self.plc.id)
+                    log.info("PLC %s answers", self.plc.id)
                     self._notify()
                 next_at += self._period
                 delay = next_at - time.monotonic()

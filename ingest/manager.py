@@ -106,6 +106,7 @@ class CollectorManager:
         self._alerted: set[str] = set()
         self._pool: asyncpg.Pool | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._by_plc: dict[str, asyncio.Task[None]] = {}
         self._side_tasks: set[asyncio.Task[None]] = set()
         self._started_at = time.monotonic()
 
@@ -113,18 +114,39 @@ class CollectorManager:
     async def start(self) -> None:
         self._started_at = time.monotonic()
         for collector in self.collectors:
-            self._tasks.append(
-                asyncio.create_task(self._supervise(collector), name=f"collect-{collector.plc.id}")
+            self._by_plc[collector.plc.id] = asyncio.create_task(
+                self._supervise(collector), name=f"collect-{collector.plc.id}"
             )
         self._tasks.append(asyncio.create_task(self._health_loop(), name="collector-health"))
         log.info("collector manager started: %d PLCs", len(self.collectors))
 
     async def stop(self) -> None:
         """Stop polling; the last samples are already in the sink."""
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._by_plc.values()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
+        self._by_plc.clear()
+
+    async def restart(self, plc_id: str) -> bool:
+        """Drop a collector's connection and start it afresh (asked by the health monitor).
+        False when this process has no collector for that PLC."""
+        collector = next((c for c in self.collectors if c.plc.id == plc_id), None)
+        task = self._by_plc.get(plc_id)
+        if collector is None or task is None:
+            return False
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)  # its driver closes on the way out
+        self.restarts[plc_id] += 1
+        self._by_plc[plc_id] = asyncio.create_task(
+            self._supervise(collector), name=f"collect-{plc_id}"
+        )
+        log.warning(
+            "collector for %s restarted on request (restart %d)", plc_id, self.restarts[plc_id]
+        )
+        self._spawn(self._write_one(collector))
+        return True
         if self._side_tasks:
             await asyncio.gather(*self._side_tasks, return_exceptions=True)
 
@@ -282,12 +304,16 @@ class CollectorManager:
     async def _upsert(self, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
+        # Writes race (the periodic one, one per change): stamp each with when its snapshot
+        # was taken — the rows were computed just before this call — and never let an older
+        # snapshot overwrite a newer one.
+        observed = datetime.now(UTC)
         pool = await self._get_pool()
         await pool.executemany(
             """INSERT INTO collector_status (plc_id, vendor, protocol, state, poll_interval_ms,
                    last_good_at, consecutive_errors, last_error, cycles, missed_cycles, restarts,
                    failing_since, updated_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, now())
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
                ON CONFLICT (plc_id) DO UPDATE SET vendor = EXCLUDED.vendor,
                    protocol = EXCLUDED.protocol, state = EXCLUDED.state,
                    poll_interval_ms = EXCLUDED.poll_interval_ms,
@@ -295,7 +321,8 @@ class CollectorManager:
                    consecutive_errors = EXCLUDED.consecutive_errors,
                    last_error = EXCLUDED.last_error, cycles = EXCLUDED.cycles,
                    missed_cycles = EXCLUDED.missed_cycles, restarts = EXCLUDED.restarts,
-                   failing_since = EXCLUDED.failing_since, updated_at = now()""",
+                   failing_since = EXCLUDED.failing_since, updated_at = EXCLUDED.updated_at
+               WHERE collector_status.updated_at <= EXCLUDED.updated_at""",
             [
                 (
                     r["plc_id"],
@@ -310,6 +337,7 @@ class CollectorManager:
                     r["missed_cycles"],
                     r["restarts"],
                     r["failing_since"],
+                    observed,
                 )
                 for r in rows
             ],

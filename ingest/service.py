@@ -11,6 +11,7 @@ from factorylm.plant import Plant, Plc
 from factorylm.settings import Settings
 from ingest.alerts import WorkflowStarter
 from ingest.baselines import BaselineLoader
+from ingest.commands import CommandListener
 from ingest.drift import DriftConfig, DriftDetector
 from ingest.manager import CollectorManager, Notifier
 from ingest.writer import BatchWriter
@@ -53,6 +54,7 @@ class IngestService:
             plant, self._on_samples, dsn=settings.pg_dsn, notifier=notifier, writer=self.writer
         )
         self.collectors = self.manager.collectors
+        self.commands = CommandListener(settings.pg_dsn, self.manager.restart)
 
     def _on_samples(self, plc: Plc, when: datetime, mono: float, values: dict[str, float]) -> None:
         self.writer.add((when, plc.id, name, value) for name, value in values.items())
@@ -63,10 +65,12 @@ class IngestService:
         await self.baselines.start()
         self.writer.start()
         await self.manager.start()
+        await self.commands.start()
         log.info("ingest started: %d PLCs", len(self.collectors))
 
     async def stop(self) -> None:
         """Stop polling, then flush every accepted sample before returning."""
+        await self.commands.stop()
         await self.manager.stop()
         await self.starter.drain()
         await self.baselines.stop()

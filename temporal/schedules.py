@@ -10,23 +10,28 @@ from temporalio.client import (
     Schedule,
     ScheduleActionStartWorkflow,
     ScheduleAlreadyRunningError,
+    ScheduleCalendarSpec,
     ScheduleIntervalSpec,
     ScheduleOverlapPolicy,
     SchedulePolicy,
+    ScheduleRange,
     ScheduleSpec,
     ScheduleUpdate,
     ScheduleUpdateInput,
 )
 
-from factorylm.models import BaselineWorkflowInput
+from factorylm.models import BaselineWorkflowInput, DailySummaryInput, HealthMonitorInput
 from factorylm.settings import Settings
 from factorylm.trello.models import MonkeyReportInput
 from workflows.baseline import BaselineWorkflow
+from workflows.health import DailySummaryWorkflow, HealthMonitorWorkflow
 from workflows.monkey import MonkeyReportWorkflow
 
 log = logging.getLogger(__name__)
 
 BASELINE_SCHEDULE_ID = "baselines"
+HEALTH_SCHEDULE_ID = "health-monitor"
+DAILY_SUMMARY_SCHEDULE_ID = "daily-summary"
 MONKEY_REPORT_SCHEDULE_ID = "monkey-report"
 
 
@@ -45,6 +50,44 @@ def baseline_schedule(settings: Settings) -> Schedule:
             intervals=[ScheduleIntervalSpec(every=timedelta(seconds=settings.baseline_every_s))]
         ),
         # A slow recompute is never stacked under the next one.
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+    )
+
+
+def health_schedule(settings: Settings) -> Schedule:
+    return Schedule(
+        action=ScheduleActionStartWorkflow(
+            HealthMonitorWorkflow.run,
+            HealthMonitorInput(
+                task_queues=[settings.task_queue, settings.plc_task_queue],
+                schedule_ids=[BASELINE_SCHEDULE_ID, DAILY_SUMMARY_SCHEDULE_ID],
+                recipients=list(settings.approvers),
+            ),
+            id="health-monitor",
+            task_queue=settings.task_queue,
+        ),
+        spec=ScheduleSpec(
+            intervals=[ScheduleIntervalSpec(every=timedelta(seconds=settings.health_every_s))]
+        ),
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+    )
+
+
+def daily_summary_schedule(settings: Settings) -> Schedule:
+    hour, minute = (int(part) for part in settings.daily_summary_at.split(":"))
+    return Schedule(
+        action=ScheduleActionStartWorkflow(
+            DailySummaryWorkflow.run,
+            DailySummaryInput(hours=24, recipients=list(settings.approvers)),
+            id="daily-summary",
+            task_queue=settings.task_queue,
+        ),
+        spec=ScheduleSpec(
+            calendars=[
+                ScheduleCalendarSpec(hour=[ScheduleRange(hour)], minute=[ScheduleRange(minute)])
+            ],
+            time_zone_name=settings.plant_timezone,
+        ),
         policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
     )
 
@@ -70,17 +113,27 @@ def monkey_report_schedule(settings: Settings) -> Schedule:
     )
 
 
+def schedules(settings: Settings) -> dict[str, Schedule]:
+    return {
+        BASELINE_SCHEDULE_ID: baseline_schedule(settings),
+        HEALTH_SCHEDULE_ID: health_schedule(settings),
+        DAILY_SUMMARY_SCHEDULE_ID: daily_summary_schedule(settings),
+        MONKEY_REPORT_SCHEDULE_ID: monkey_report_schedule(settings),
+    }
+
+
 async def ensure_schedules(client: Client, settings: Settings) -> None:
-    for schedule_id, schedule in (
-        (BASELINE_SCHEDULE_ID, baseline_schedule(settings)),
-        (MONKEY_REPORT_SCHEDULE_ID, monkey_report_schedule(settings)),
-    ):
-        try:
-            await client.create_schedule(schedule_id, schedule)
-            log.info("created schedule %s", schedule_id)
-        except ScheduleAlreadyRunningError:
+    for schedule_id, schedule in schedules(settings).items():
+        await _ensure(client, schedule_id, schedule)
 
-            def update(_: ScheduleUpdateInput, new: Schedule = schedule) -> ScheduleUpdate:
-                return ScheduleUpdate(schedule=new)
 
-            await client.get_schedule_handle(schedule_id).update(update)
+async def _ensure(client: Client, schedule_id: str, schedule: Schedule) -> None:
+    try:
+        await client.create_schedule(schedule_id, schedule)
+        log.info("created schedule %s", schedule_id)
+    except ScheduleAlreadyRunningError:
+
+        def update(_: ScheduleUpdateInput) -> ScheduleUpdate:
+            return ScheduleUpdate(schedule=schedule)
+
+        await client.get_schedule_handle(schedule_id).update(update)

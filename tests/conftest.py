@@ -6,12 +6,15 @@ Nothing here skips: a part that cannot start fails the run with its own error.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
@@ -24,6 +27,26 @@ from temporal.devserver import ensure_cli
 
 # One database per test run, so runs side by side (two checkouts, two developers) never collide.
 TEST_DB = f"factorylm_test_{os.getpid()}"
+
+
+HISTORIES = Path(__file__).parent / "histories"
+
+
+@pytest.fixture
+def record_history() -> Callable[[WorkflowHandle[Any, Any], str], Awaitable[None]]:
+    """Saves a finished workflow's history for the replay tests when
+    FACTORYLM_RECORD_HISTORIES=1 (re-record after an intended, compatible workflow change)."""
+
+    async def record(handle: WorkflowHandle[Any, Any], name: str) -> None:
+        if os.environ.get("FACTORYLM_RECORD_HISTORIES") != "1":
+            return
+        history = await handle.fetch_history()
+        HISTORIES.mkdir(exist_ok=True)
+        # The id travels with the events: replay must run under the id the history was made with.
+        recorded = {"workflow_id": history.workflow_id, "history": json.loads(history.to_json())}
+        (HISTORIES / f"{name}.json").write_text(json.dumps(recorded, indent=1) + "\n")
+
+    return record
 
 
 @pytest.fixture(scope="session")

@@ -76,6 +76,11 @@ _AGENT_RESULT: dict[Agent, type] = {
 }
 
 
+def _trace_line(alert: DriftAlert) -> list[str]:
+    trace_id = alert.trace_context.get("trace_id")
+    return [f"Trace: {trace_id}"] if trace_id else []
+
+
 @workflow.defn
 class DriftResponseWorkflow:
     def __init__(self) -> None:
@@ -164,6 +169,7 @@ class DriftResponseWorkflow:
                         alert.describe(),
                         *notes,
                         *self._evidence_note(),
+                        *_trace_line(alert),
                         *(["", report.markdown] if report else []),
                     ]
                 ),

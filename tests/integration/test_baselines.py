@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import numpy as np
@@ -46,17 +47,21 @@ async def insert_series(pool: asyncpg.Pool, plc: str, metric: str, values: np.nd
         )
 
 
-async def run_baselines(stack: Stack, **kw: object) -> BaselineReport:
-    return await stack.client.execute_workflow(
+async def run_baselines(stack: Stack, record: Any = None, **kw: object) -> BaselineReport:
+    handle = await stack.client.start_workflow(
         BaselineWorkflow.run,
         BaselineWorkflowInput(**kw),  # type: ignore[arg-type]
         id=f"baseline-test-{uuid.uuid4().hex[:6]}",
         task_queue=stack.settings.task_queue,
     )
+    report = await handle.result()
+    if record is not None:
+        await record(handle, "baseline")
+    return report
 
 
 async def test_statistics_match_numpy_and_thin_metrics_are_reported(
-    stack: Stack, pool: asyncpg.Pool
+    stack: Stack, pool: asyncpg.Pool, record_history: Any
 ) -> None:
     plc = f"bl-{uuid.uuid4().hex[:6]}"
     rng = np.random.default_rng(4)
@@ -67,7 +72,7 @@ async def test_statistics_match_numpy_and_thin_metrics_are_reported(
     await insert_series(pool, plc, "current", rng.normal(12, 1, 20))  # too few
     await insert_series(pool, plc, "stuck", np.full(500, 7.0))  # no variation
 
-    report = await run_baselines(stack, window_hours=48, min_samples=100)
+    report = await run_baselines(stack, record_history, window_hours=48, min_samples=100)
     ours = {b.metric: b for b in report.baselines if b.plc_id == plc}
     assert set(ours) == {"vibration", "motor_temp"}
     for name, data in (("vibration", vibration), ("motor_temp", temp)):

@@ -117,7 +117,9 @@ async def test_approved_shutdown_writes_verifies_and_opens_a_work_order(rig: Rig
     assert wo["priority"] == "HIGH" and "approved by " + APPROVER in wo["description"]
 
 
-async def test_bad_decisions_are_rejected_and_a_duplicate_has_no_effect(rig: Rig) -> None:
+async def test_bad_decisions_are_rejected_and_a_duplicate_has_no_effect(
+    rig: Rig, record_history: Any
+) -> None:
     handle = await start(rig, alert(5.0))
     request = await pending(handle)
     with pytest.raises(WorkflowUpdateFailedError) as err:
@@ -145,6 +147,7 @@ async def test_bad_decisions_are_rejected_and_a_duplicate_has_no_effect(rig: Rig
         )
     assert "no approval is pending" in str(dup.value.cause)
     result = await handle.result()
+    await record_history(handle, "drift_response_denied")
     assert result.status == "denied" and result.value_written is None
     assert (
         await rig.pool.fetchval("SELECT count(*) FROM plc_writes WHERE workflow_id = $1", handle.id)

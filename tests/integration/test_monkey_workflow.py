@@ -152,7 +152,7 @@ async def rig(settings: Settings, client: Client, pool: asyncpg.Pool) -> AsyncIt
     await pool.execute(CLEAN)
 
 
-async def test_the_monkey_works_the_sprint(rig: Rig) -> None:
+async def test_the_monkey_works_the_sprint(rig: Rig, record_history: Any) -> None:
     plain = await rig.card("Plain task", ["Autonomous"], ["test -f out.txt"])
     hopeless = await rig.card("Hopeless", ["Autonomous"], ["grep -q never x.txt"])
     critical = await rig.card(
@@ -162,6 +162,7 @@ async def test_the_monkey_works_the_sprint(rig: Rig) -> None:
     parked = await rig.card("Not for the Monkey", ["Integration"], [])
     handle = await rig.start(stop_when_idle=True, continue_after_cycles=2)
     summary = await asyncio.wait_for(handle.result(), 60)
+    await record_history(handle, "monkey_sprint_after_continue_as_new")
     assert (summary.cards_done, summary.cards_blocked, summary.human_alerts) == (2, 1, 1)
     assert summary.status == "idle" and summary.budget_refusals == 0
     # Two cycles per run: three cards and the idle look are four cycles, so two runs.
@@ -273,7 +274,7 @@ async def test_webhook_pause_resume_and_forgery(rig: Rig) -> None:
     assert (await asyncio.wait_for(handle.result(), 30)).cards_done == 2
 
 
-async def test_progress_report(rig: Rig) -> None:
+async def test_progress_report(rig: Rig, record_history: Any) -> None:
     handle = await rig.client.start_workflow(
         MonkeyReportWorkflow.run,
         MonkeyReportInput(board_id=rig.board.board_id, recipients=[ENGINEER], report_key=""),
@@ -281,6 +282,7 @@ async def test_progress_report(rig: Rig) -> None:
         task_queue=rig.settings.task_queue,
     )
     assert await handle.result() is True
+    await record_history(handle, "monkey_report")
     (report,) = [m for m in rig.twilio.to(ENGINEER) if "progress report" in m.body]
     assert "Current Sprint 0" in report.body and "Budget this day" in report.body
 

@@ -146,7 +146,7 @@ def gemini_image(request: dict[str, Any]) -> tuple[str, bytes]:
 
 
 async def test_upload_with_asset_id_becomes_a_work_order_with_the_photo(
-    tmp_path: Path, settings: Settings, client: Client, pool: asyncpg.Pool
+    tmp_path: Path, settings: Settings, client: Client, pool: asyncpg.Pool, record_history: Any
 ) -> None:
     photo = jpeg_bytes()
     async with photo_rig(tmp_path, settings, client, pool) as rig:
@@ -155,6 +155,9 @@ async def test_upload_with_asset_id_becomes_a_work_order_with_the_photo(
         assert response.status_code == 202, response.text
         photo_id = response.json()["photo_id"]
         result = await rig.result(photo_id)
+        await record_history(
+            client.get_workflow_handle(photo_workflow_id(photo_id)), "photo_intake_explicit_asset"
+        )
 
         assert result.status == "completed" and result.asset_id == "conveyor-1"
         assert result.asset_found_by == "explicit" and not result.needs_manual_review

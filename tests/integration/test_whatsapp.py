@@ -113,7 +113,7 @@ def code_in(message: SentMessage) -> str:
     return found[1]
 
 
-async def test_yes_with_code_approves_and_the_person_is_told(rig: Rig) -> None:
+async def test_yes_with_code_approves_and_the_person_is_told(rig: Rig, record_history: Any) -> None:
     handle = await rig.start(6.0)
     request = await rig.message_to(ON_DUTY, "Reply YES")
     assert "shutdown_motor" in request.body and "vibration on conveyor-1" in request.body
@@ -122,6 +122,7 @@ async def test_yes_with_code_approves_and_the_person_is_told(rig: Rig) -> None:
     said = await rig.reply(ON_DUTY, f"YES {code_in(request)}")
     assert said.startswith("Approved: shutdown_motor")
     result = await handle.result()
+    await record_history(handle, "drift_response_approved_on_whatsapp")
     assert result.status == "completed" and result.approved_by == ON_DUTY
     assert await rig.sim.read("motor_run") == 0
     summary = await rig.message_to(ON_DUTY, f"Work order {result.work_order_id}")
@@ -186,7 +187,7 @@ async def test_duplicate_and_late_replies_have_no_second_effect(rig: Rig) -> Non
 
 
 async def test_timeout_escalates_to_the_backup_then_a_late_yes_is_refused(
-    rig: Rig,
+    rig: Rig, record_history: Any
 ) -> None:
     fast = rig.settings.model_copy(update={"approval_timeout_s": 1.5})
     # A short approval timer: a second stack (workers only) on its own queue.
@@ -212,6 +213,7 @@ async def test_timeout_escalates_to_the_backup_then_a_late_yes_is_refused(
         escalated = await rig.message_to(BACKUP, "escalated")
         assert code_in(escalated) == code_in(first)
         result = await handle.result()
+        await record_history(handle, "drift_response_not_approved_in_time")
         assert result.status == "not_approved_in_time" and result.value_written is None
         late = await rig.reply(BACKUP, f"YES {code_in(escalated)}")
         assert (
@@ -261,7 +263,7 @@ async def test_outside_the_session_window_the_template_is_used(rig: Rig) -> None
         await stack.stop()
 
 
-async def test_the_technicians_report_reaches_the_follow_up(rig: Rig) -> None:
+async def test_the_technicians_report_reaches_the_follow_up(rig: Rig, record_history: Any) -> None:
     handle = await rig.start(2.5)  # an auto action: no approval, a notice instead
     notice = await rig.message_to(ON_DUTY, "Auto-executed: reduce_motor_speed_to_60pct")
     assert "read back 1050" in notice.body
@@ -274,6 +276,8 @@ async def test_the_technicians_report_reaches_the_follow_up(rig: Rig) -> None:
         f"outcome-{handle.id}-{(await handle.describe()).run_id[:8]}"
     )
     outcome = await follow_up.result()
+    await record_history(follow_up, "outcome_followup_answered")
+    await record_history(handle, "drift_response_auto_executed")
     assert outcome["answer"] == "Replaced the drive-end bearing, vibration normal"
     row = await rig.pool.fetchrow(
         "SELECT * FROM outcome_requests WHERE workflow_id = $1", follow_up.id

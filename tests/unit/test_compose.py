@@ -19,7 +19,11 @@ def env_of(name: str) -> dict[str, str]:
 
 
 def test_services_and_images() -> None:
-    assert {"timescaledb", "temporal", "temporal-ui", *APP_SERVICES} <= set(SERVICES)
+    assert {"timescaledb", "temporal", "temporal-ui", "grafana", "simulator", *APP_SERVICES} <= set(
+        SERVICES
+    )
+    assert SERVICES["grafana"]["image"].startswith("grafana/grafana:")
+    assert SERVICES["simulator"]["profiles"] == ["simulator"]  # optional: only with --profile
     assert SERVICES["timescaledb"]["image"].startswith("timescale/timescaledb-ha:pg15")
     assert SERVICES["temporal"]["image"].startswith("temporalio/auto-setup:")
     assert SERVICES["temporal-ui"]["image"].startswith("temporalio/ui:")
@@ -58,3 +62,22 @@ def test_no_secret_is_written_in_the_file() -> None:
         for key, value in (service.get("environment") or {}).items():
             if secretish.search(key):
                 assert re.fullmatch(r"\$\{[A-Z_]+(:\?[^}]*)?\}", str(value)), f"{name}.{key}"
+
+
+def test_every_long_running_service_restarts_and_reports_health() -> None:
+    for name, service in SERVICES.items():
+        if name == "temporal-setup":  # one-shot
+            continue
+        assert service.get("restart") == "unless-stopped", name
+        if name != "temporal-ui":
+            assert "healthcheck" in service, name
+    for name in APP_SERVICES:
+        assert SERVICES[name]["depends_on"]["timescaledb"]["condition"] == "service_healthy"
+
+
+def test_state_lives_in_named_volumes() -> None:
+    volumes = set(COMPOSE["volumes"])
+    assert {"pgdata", "appdata", "grafanadata"} <= volumes
+    mounts = " ".join(SERVICES["grafana"]["volumes"])
+    assert "./grafana/provisioning:/etc/grafana/provisioning" in mounts
+    assert "./grafana/dashboards:/var/lib/grafana/dashboards" in mounts
