@@ -13,7 +13,7 @@ from factorylm.settings import Settings, SettingsError, load_settings
 
 # `factorylm demo --scenario NAME`; the default stays the drift scenario. Add a name here and
 # its branch in factorylm/demo.py `_run_named`.
-DEMO_SCENARIOS = ("drift", "photo", "monkey")
+DEMO_SCENARIOS = ("drift", "photo", "monkey", "health")
 
 
 def _db(settings: Settings, action: str) -> int:

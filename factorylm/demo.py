@@ -228,6 +228,10 @@ async def _run_named(demo: Demo, scenario: str) -> dict[str, Any]:
         from factorylm.demo_monkey import run_monkey_scenario
 
         return await run_monkey_scenario(demo, say)
+    if scenario == "health":
+        from factorylm.demo_health import run_health_scenario
+
+        return await run_health_scenario(demo, say)
     return await demo.run_scenario()
 
 
