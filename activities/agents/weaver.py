@@ -118,6 +118,8 @@ def render(req: WeaverInput, draft: WeaverDraft, generated_by: str, offline: boo
         lines.append("")
     if req.watchman is not None:
         lines += ["### Correlated metrics", f"- {req.watchman.summary}", ""]
+    if req.manuals is not None and not req.manuals.excerpts and req.manuals.note:
+        lines += ["### From the manuals", f"- {req.manuals.note}", ""]
     if req.manuals is not None and req.manuals.excerpts:
         lines.append("### From the manuals")
         for e in req.manuals.excerpts:
