@@ -27,7 +27,7 @@ from factorylm.fakes.twilio import FakeTwilio, post_inbound
 from factorylm.models import DriftResponseResult, drift_workflow_id
 from factorylm.pgcluster import Cluster
 from factorylm.plant import Plant, load_plant
-from factorylm.settings import Settings
+from factorylm.settings import PROJECT_ROOT, Settings
 from factorylm.simulator.peer import SimulatedPeer
 from factorylm.simulator.plant import PlantSimulator
 from factorylm.simulator.signals import FaultKind
@@ -105,6 +105,7 @@ class Demo:
         self.client = await connect(settings)
         self.stack = Stack(settings, self.plant, self.client)
         await self.stack.start()
+        await self._sample_manuals()
         say(f"workers on task queues {settings.task_queue} and {settings.plc_task_queue}")
         say(
             f"ingest polling {len(self.plant.plcs)} PLC(s); drift window "
@@ -114,6 +115,28 @@ class Demo:
             f"Temporal Web UI: {settings.temporal_ui_url}/namespaces/{settings.temporal_namespace}/workflows"
         )
         say(f"API: {settings.api_url} (try {settings.api_url}/health)")
+
+    async def _sample_manuals(self) -> None:
+        """The Manual Hunter needs manuals: the demo plant's are ingested once (and again when
+        a file changes), as `factorylm manuals add manuals/*` would."""
+        import hashlib
+
+        from factorylm.embeddings import get_embedder
+        from factorylm.manuals import ManualStore
+
+        assert self.stack is not None and self.stack.pool is not None
+        pool = self.stack.pool
+        known = {
+            r["source"]: r["sha256"] for r in await pool.fetch("SELECT source, sha256 FROM manuals")
+        }
+        store = ManualStore(
+            pool, get_embedder(self.settings), ef_search=self.settings.memory_ef_search
+        )
+        for path in sorted((PROJECT_ROOT / "manuals").glob("*.md")):
+            digest = hashlib.sha256(await asyncio.to_thread(path.read_bytes)).hexdigest()
+            if known.get(path.name) != digest:
+                summary = await store.add(path)
+                say(f"manual {summary.source}: {summary.chunks} excerpts for the Manual Hunter")
 
     async def down(self) -> None:
         if self.stack is not None:

@@ -256,6 +256,7 @@ class DriftResponseWorkflow:
         )
         if report is not None:
             self._brief = f"{report.summary}\n\n_{report.generated_by}_"
+            self._summary = f"Agents ({report.generated_by}): {report.summary}"
         return report
 
     async def _run_agent(self, agent: Agent, arg: Any, alert: DriftAlert) -> Any:

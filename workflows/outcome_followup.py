@@ -13,6 +13,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
+    from factorylm.agent_models import OutcomeRecord, RecordOutcomeInput
     from factorylm.models import (
         CloseOutcomeInput,
         FollowUpInput,
@@ -66,9 +67,17 @@ class OutcomeFollowUpWorkflow:
         return FollowUpResult(answer=self._answer, recorded=recorded)
 
     async def _remember(self, event_id: int, text: str) -> bool:
-        # The memory activity (classification into resolved / false alarm / action taken)
-        # belongs to the agents; until it is registered the reply is kept on the request.
-        return False
+        """The agents classify the report (resolved, false alarm, action taken) into the
+        event's memory, so the next similar drift leads with what worked."""
+        record: OutcomeRecord = await workflow.execute_activity(
+            "record_outcome",
+            RecordOutcomeInput(event_id=event_id, text=text),
+            start_to_close_timeout=timedelta(minutes=2),
+            retry_policy=_RETRY,
+            result_type=OutcomeRecord,
+        )
+        workflow.set_current_details(f"outcome recorded: {record.kind}")
+        return True
 
     @workflow.signal
     def outcome(self, text: str) -> None:

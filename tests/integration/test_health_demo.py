@@ -16,7 +16,9 @@ from helpers import free_port, plant_with_free_ports
 
 
 def test_health_is_a_demo_scenario() -> None:
-    assert build_parser().parse_args(["demo", "--once", "--scenario", "health"]).scenario == "health"
+    assert (
+        build_parser().parse_args(["demo", "--once", "--scenario", "health"]).scenario == "health"
+    )
 
 
 async def test_a_silent_plc_gives_one_alert_and_a_restart(

@@ -279,6 +279,11 @@ async def test_the_technicians_report_reaches_the_follow_up(rig: Rig, record_his
     await record_history(follow_up, "outcome_followup_answered")
     await record_history(handle, "drift_response_auto_executed")
     assert outcome["answer"] == "Replaced the drive-end bearing, vibration normal"
+    assert outcome["recorded"] is True  # classified into the event's memory
+    event = await rig.pool.fetchrow(
+        "SELECT resolved, action_taken FROM drift_events WHERE id = $1", result.event_id
+    )
+    assert event["resolved"] is True and event["action_taken"] == "replaced_bearing"
     row = await rig.pool.fetchrow(
         "SELECT * FROM outcome_requests WHERE workflow_id = $1", follow_up.id
     )
