@@ -58,12 +58,14 @@ class Collector:
         next_at = time.monotonic()
         try:
             while True:
+                _raise_if_cancelling()
                 mono = time.monotonic()
                 self.lateness.append(mono - next_at)
                 try:
                     values = await self._driver.read_points(list(self.plc.metrics))
                     when = datetime.now(UTC)
                 except PlcError as exc:
+                    _raise_if_cancelling()
                     self._failed(str(exc), backoff)
                     await self._driver.close()
                     await asyncio.sleep(backoff)
@@ -105,3 +107,11 @@ class Collector:
     def _notify(self) -> None:
         if self._on_change is not None:
             self._on_change(self)
+
+
+def _raise_if_cancelling() -> None:
+    """Client libraries sometimes swallow a cancellation (turning it into an I/O error or a
+    late reply); the request is still pending on the task, and stopping must still stop."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
