@@ -27,6 +27,7 @@ _DROPPED = metrics.get_meter("factorylm.ingest").create_counter(
 
 Sample = tuple[datetime, str, str, float]  # (time, plc_id, metric, value)
 _COLUMNS = ("time", "plc_id", "metric", "value")
+_BACKLOG_BATCHES = 8
 
 
 class BatchWriter:
@@ -118,7 +119,9 @@ class BatchWriter:
     async def _flush_one(self) -> None:
         if self._conn is None or self._conn.is_closed():
             self._conn = await asyncpg.connect(self._dsn, timeout=5)
-        n = min(len(self._buffer), self._max_rows)
+        # A backlog (after an outage, or a burst) goes in fewer, larger COPYs: each COPY has a
+        # fixed round-trip cost that small batches pay over and over.
+        n = min(len(self._buffer), self._max_rows * _BACKLOG_BATCHES)
         # Take the batch out first: producers may overflow the buffer while COPY is in flight.
         batch = [self._buffer.popleft() for _ in range(n)]
         try:

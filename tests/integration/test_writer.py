@@ -29,10 +29,12 @@ async def test_rows_arrive_by_size_and_stop_flushes_the_rest(
 ) -> None:
     writer = BatchWriter(settings.pg_dsn, max_rows=1000, max_delay_s=30)
     writer.start()
-    writer.add(samples("writer-a", 2500))
-    await wait_until(lambda: writer.written >= 2000)  # two full batches, without the timer
+    batch = samples("writer-a", 2500)
+    writer.add(batch[:2000])
+    await wait_until(lambda: writer.written == 2000)  # size-triggered: the timer is 30 s
+    writer.add(batch[2000:])
     assert writer.pending == 500
-    await writer.stop()
+    await writer.stop()  # the last 500 go in at stop, not after the timer
     rows = await pool.fetch("SELECT value FROM samples WHERE plc_id = 'writer-a' ORDER BY time")
     assert [r["value"] for r in rows] == [float(i) for i in range(2500)]
     assert writer.dropped == 0
