@@ -19,8 +19,15 @@ WITH stats AS (
            percentile_cont(0.99) WITHIN GROUP (ORDER BY value) AS p99,
            count(*) AS n,
            count(DISTINCT time_bucket('1 minute', time)) AS minutes
-    FROM samples
+    FROM samples s
     WHERE time >= $1 AND time < $2
+      -- Normal is learned from normal operation: the minutes around a detected drift are
+      -- left out, or every fault would widen the baseline until faults look normal.
+      AND NOT EXISTS (
+          SELECT 1 FROM drift_events e
+          WHERE e.plc_id = s.plc_id AND e.metric = s.metric
+            AND s.time BETWEEN e.detected_at - interval '5 minutes'
+                           AND e.detected_at + interval '5 minutes')
     GROUP BY plc_id, metric
 )
 SELECT * FROM stats ORDER BY plc_id, metric

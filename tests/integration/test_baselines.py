@@ -139,3 +139,44 @@ async def test_the_schedule_runs_the_baseline_workflow_hourly(stack: Stack) -> N
     assert desc.schedule.spec.intervals[0].every == timedelta(hours=1)
     action = desc.schedule.action
     assert getattr(action, "workflow", None) == "BaselineWorkflow"
+
+
+async def test_minutes_around_a_detected_drift_are_not_learned(
+    stack: Stack, pool: asyncpg.Pool
+) -> None:
+    plc = f"bl-{uuid.uuid4().hex[:6]}"
+    rng = np.random.default_rng(9)
+    normal = rng.normal(2.0, 0.2, 2000)
+    await insert_series(pool, plc, "vibration", normal)  # two hours ending a minute ago
+    fault_at = datetime.now(UTC) - timedelta(minutes=30)
+    fault = [(fault_at + timedelta(seconds=i), plc, "vibration", 9.0) for i in range(120)]
+    await pool.copy_records_to_table(
+        "samples", records=fault, columns=("time", "plc_id", "metric", "value")
+    )
+    await pool.execute(
+        """INSERT INTO drift_events (workflow_id, plc_id, vendor, metric, magnitude_sigma,
+               window_mean, baseline_mean, baseline_std, detected_at, text)
+           VALUES ($1, $2, 'generic_modbus', 'vibration', 35, 9, 2, 0.2, $3, 'fault')""",
+        f"drift-{plc}-vibration",
+        plc,
+        fault_at + timedelta(seconds=5),
+    )
+    report = await run_baselines(stack)
+    (ours,) = [b for b in report.baselines if b.plc_id == plc]
+    kept = [
+        v
+        for i, v in enumerate(normal)
+        if abs(
+            (
+                datetime.now(UTC)
+                - timedelta(minutes=1)
+                - i * (timedelta(hours=2) / 2000)
+                - fault_at
+            ).total_seconds()
+        )
+        > 300
+    ]
+    assert (
+        ours.mean == pytest.approx(2.0, abs=0.05) and ours.std < 0.3
+    )  # the 9.0 fault is not in it
+    assert ours.sample_count < len(normal) and abs(ours.sample_count - len(kept)) <= 2
