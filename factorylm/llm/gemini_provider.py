@@ -37,10 +37,21 @@ class GeminiProvider:
     async def complete_json(
         self, *, system: str, prompt: str, schema: dict[str, Any], schema_name: str
     ) -> Completion:
+        return await self.generate_json(prompt, system=system, schema=schema)
+
+    async def generate_json(
+        self,
+        contents: types.ContentUnion,
+        *,
+        system: str,
+        schema: dict[str, Any],
+        label: str = "gemini",
+    ) -> Completion:
+        """One JSON answer to `contents` (text, or parts such as an image and a prompt)."""
         try:
             response = await self._client.aio.models.generate_content(
                 model=self.model,
-                contents=prompt,
+                contents=contents,
                 config=types.GenerateContentConfig(
                     system_instruction=system,
                     response_mime_type="application/json",
@@ -49,7 +60,7 @@ class GeminiProvider:
                 ),
             )
         except (errors.APIError, httpx.HTTPError) as exc:
-            raise ProviderError(f"gemini: {type(exc).__name__}: {exc}") from exc
+            raise ProviderError(f"{label}: {type(exc).__name__}: {exc}") from exc
         usage = response.usage_metadata
         completion = Completion(
             data=None,

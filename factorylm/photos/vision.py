@@ -10,12 +10,10 @@ as "needs manual review": a person looks at it, nothing is guessed.
 from __future__ import annotations
 
 import base64
-import json
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 import anthropic
-import httpx
 from anthropic.types import (
     Base64ImageSourceParam,
     ImageBlockParam,
@@ -23,11 +21,11 @@ from anthropic.types import (
     TextBlockParam,
     ToolParam,
 )
-from google import genai
-from google.genai import errors, types
+from google.genai import types
 
 from factorylm.agent_models import OFFLINE
 from factorylm.llm.base import Completion, InvalidOutput, LlmProvider, ProviderError
+from factorylm.llm.gemini_provider import GeminiProvider
 from factorylm.llm.router import CallContext, LlmRouter, StructuredTask
 from factorylm.llm.usage import UsageRecorder
 from factorylm.photos.models import PhotoAnalysis, VisionFinding, unanalysed_finding
@@ -60,56 +58,35 @@ class Image:
 
 
 class GeminiVision:
+    """Gemini with the photo as an inline image part, over the text provider's request."""
+
     name = "gemini"
 
     def __init__(self, settings: Settings) -> None:
         assert settings.gemini_api_key is not None
         self.model = settings.gemini_model
-        self._max_tokens = settings.llm_max_tokens
-        self._client = genai.Client(
+        self._gemini = GeminiProvider(
             api_key=settings.gemini_api_key.get_secret_value(),
-            http_options=types.HttpOptions(
-                base_url=settings.gemini_base_url,
-                api_version=settings.gemini_api_version,
-                timeout=int(settings.llm_timeout_s * 1000),
-            ),
+            model=settings.gemini_model,
+            base_url=settings.gemini_base_url,
+            api_version=settings.gemini_api_version,
+            timeout_s=settings.llm_timeout_s,
+            max_tokens=settings.llm_max_tokens,
         )
 
     async def describe(
         self, image: Image, *, system: str, prompt: str, schema: dict[str, Any]
     ) -> Completion:
-        try:
-            response = await self._client.aio.models.generate_content(
-                model=self.model,
-                contents=types.Content(
-                    role="user",
-                    parts=[
-                        types.Part.from_bytes(data=image.data, mime_type=image.content_type),
-                        types.Part.from_text(text=prompt),
-                    ],
-                ),
-                config=types.GenerateContentConfig(
-                    system_instruction=system,
-                    response_mime_type="application/json",
-                    response_json_schema=schema,
-                    max_output_tokens=self._max_tokens,
-                ),
-            )
-        except (errors.APIError, httpx.HTTPError) as exc:
-            raise ProviderError(f"gemini vision: {type(exc).__name__}: {exc}") from exc
-        usage = response.usage_metadata
-        done = Completion(
-            data=None,
-            model=response.model_version or self.model,
-            input_tokens=(usage.prompt_token_count or 0) if usage else 0,
-            output_tokens=(usage.candidates_token_count or 0) if usage else 0,
+        contents = types.Content(
+            role="user",
+            parts=[
+                types.Part.from_bytes(data=image.data, mime_type=image.content_type),
+                types.Part.from_text(text=prompt),
+            ],
         )
-        text = response.text or ""
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InvalidOutput(f"not JSON: {exc}", text, done) from exc
-        return Completion(data, done.model, done.input_tokens, done.output_tokens)
+        return await self._gemini.generate_json(
+            contents, system=system, schema=schema, label="gemini vision"
+        )
 
 
 def _image_message(image: Image, prompt: str) -> MessageParam:
