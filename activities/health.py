@@ -46,59 +46,12 @@ class HealthActivities:
         now = datetime.now(UTC)
         out = []
         for plc in self._plant.plcs:
-            row = rows.get(plc.id)
-            if row is None:
-                out.append(
-                    CheckResult(
-                        check="collector",
-                        subject=plc.id,
-                        ok=False,
-                        critical=True,
-                        detail="no status reported: is the ingest running?",
-                    )
+            ok, critical, detail = _collector_verdict(rows.get(plc.id), now, stale_after_s)
+            out.append(
+                CheckResult(
+                    check="collector", subject=plc.id, ok=ok, critical=critical, detail=detail
                 )
-                continue
-            age = (now - row["last_good_at"]).total_seconds() if row["last_good_at"] else None
-            if row["state"] == "failing":
-                detail = (
-                    f"failing: {row['consecutive_errors']} errors in a row, {row['last_error']}"
-                )
-                out.append(
-                    CheckResult(
-                        check="collector", subject=plc.id, ok=False, critical=True, detail=detail
-                    )
-                )
-            elif row["state"] == "starting" and age is None:
-                out.append(
-                    CheckResult(
-                        check="collector",
-                        subject=plc.id,
-                        ok=False,
-                        critical=False,
-                        detail="starting: no sample yet",
-                    )
-                )
-            elif age is None or age > stale_after_s:
-                seen = "never" if age is None else f"{age:.0f} s ago"
-                out.append(
-                    CheckResult(
-                        check="collector",
-                        subject=plc.id,
-                        ok=False,
-                        critical=True,
-                        detail=f"stale: last good sample {seen}",
-                    )
-                )
-            else:
-                out.append(
-                    CheckResult(
-                        check="collector",
-                        subject=plc.id,
-                        ok=True,
-                        critical=True,
-                        detail=f"fresh ({age:.0f} s)",
-                    )
-                )
+            )
         return out
 
     async def _database(self) -> list[CheckResult]:
@@ -305,3 +258,24 @@ class HealthActivities:
             cost_usd=float(usage["cost"]),
             collector_uptime_pct=round(uptime, 1),
         )
+
+
+def _collector_verdict(
+    row: asyncpg.Record | None, now: datetime, stale_after_s: float
+) -> tuple[bool, bool, str]:
+    """(ok, critical, detail) for one collector's status row."""
+    if row is None:
+        return False, True, "no status reported: is the ingest running?"
+    age = (now - row["last_good_at"]).total_seconds() if row["last_good_at"] else None
+    if row["state"] == "failing":
+        return (
+            False,
+            True,
+            f"failing: {row['consecutive_errors']} errors in a row, {row['last_error']}",
+        )
+    if row["state"] == "starting" and age is None:
+        return False, False, "starting: no sample yet"
+    if age is None or age > stale_after_s:
+        seen = "never" if age is None else f"{age:.0f} s ago"
+        return False, True, f"stale: last good sample {seen}"
+    return True, True, f"fresh ({age:.0f} s)"
