@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import statistics
 import subprocess
 import sys
@@ -74,12 +73,6 @@ async def ingest_writer(settings: Settings, n: int = 200_000, rounds: int = 3) -
         "rows": n,
         "rounds": rounds,
     }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _registry() -> dict[str, Bench]:

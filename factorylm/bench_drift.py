@@ -106,7 +106,7 @@ async def drift_storm_workflows(settings: Settings) -> dict[str, Any]:
 
 async def drift_to_workflow_p99_ms(settings: Settings, faults: int = 100) -> dict[str, Any]:
     """From the stored time of the sample that crossed the threshold to the workflow's start."""
-    from factorylm.bench import free_port
+    from factorylm.fakes.server import free_port
 
     template = next(
         p for p in load_plant(settings.plant_file).plcs if p.protocol is Protocol.MODBUS_TCP

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from typing import Any
 import asyncpg
 import yaml
 
+from factorylm.fakes.server import free_port
 from factorylm.plant import Plant, Plc
 from factorylm.settings import PROJECT_ROOT, Settings
 from ingest.drift import DriftConfig, DriftDetector
@@ -28,18 +28,6 @@ from ingest.manager import CollectorManager
 from ingest.writer import _COLUMNS, BatchWriter
 
 _handed_out: set[int] = set()
-
-
-def free_port() -> int:
-    """A free loopback port not handed out before in this process (the kernel may offer the
-    same ephemeral port twice in a row once the probing socket is closed)."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port not in _handed_out:
-            _handed_out.add(port)
-            return port
 
 
 def _bench_plant(tag: str, devices: int, registers: int, interval_ms: int, tty: Path) -> Plant:

@@ -14,7 +14,7 @@ from factorylm.stack import EmbeddedUvicorn
 class LocalServer:
     def __init__(self, app: Starlette, port: int = 0) -> None:
         self.app = app
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self._server = EmbeddedUvicorn(
             uvicorn.Config(
                 app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"
@@ -39,7 +39,8 @@ class LocalServer:
             await self._task
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback port nothing listens on right now (local servers, benchmarks)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
