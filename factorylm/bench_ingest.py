@@ -27,8 +27,6 @@ from ingest.drift import DriftConfig, DriftDetector
 from ingest.manager import CollectorManager
 from ingest.writer import _COLUMNS, BatchWriter
 
-_handed_out: set[int] = set()
-
 
 def _bench_plant(tag: str, devices: int, registers: int, interval_ms: int, tty: Path) -> Plant:
     """`devices` Modbus TCP devices exposing holding registers 0..50, of which `registers`

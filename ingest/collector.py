@@ -1,7 +1,10 @@
 """One collector per PLC: polls at its configured rate and timestamps values at read time.
 
-The cadence is fixed: cycle n starts at t0 + n·period. A cycle that overruns its slot skips
-the slots it missed (counted in `missed`) instead of bursting to catch up. When the PLC fails,
+The cadence is fixed: cycle n starts at t0 + phase + n·period. The manager gives PLCs that
+share a poll interval different phases, so 200 devices polled every second start their cycles
+5 ms apart rather than all in the same instant. A cycle that overruns its slot skips the slots
+it missed (counted in `missed`) instead of bursting to catch up; after a failure the collector
+comes back on its own phase. When the PLC fails,
 the collector closes the connection and retries with exponential backoff; the manager hears
 about every failure and recovery through `on_change`.
 """
@@ -32,6 +35,7 @@ class Collector:
         driver: PlcDriver | None = None,
         max_backoff_s: float = 30.0,
         on_change: Callable[[Collector], None] | None = None,
+        phase_s: float = 0.0,
     ) -> None:
         self.plc = plc
         self._sink = sink
@@ -39,6 +43,7 @@ class Collector:
         self._period = plc.poll_interval_ms / 1000
         self._max_backoff_s = max_backoff_s
         self._on_change = on_change
+        self._phase_s = phase_s % self._period
         self.cycles = 0
         self.missed = 0
         self.failures = 0  # all failed reads since start
@@ -53,10 +58,20 @@ class Collector:
     def period_s(self) -> float:
         return self._period
 
+    @property
+    def phase_s(self) -> float:
+        return self._phase_s
+
+    def _next_slot(self, now: float) -> float:
+        """The first slot of this collector's cadence at or after `now`."""
+        offset = (now - self._phase_s) % self._period
+        return now if offset == 0 else now - offset + self._period
+
     async def run(self) -> None:
         backoff = self._period
-        next_at = time.monotonic()
+        next_at = self._next_slot(time.monotonic())
         try:
+            await asyncio.sleep(next_at - time.monotonic())
             while True:
                 _raise_if_cancelling()
                 mono = time.monotonic()
@@ -68,9 +83,9 @@ class Collector:
                     _raise_if_cancelling()
                     self._failed(str(exc), backoff)
                     await self._driver.close()
-                    await asyncio.sleep(backoff)
+                    next_at = self._next_slot(time.monotonic() + backoff)
+                    await asyncio.sleep(next_at - time.monotonic())
                     backoff = min(backoff * 2, self._max_backoff_s)
-                    next_at = time.monotonic()
                     continue
                 backoff = self._period
                 # The first good sample is news too: the status goes from starting to ok.

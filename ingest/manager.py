@@ -71,6 +71,26 @@ def _alert_for(collector: Collector) -> CollectorAlert:
     )
 
 
+def spread_phases(plant: Plant) -> dict[str, float]:
+    """Each PLC's offset within its poll interval, in seconds.
+
+    PLCs that share an interval are spread evenly across it, and each interval's group is
+    shifted by a fraction of its spacing, so no two groups start on the same instant either.
+    Started together, 200 devices at 1 s would otherwise all send their requests at once, and
+    the last one would start its cycle milliseconds late every time.
+    """
+    groups: dict[int, list[str]] = {}
+    for plc in plant.plcs:
+        groups.setdefault(plc.poll_interval_ms, []).append(plc.id)
+    phases: dict[str, float] = {}
+    for g, (interval_ms, ids) in enumerate(sorted(groups.items())):
+        spacing = interval_ms / 1000 / len(ids)
+        shift = spacing * g / len(groups)
+        for i, plc_id in enumerate(ids):
+            phases[plc_id] = i * spacing + shift
+    return phases
+
+
 class CollectorManager:
     def __init__(
         self,
@@ -91,6 +111,7 @@ class CollectorManager:
         self._health_interval_s = health_interval_s
         self._alert_after = alert_after
         self._host = socket.gethostname()
+        phases = spread_phases(plant)
         self.collectors: list[Collector] = [
             Collector(
                 plc,
@@ -98,6 +119,7 @@ class CollectorManager:
                 driver=(drivers or {}).get(plc.id),
                 max_backoff_s=max_backoff_s,
                 on_change=self._on_change,
+                phase_s=phases[plc.id],
             )
             for plc in plant.plcs
         ]

@@ -39,8 +39,17 @@ class LocalServer:
             await self._task
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A loopback port nothing listens on right now (local servers, benchmarks)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nothing listens on right now (local servers, benchmarks), and never
+    one this process has handed out before: the kernel's picks repeat often enough that a
+    plant of 200 simulated devices would otherwise get two on the same port."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port

@@ -5,6 +5,7 @@ table and GET /collectors, and a database outage mid-ingest that loses nothing."
 from __future__ import annotations
 
 import asyncio
+import itertools
 import statistics
 import time
 from collections.abc import AsyncIterator, Callable
@@ -18,10 +19,12 @@ import yaml
 from temporalio.client import Client
 
 from api.app import create_app
+from factorylm.fakes.server import free_port
 from factorylm.plant import Plant, Plc
 from factorylm.settings import Settings
 from factorylm.simulator.plant import PlantSimulator
 from helpers import SwitchableProxy, plant_with_free_ports
+from ingest.collector import Collector
 from ingest.manager import CollectorAlert, CollectorManager
 from ingest.writer import BatchWriter
 
@@ -47,12 +50,21 @@ def _plant(tmp_path: Path, ids: set[str], suffix: str) -> Plant:
 class Samples:
     def __init__(self) -> None:
         self.by_plc: dict[str, list[datetime]] = {}
+        self.starts: dict[str, list[float]] = {}  # monotonic start of each good cycle
 
     def __call__(self, plc: Plc, when: datetime, mono: float, values: dict[str, float]) -> None:
         self.by_plc.setdefault(plc.id, []).append(when)
+        self.starts.setdefault(plc.id, []).append(mono)
 
     def count(self, plc_id: str) -> int:
         return len(self.by_plc.get(plc_id, []))
+
+
+def off_phase_s(collector: Collector, starts: list[float]) -> float:
+    """Median distance of cycle starts from the collector's own phase, in seconds."""
+    period = collector.period_s
+    offsets = [(t - collector.phase_s + period / 2) % period - period / 2 for t in starts]
+    return abs(statistics.median(offsets))
 
 
 @pytest.fixture
@@ -122,7 +134,9 @@ async def test_vanishing_plc_alerts_once_reconnects_and_never_slows_the_other(
         await sim.clear(press)
         await wait_until("press-1 reconnects", lambda: by_id[press].consecutive_errors == 0)
         recovered_at = by_id[press].cycles
-        await wait_until("press-1 polls again", lambda: by_id[press].cycles >= recovered_at + 3)
+        await wait_until("press-1 polls again", lambda: by_id[press].cycles >= recovered_at + 5)
+        # Back on its own phase, not wherever the reconnect happened to land.
+        assert off_phase_s(by_id[press], samples.starts[press][-5:]) < 0.01
         await wait_until(
             "status row back to ok",
             lambda: manager.state(by_id[press]) == "ok",
@@ -192,3 +206,39 @@ async def test_database_outage_mid_ingest_loses_nothing_within_the_buffer(
         "SELECT count(DISTINCT time) FROM samples WHERE plc_id = $1", plc_id
     )
     assert times == collector.cycles
+
+
+async def test_plcs_sharing_an_interval_poll_on_their_own_phases(
+    tmp_path: Path, settings: Settings
+) -> None:
+    """Ten Modbus TCP devices at 200 ms start their cycles 20 ms apart, each on its phase."""
+    raw: dict[str, object] = {
+        "name": "phases",
+        "plcs": [
+            {
+                "id": f"phase-{tmp_path.name[-8:]}-{i}",
+                "vendor": "generic_modbus",
+                "protocol": "modbus_tcp",
+                "port": free_port(),
+                "poll_interval_ms": 200,
+                "metrics": [{"name": "r0", "register": 0, "type": "u16"}],
+            }
+            for i in range(10)
+        ],
+    }
+    plant = Plant.model_validate(raw)
+    sim = PlantSimulator(plant)
+    samples = Samples()
+    manager = CollectorManager(plant, samples, dsn=settings.pg_dsn, health_interval_s=60)
+    await sim.start()
+    await manager.start()
+    try:
+        await wait_until("ten cycles each", lambda: all(c.cycles >= 10 for c in manager.collectors))
+    finally:
+        await manager.stop()
+        await manager.close()
+        await sim.stop()
+    phases = sorted(c.phase_s for c in manager.collectors)
+    assert [round(b - a, 6) for a, b in itertools.pairwise(phases)] == [0.02] * 9
+    for c in manager.collectors:
+        assert off_phase_s(c, samples.starts[c.plc.id]) < 0.01, c.plc.id
