@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 import asyncio
-import socket
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import yaml
 
+from factorylm.fakes.server import free_port
 from factorylm.models import DriftAlert
 from factorylm.plant import Plant
 from factorylm.settings import PROJECT_ROOT
+from factorylm.waiting import wait_for
+
+__all__ = ["free_port", "until"]  # free_port: re-exported for the test modules
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+async def until(what: str, check: Callable[[], Any], *, timeout_s: float = 30.0) -> Any:
+    """The truthy value of `check` (sync or async) once it has one; a test failure naming
+    `what` if it never does. Polls every 20 ms: tests wait on conditions, never on time."""
+    try:
+        return await wait_for(what, check, timeout_s=timeout_s, interval_s=0.02)
+    except TimeoutError as exc:
+        raise AssertionError(str(exc)) from None
 
 
 def plant_with_free_ports(tmp_path: Path) -> tuple[Plant, Path]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,7 +13,7 @@ from temporalio.client import Client
 from factorylm.settings import Settings
 from factorylm.simulator.modbus import SimulatedModbusPlc
 from factorylm.stack import Stack
-from helpers import free_port, make_alert, plant_with_free_ports
+from helpers import free_port, make_alert, plant_with_free_ports, until
 from workflows.drift_response import DriftResponseWorkflow
 
 APPROVER = "whatsapp:+15550100001"
@@ -53,11 +52,11 @@ async def waiting_workflow(stack: Stack) -> str:
         id=f"api-{uuid.uuid4().hex[:8]}",
         task_queue=stack.settings.task_queue,
     )
-    for _ in range(200):
-        if await handle.query(DriftResponseWorkflow.pending_approval):
-            return handle.id
-        await asyncio.sleep(0.05)
-    raise AssertionError("workflow never asked for approval")
+    await until(
+        "the workflow to ask for approval",
+        lambda: handle.query(DriftResponseWorkflow.pending_approval),
+    )
+    return handle.id
 
 
 async def test_health(api: tuple[httpx.AsyncClient, Stack]) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -18,7 +17,7 @@ from factorylm.models import BaselineReport, BaselineWorkflowInput
 from factorylm.plant import Plant
 from factorylm.settings import Settings
 from factorylm.stack import Stack
-from helpers import plant_with_free_ports
+from helpers import plant_with_free_ports, until
 from ingest.baselines import BaselineLoader
 from ingest.drift import DriftConfig, DriftDetector
 from temporal.schedules import BASELINE_SCHEDULE_ID
@@ -122,11 +121,8 @@ async def test_recompute_changes_the_detectors_view_without_a_restart(
         loads = loader.loads
         await insert_series(pool, plc, "vibration", np.random.default_rng(1).normal(2.0, 0.2, 1000))
         await run_baselines(stack)
-        for _ in range(200):  # the NOTIFY reaches the loader: wait for its reload
-            if loader.loads > loads:
-                break
-            await asyncio.sleep(0.02)
-        assert loader.loads > loads
+        # The NOTIFY reaches the loader: wait for its reload.
+        await until("the baseline reload", lambda: loader.loads > loads)
         for i in range(20):
             detector.observe(plc, "vibration", 10 + i * 0.1, 50.0, now)
         assert len(alerts) == 1

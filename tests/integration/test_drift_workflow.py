@@ -19,7 +19,7 @@ from factorylm.settings import Settings
 from factorylm.simulator.modbus import SimulatedModbusPlc
 from factorylm.stack import Stack
 from helpers import make_alert as alert
-from helpers import plant_with_free_ports
+from helpers import plant_with_free_ports, until
 from ingest.alerts import WorkflowStarter
 from workflows.drift_response import DriftResponseWorkflow
 
@@ -69,21 +69,15 @@ async def start(rig: Rig, a: DriftAlert) -> WorkflowHandle[Any, DriftResponseRes
 
 
 async def wait_rows(pool: asyncpg.Pool, query: str, *args: object) -> list[asyncpg.Record]:
-    for _ in range(200):
-        rows = await pool.fetch(query, *args)
-        if rows:
-            return rows
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no rows for {query}")
+    rows: list[asyncpg.Record] = await until(f"rows for {query}", lambda: pool.fetch(query, *args))
+    return rows
 
 
 async def pending(handle: WorkflowHandle[Any, Any]) -> PendingApproval:
-    for _ in range(200):
-        p = await handle.query(DriftResponseWorkflow.pending_approval)
-        if p is not None:
-            return p  # type: ignore[no-any-return]
-        await asyncio.sleep(0.05)
-    raise AssertionError("no approval was requested")
+    request: PendingApproval = await until(
+        "an approval request", lambda: handle.query(DriftResponseWorkflow.pending_approval)
+    )
+    return request
 
 
 async def test_approved_shutdown_writes_verifies_and_opens_a_work_order(rig: Rig) -> None:
@@ -207,13 +201,13 @@ async def test_a_drift_storm_is_one_workflow_and_more_alarms_are_evidence(rig: R
     desc = await handle.describe()
     assert desc.search_attributes["PlcId"] == ["conveyor-1"]
     assert desc.search_attributes["Metric"] == ["motor_temp"]
+
     # The peak of the evidence sets the severity the Web UI filters on.
-    for _ in range(100):
-        desc = await handle.describe()
-        if desc.search_attributes.get("Severity") == ["critical"]:
-            break
-        await asyncio.sleep(0.05)
-    assert desc.search_attributes["Severity"] == ["critical"]
+    async def critical() -> bool:
+        described = await handle.describe()
+        return described.search_attributes.get("Severity") == ["critical"]
+
+    await until("the Severity search attribute to read critical", critical)
     history = await handle.fetch_history()
     signals = [
         e for e in history.events if e.HasField("workflow_execution_signaled_event_attributes")

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from temporalio.client import Client, WorkflowHandle
 
 from factorylm.models import ApprovalDecision, DriftResponseResult
 from factorylm.settings import Settings
-from helpers import make_alert, plant_with_free_ports
+from helpers import make_alert, plant_with_free_ports, until
 from workflows.drift_response import DriftResponseWorkflow
 
 APPROVER = "whatsapp:+15550300001"
@@ -93,16 +93,6 @@ class Rig:
             result_type=DriftResponseResult,
         )
 
-    async def until(self, what: str, check: Callable[[], Any], timeout_s: float = 60) -> Any:
-        for _ in range(int(timeout_s / 0.02)):
-            value = check()
-            if asyncio.iscoroutine(value):
-                value = await value
-            if value:
-                return value
-            await asyncio.sleep(0.02)
-        raise AssertionError(f"timed out waiting for {what}")
-
     async def exactly_once(
         self, handle: WorkflowHandle[Any, DriftResponseResult]
     ) -> DriftResponseResult:
@@ -157,11 +147,12 @@ async def rig(
 
 
 async def pending_request(rig: Rig, handle: WorkflowHandle[Any, Any]) -> str:
-    row = await rig.until(
+    row = await until(
         "the approval request",
         lambda: rig.pool.fetchrow(
             "SELECT code FROM approval_requests WHERE workflow_id = $1", handle.id
         ),
+        timeout_s=60,
     )
     return str(row["code"])
 
@@ -186,8 +177,10 @@ async def test_kill_between_write_and_read_back(rig: Rig) -> None:
     await handle.execute_update(
         DriftResponseWorkflow.decide, ApprovalDecision(approve=True, approver=APPROVER, code=code)
     )
-    await rig.until(
-        "the write to reach the PLC", lambda: any(a == MOTOR_RUN for a, _ in rig.plc.writes)
+    await until(
+        "the write to reach the PLC",
+        lambda: any(a == MOTOR_RUN for a, _ in rig.plc.writes),
+        timeout_s=60,
     )
     rig.worker.kill()  # the read-back is stalled: the write happened, its check did not
     rig.plc.release.set()
@@ -210,11 +203,12 @@ async def test_kill_while_opening_the_work_order(rig: Rig, settings: Settings) -
             DriftResponseWorkflow.decide,
             ApprovalDecision(approve=True, approver=APPROVER, code=code),
         )
-        await rig.until(
+        await until(
             "the work-order insert to wait on the lock",
             lambda: blocker.fetchval(
                 "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'work_orders'::regclass"
             ),
+            timeout_s=60,
         )
         rig.worker.kill()
         rig.worker.start()

@@ -4,11 +4,10 @@ table and GET /collectors, and a database outage mid-ingest that loses nothing."
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import statistics
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 
@@ -19,21 +18,13 @@ import yaml
 from temporalio.client import Client
 
 from api.app import create_app
-from factorylm.fakes.server import free_port
 from factorylm.plant import Plant, Plc
 from factorylm.settings import Settings
 from factorylm.simulator.plant import PlantSimulator
-from helpers import SwitchableProxy, plant_with_free_ports
+from helpers import SwitchableProxy, free_port, plant_with_free_ports, until
 from ingest.collector import Collector
 from ingest.manager import CollectorAlert, CollectorManager
 from ingest.writer import BatchWriter
-
-
-async def wait_until(what: str, predicate: Callable[[], bool], timeout_s: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 def _plant(tmp_path: Path, ids: set[str], suffix: str) -> Plant:
@@ -101,13 +92,13 @@ async def test_vanishing_plc_alerts_once_reconnects_and_never_slows_the_other(
     by_id = {c.plc.id: c for c in manager.collectors}
     await manager.start()
     try:
-        await wait_until("both PLCs polled", lambda: all(c.cycles >= 3 for c in by_id.values()))
+        await until("both PLCs polled", lambda: all(c.cycles >= 3 for c in by_id.values()))
         conveyor_before = samples.count(conveyor)
         t_cut = time.monotonic()
         await sim.inject(press, None, "offline")
-        await wait_until("the alert", lambda: bool(notified))
+        await until("the alert", lambda: bool(notified))
         # Keep it down a little longer: more failures, still one alert for the episode.
-        await wait_until("more failures", lambda: by_id[press].consecutive_errors >= 5)
+        await until("more failures", lambda: by_id[press].consecutive_errors >= 5)
         outage_s = time.monotonic() - t_cut
         assert len(notified) == 1 and notified[0].plc_id == press
         assert notified[0].consecutive_errors == 3
@@ -132,12 +123,12 @@ async def test_vanishing_plc_alerts_once_reconnects_and_never_slows_the_other(
         assert "S7" in status["last_error"]
 
         await sim.clear(press)
-        await wait_until("press-1 reconnects", lambda: by_id[press].consecutive_errors == 0)
+        await until("press-1 reconnects", lambda: by_id[press].consecutive_errors == 0)
         recovered_at = by_id[press].cycles
-        await wait_until("press-1 polls again", lambda: by_id[press].cycles >= recovered_at + 5)
+        await until("press-1 polls again", lambda: by_id[press].cycles >= recovered_at + 5)
         # Back on its own phase, not wherever the reconnect happened to land.
         assert off_phase_s(by_id[press], samples.starts[press][-5:]) < 0.01
-        await wait_until(
+        await until(
             "status row back to ok",
             lambda: manager.state(by_id[press]) == "ok",
         )
@@ -185,14 +176,14 @@ async def test_database_outage_mid_ingest_loses_nothing_within_the_buffer(
     writer.start()
     await manager.start()
     try:
-        await wait_until("rows written", lambda: writer.written >= 20)
+        await until("rows written", lambda: writer.written >= 20)
         proxy.cut()
         cut_at = collector.cycles
-        await wait_until("the writer notices", lambda: writer.last_error is not None)
-        await wait_until("polling through the outage", lambda: collector.cycles >= cut_at + 8)
+        await until("the writer notices", lambda: writer.last_error is not None)
+        await until("polling through the outage", lambda: collector.cycles >= cut_at + 8)
         assert writer.pending > 0 and writer.dropped == 0
         proxy.up = True
-        await wait_until("the backlog drains", lambda: writer.pending == 0, timeout_s=20)
+        await until("the backlog drains", lambda: writer.pending == 0, timeout_s=20)
     finally:
         await manager.stop()
         await writer.stop()
@@ -233,7 +224,7 @@ async def test_plcs_sharing_an_interval_poll_on_their_own_phases(
     await sim.start()
     await manager.start()
     try:
-        await wait_until("ten cycles each", lambda: all(c.cycles >= 10 for c in manager.collectors))
+        await until("ten cycles each", lambda: all(c.cycles >= 10 for c in manager.collectors))
     finally:
         await manager.stop()
         await manager.close()

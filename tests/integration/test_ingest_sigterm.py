@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 import asyncpg
@@ -14,7 +13,7 @@ import yaml
 
 from factorylm.settings import PROJECT_ROOT, Settings
 from factorylm.simulator.modbus import SimulatedModbusPlc
-from helpers import plant_with_free_ports
+from helpers import plant_with_free_ports, until
 
 
 async def test_sigterm_flushes_the_buffer_before_exit(
@@ -49,11 +48,12 @@ async def test_sigterm_flushes_the_buffer_before_exit(
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        deadline = time.monotonic() + 30
-        while sim.requests_answered < 40:
+
+        def polled() -> bool:
             assert proc.returncode is None, "ingest exited early"
-            assert time.monotonic() < deadline, "ingest never polled the simulated PLC"
-            await asyncio.sleep(0.05)
+            return sim.requests_answered >= 40
+
+        await until("ingest to poll the simulated PLC 40 times", polled)
         assert await pool.fetchval("SELECT count(*) FROM samples WHERE plc_id = $1", plc_id) == 0
         proc.send_signal(signal.SIGTERM)
         _, stderr = await asyncio.wait_for(proc.communicate(), 30)

@@ -3,7 +3,6 @@ signed inbound webhooks into the real API, decisions reaching the real workflow.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -22,7 +21,7 @@ from factorylm.models import DriftResponseResult
 from factorylm.settings import Settings
 from factorylm.simulator.modbus import SimulatedModbusPlc
 from factorylm.stack import Stack
-from helpers import free_port, make_alert, plant_with_free_ports
+from helpers import free_port, make_alert, plant_with_free_ports, until
 from workflows.drift_response import DriftResponseWorkflow
 from workflows.outcome_followup import OutcomeFollowUpWorkflow
 
@@ -52,16 +51,16 @@ class Rig:
         )
 
     async def message_to(self, who: str, containing: str, after: int = 0) -> SentMessage:
-        for _ in range(300):
+        def latest() -> SentMessage | None:
             found = [
                 m
                 for m in self.twilio.to(who)[after:]
                 if containing in m.body or containing == m.content_sid
             ]
-            if found:
-                return found[-1]
-            await asyncio.sleep(0.03)
-        raise AssertionError(f"no message to {who} containing {containing!r}")
+            return found[-1] if found else None
+
+        message: SentMessage = await until(f"a message to {who} containing {containing!r}", latest)
+        return message
 
     async def reply(self, who: str, text: str) -> str:
         response = await post_inbound(

@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
 from factorylm.settings import Settings
-from helpers import SwitchableProxy, free_port
+from helpers import SwitchableProxy, free_port, until
 from ingest.writer import BatchWriter
 
 
 def samples(plc: str, n: int) -> list[tuple[datetime, str, str, float]]:
     t0 = datetime(2026, 11, 20, 8, tzinfo=UTC)
     return [(t0 + timedelta(milliseconds=i), plc, "vibration", float(i)) for i in range(n)]
-
-
-async def wait_until(predicate, timeout_s: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 async def test_rows_arrive_by_size_and_stop_flushes_the_rest(
@@ -31,7 +23,9 @@ async def test_rows_arrive_by_size_and_stop_flushes_the_rest(
     writer.start()
     batch = samples("writer-a", 2500)
     writer.add(batch[:2000])
-    await wait_until(lambda: writer.written == 2000)  # size-triggered: the timer is 30 s
+    await until(
+        "2000 rows written", lambda: writer.written == 2000
+    )  # size-triggered: the timer is 30 s
     writer.add(batch[2000:])
     assert writer.pending == 500
     await writer.stop()  # the last 500 go in at stop, not after the timer
@@ -46,7 +40,7 @@ async def test_time_flush_happens_without_a_full_batch(
     writer = BatchWriter(settings.pg_dsn, max_rows=10_000, max_delay_s=0.2)
     writer.start()
     writer.add(samples("writer-b", 3))
-    await wait_until(lambda: writer.written == 3)
+    await until("3 rows written", lambda: writer.written == 3)
     await writer.stop()
     assert await pool.fetchval("SELECT count(*) FROM samples WHERE plc_id = 'writer-b'") == 3
 
@@ -61,13 +55,13 @@ async def test_outage_loses_nothing_within_the_buffer(
     writer.start()
     batch = samples("writer-e", 900)
     writer.add(batch[:300])
-    await wait_until(lambda: writer.written == 300)
+    await until("300 rows written", lambda: writer.written == 300)
     proxy.cut()
     writer.add(batch[300:])
-    await wait_until(lambda: writer.last_error is not None)
+    await until("the writer to notice the outage", lambda: writer.last_error is not None)
     assert writer.pending == 600
     proxy.up = True
-    await wait_until(lambda: writer.written == 900)
+    await until("900 rows written", lambda: writer.written == 900)
     await writer.stop()
     await proxy.close()
     values = [
@@ -85,7 +79,7 @@ async def test_full_buffer_drops_the_oldest_and_counts_them(settings: Settings) 
     writer = BatchWriter(dead.pg_dsn, max_rows=100, max_delay_s=0.05, buffer_rows=1000)
     writer.start()
     writer.add(samples("writer-c", 600))
-    await wait_until(lambda: writer.last_error is not None)
+    await until("the writer to notice the outage", lambda: writer.last_error is not None)
     assert writer.pending == 600 and writer.dropped == 0  # nothing lost while it fits
     writer.add(samples("writer-d", 550))
     assert writer.pending == 1000 and writer.dropped == 150
