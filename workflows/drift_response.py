@@ -16,6 +16,8 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.workflow import ParentClosePolicy
 
+from workflows.replies import replied_within
+
 with workflow.unsafe.imports_passed_through():
     from factorylm.agent_models import (
         AlarmTriageInput,
@@ -306,15 +308,12 @@ class DriftResponseWorkflow:
                 start_to_close_timeout=_SHORT,
                 retry_policy=_RETRY,
             )
-            try:
-                await workflow.wait_condition(
-                    lambda: self._decision is not None,
-                    timeout=timedelta(seconds=plan.approval_timeout_s),
-                    timeout_summary="approval timer" + (" (backup)" if attempt else ""),
-                )
+            if await replied_within(
+                lambda: self._decision is not None,
+                plan.approval_timeout_s,
+                "approval timer" + (" (backup)" if attempt else ""),
+            ):
                 break
-            except TimeoutError:
-                continue
         decision = self._decision
         self._pending = None
         if decision is None:

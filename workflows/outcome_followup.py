@@ -12,6 +12,8 @@ from datetime import timedelta
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 
+from workflows.replies import replied_within
+
 with workflow.unsafe.imports_passed_through():
     from factorylm.agent_models import OutcomeRecord, RecordOutcomeInput
     from factorylm.models import (
@@ -46,14 +48,7 @@ class OutcomeFollowUpWorkflow:
             retry_policy=_RETRY,
         )
         workflow.set_current_details(f"waiting for {req.recipient}'s report on {req.work_order_id}")
-        try:
-            await workflow.wait_condition(
-                lambda: self._answer is not None,
-                timeout=timedelta(seconds=req.wait_s),
-                timeout_summary="outcome reply timer",
-            )
-        except TimeoutError:
-            pass
+        await replied_within(lambda: self._answer is not None, req.wait_s, "outcome reply timer")
         await workflow.execute_activity(
             "close_outcome",
             CloseOutcomeInput(workflow_id=me, answer=self._answer),

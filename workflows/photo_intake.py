@@ -15,6 +15,8 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
+from workflows.replies import replied_within
+
 with workflow.unsafe.imports_passed_through():
     from factorylm.models import (
         AttachmentRef,
@@ -210,14 +212,9 @@ class PhotoIntakeWorkflow:
             retry_policy=_RETRY,
         )
         self._set_status(f"waiting for {recipient} to name the machine")
-        try:
-            await workflow.wait_condition(
-                lambda: self._answer is not None,
-                timeout=timedelta(seconds=req.asset_wait_s),
-                timeout_summary="asset question timer",
-            )
-        except TimeoutError:
-            pass
+        await replied_within(
+            lambda: self._answer is not None, req.asset_wait_s, "asset question timer"
+        )
         answer = self._answer.asset_id if self._answer else None
         self._asked = None
         await workflow.execute_activity(
