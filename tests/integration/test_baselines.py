@@ -49,7 +49,7 @@ async def insert_series(pool: asyncpg.Pool, plc: str, metric: str, values: np.nd
 async def run_baselines(stack: Stack, record: Any = None, **kw: object) -> BaselineReport:
     handle = await stack.client.start_workflow(
         BaselineWorkflow.run,
-        BaselineWorkflowInput(**kw),  # type: ignore[arg-type]
+        BaselineWorkflowInput(**kw),
         id=f"baseline-test-{uuid.uuid4().hex[:6]}",
         task_queue=stack.settings.task_queue,
     )

@@ -90,7 +90,6 @@ class Rig:
             a,
             id=f"{a.workflow_id}-{uuid.uuid4().hex[:6]}",
             task_queue=self.queue,
-            result_type=DriftResponseResult,
         )
 
     async def exactly_once(
@@ -143,7 +142,7 @@ async def rig(
     yield Rig(plc, worker, client, pool, queue)
     worker.stop()
     plc.release.set()
-    await server.shutdown()
+    await server.shutdown()  # type: ignore[no-untyped-call]  # pymodbus leaves it unannotated
 
 
 async def pending_request(rig: Rig, handle: WorkflowHandle[Any, Any]) -> str:

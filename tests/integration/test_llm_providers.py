@@ -88,9 +88,10 @@ def router(f: Fakes, pool: asyncpg.Pool) -> LlmRouter:
 
 
 async def usage(pool: asyncpg.Pool, workflow_id: str) -> list[asyncpg.Record]:
-    return await pool.fetch(
+    rows: list[asyncpg.Record] = await pool.fetch(
         "SELECT * FROM llm_usage WHERE workflow_id = $1 ORDER BY id", workflow_id
     )
+    return rows
 
 
 async def test_claude_answers_through_forced_tool_use(fakes: Fakes, pool: asyncpg.Pool) -> None:

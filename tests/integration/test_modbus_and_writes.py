@@ -178,7 +178,7 @@ async def test_read_back_mismatch_is_an_incident_not_a_retry(
             await _write(acts, req)
     finally:
         await acts.close()
-        await server.shutdown()
+        await server.shutdown()  # type: ignore[no-untyped-call]  # pymodbus leaves it unannotated
     row = await pool.fetchrow("SELECT * FROM plc_writes WHERE action_id = $1", req.action_id)
     assert row["status"] == "mismatch" and row["value_read_back"] == 999
     incident = await pool.fetchval(

@@ -90,7 +90,6 @@ class Rig:
             params,
             id=self.settings.monkey_workflow_id,
             task_queue=self.settings.task_queue,
-            result_type=MonkeySummary,
         )
 
     async def status(self, handle: WorkflowHandle[Any, Any]) -> MonkeyStatus:

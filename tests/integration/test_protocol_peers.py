@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -23,7 +24,7 @@ async def plant_sim(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[P
     _, path = plant_with_free_ports(tmp)
     raw = yaml.safe_load(path.read_text())
     # Setpoints for the write tests, one per protocol, with the protocol's own addressing.
-    extra = {
+    extra: dict[str, dict[str, Any]] = {
         "press-1": {"name": "speed_setpoint", "db": 2, "offset": 0, "type": "real"},
         "mixer-1": {"name": "speed_setpoint", "tag": "Speed_SP", "type": "dint"},
         "pump-1": {"name": "speed_setpoint", "register": 60, "type": "u32", "word_order": "little"},

@@ -51,7 +51,7 @@ async def test_simulate_serves_the_plant_and_takes_faults_at_run_time(tmp_path: 
     assert press is not None
     driver = driver_for(press)
     try:
-        lines = []
+        lines: list[str] = []
         while not lines or "fault control on" not in lines[-1]:
             line = await asyncio.wait_for(sim.stdout.readline(), 30)
             assert line, f"simulate exited: {lines}"

@@ -71,6 +71,6 @@ async def test_spans_from_alarm_to_activities_form_one_trace(
     assert len([span for span in spans if span.name.startswith("RunActivity:")]) >= 5
     description = await pool.fetchval(
         "SELECT description FROM work_orders WHERE id = $1",
-        int(result.work_order_id.removeprefix("WO-")),  # type: ignore[union-attr]
+        int(result.work_order_id.removeprefix("WO-")),
     )
     assert f"Trace: {trace_id}" in description

@@ -47,7 +47,6 @@ class Rig:
             a,
             id=f"{a.workflow_id}-{uuid.uuid4().hex[:6]}",
             task_queue=self.settings.task_queue,
-            result_type=DriftResponseResult,
         )
 
     async def message_to(self, who: str, containing: str, after: int = 0) -> SentMessage:
@@ -206,7 +205,6 @@ async def test_timeout_escalates_to_the_backup_then_a_late_yes_is_refused(
             a,
             id=f"{a.workflow_id}-{uuid.uuid4().hex[:6]}",
             task_queue=stack.settings.task_queue,
-            result_type=DriftResponseResult,
         )
         first = await rig.message_to(ON_DUTY, "Reply YES")
         escalated = await rig.message_to(BACKUP, "escalated")
@@ -247,7 +245,6 @@ async def test_outside_the_session_window_the_template_is_used(rig: Rig) -> None
             a,
             id=f"{a.workflow_id}-{uuid.uuid4().hex[:6]}",
             task_queue=templated.task_queue,
-            result_type=DriftResponseResult,
         )
         message = await rig.message_to(ON_DUTY, "HXapproval")
         assert message.body == "" and message.content_variables is not None
@@ -268,7 +265,7 @@ async def test_the_technicians_report_reaches_the_follow_up(rig: Rig, record_his
     assert "read back 1050" in notice.body
     result = await handle.result()
     ask = await rig.message_to(ON_DUTY, "reply with what you found")
-    assert result.work_order_id in ask.body
+    assert result.work_order_id is not None and result.work_order_id in ask.body
     said = await rig.reply(ON_DUTY, "Replaced the drive-end bearing, vibration normal")
     assert said.startswith(f"Thanks — recorded on {result.work_order_id}")
     follow_up = rig.stack.client.get_workflow_handle(
