@@ -9,14 +9,16 @@ from factorylm.cmms import WorkOrderStore
 from factorylm.cmms.atlas import AtlasCmms
 from factorylm.cmms.builtin import BuiltinCmms, work_order_label
 from factorylm.models import OpenWorkOrderInput, WorkOrderRef
-from factorylm.settings import Settings
+from factorylm.settings import Settings, reveal
 
 __all__ = ["CmmsActivities", "store_for", "work_order_label"]
 
 
 def store_for(pool: asyncpg.Pool, settings: Settings) -> WorkOrderStore:
     if settings.cmms == "atlas":
-        return AtlasCmms(pool, settings.atlas_url, settings.atlas_email, settings.atlas_password)
+        return AtlasCmms(
+            pool, settings.atlas_url, settings.atlas_email, reveal(settings.atlas_password)
+        )
     return BuiltinCmms(pool)
 
 

@@ -22,7 +22,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from twilio.twiml.messaging_response import MessagingResponse
 
 from factorylm.models import ApprovalDecision
-from factorylm.settings import Settings
+from factorylm.settings import Settings, reveal
 from factorylm.whatsapp import Reply, parse_reply, signature_ok
 from workflows.drift_response import DriftResponseWorkflow
 from workflows.outcome_followup import OutcomeFollowUpWorkflow
@@ -66,7 +66,10 @@ class WhatsAppWebhook:
         if request.url.query:
             url += "?" + request.url.query
         if not signature_ok(
-            settings.twilio_auth_token, url, form, request.headers.get("x-twilio-signature", "")
+            reveal(settings.twilio_auth_token),
+            url,
+            form,
+            request.headers.get("x-twilio-signature", ""),
         ):
             log.warning("refused a WhatsApp webhook with a bad signature from %s", request.client)
             return Response("invalid signature", status_code=403)

@@ -14,7 +14,7 @@ from factorylm.photos.images import PhotoRejected
 from factorylm.photos.intake import IntakeUnavailable, PhotoIntake
 from factorylm.photos.media import MediaUnavailable, fetch_media
 from factorylm.photos.models import AssetAnswer, PhotoSource
-from factorylm.settings import Settings
+from factorylm.settings import Settings, reveal
 from workflows.photo_intake import PhotoIntakeWorkflow
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class WhatsAppPhotos:
                 data = await fetch_media(
                     url,
                     self._settings.twilio_account_sid,
-                    self._settings.twilio_auth_token,
+                    reveal(self._settings.twilio_auth_token),
                     self._settings.photo_max_bytes,
                 )
                 accepted = await self._intake.accept(

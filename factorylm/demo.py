@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+from pydantic import SecretStr
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.service import RPCError
 
@@ -94,7 +95,7 @@ class Demo:
             settings = self.settings = settings.model_copy(
                 update={
                     "twilio_account_sid": self.twilio.account_sid,
-                    "twilio_auth_token": self.twilio.auth_token,
+                    "twilio_auth_token": SecretStr(self.twilio.auth_token),
                     "twilio_api_base_url": self.twilio_server.url,
                     "public_url": settings.api_url,
                 }

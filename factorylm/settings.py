@@ -65,7 +65,7 @@ class Settings(BaseSettings):
 
     # WhatsApp through Twilio. Without an account SID and auth token messages go to the log.
     twilio_account_sid: str = ""
-    twilio_auth_token: str = ""
+    twilio_auth_token: SecretStr | None = None
     twilio_whatsapp_from: str = "whatsapp:+14155238886"
     # Empty means Twilio's own API; the demo and tests point it at a local fake.
     twilio_api_base_url: str = ""
@@ -78,7 +78,7 @@ class Settings(BaseSettings):
     cmms: Literal["builtin", "atlas"] = "builtin"
     atlas_url: str = ""
     atlas_email: str = ""
-    atlas_password: str = ""
+    atlas_password: SecretStr | None = None
 
     # People allowed to approve risky actions, as channel addresses ("whatsapp:+15551230001").
     # The order is the escalation order: the first is on duty, the second the backup.
@@ -175,6 +175,8 @@ class Settings(BaseSettings):
         "gemini_base_url",
         "trello_token",
         "trello_app_secret",
+        "twilio_auth_token",
+        "atlas_password",
         mode="before",
     )
     @classmethod
@@ -248,3 +250,9 @@ def load_settings(**overrides: object) -> Settings:
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return load_settings()
+
+
+def reveal(secret: SecretStr | None) -> str:
+    """A secret setting's value where a client library needs it ("" when it is unset).
+    Secrets stay SecretStr everywhere else, so settings printed or logged never show them."""
+    return secret.get_secret_value() if secret is not None else ""

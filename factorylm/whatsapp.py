@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
-from factorylm.settings import Settings
+from factorylm.settings import Settings, reveal
 
 SESSION_WINDOW = timedelta(hours=24)
 
@@ -52,7 +52,7 @@ def in_session(last_inbound: datetime | None, now: datetime) -> bool:
 class WhatsAppSender:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._client = Client(settings.twilio_account_sid, settings.twilio_auth_token)
+        self._client = Client(settings.twilio_account_sid, reveal(settings.twilio_auth_token))
         if settings.twilio_api_base_url:
             self._client.api.base_url = settings.twilio_api_base_url.rstrip("/")
 

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import httpx
 import pytest
+from pydantic import SecretStr
 from temporalio.exceptions import ApplicationError
 
 from activities.budget import BudgetActivities
@@ -53,7 +54,7 @@ async def twilio(settings: Settings) -> AsyncIterator[tuple[FakeTwilio, Settings
     s = settings.model_copy(
         update={
             "twilio_account_sid": fake.account_sid,
-            "twilio_auth_token": fake.auth_token,
+            "twilio_auth_token": SecretStr(fake.auth_token),
             "twilio_api_base_url": server.url,
             "approvers": [ENGINEER],
             "budget_hourly_tokens": 0,

@@ -17,6 +17,7 @@ import httpx
 import pytest
 from fakes.anthropic_api import fake_anthropic
 from fakes.server import FakeServer, Reply, Script
+from pydantic import SecretStr
 from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
@@ -118,7 +119,7 @@ async def rig(settings: Settings, client: Client, pool: asyncpg.Pool) -> AsyncIt
                 "api_port": port,
                 "public_url": f"http://127.0.0.1:{port}",
                 "twilio_account_sid": twilio.account_sid,
-                "twilio_auth_token": twilio.auth_token,
+                "twilio_auth_token": SecretStr(twilio.auth_token),
                 "twilio_api_base_url": twilio_server.url,
                 "trello_api_key": trello.api_key,
                 "trello_token": trello.token,

@@ -17,6 +17,7 @@ from typing import Any
 import asyncpg
 import httpx
 from photo_samples import jpeg_bytes, png_bytes
+from pydantic import SecretStr
 from temporalio.client import Client
 
 from factorylm.fakes.anthropic import fake_anthropic
@@ -111,7 +112,7 @@ async def photo_rig(
         "api_port": port,
         "public_url": f"http://127.0.0.1:{port}",
         "twilio_account_sid": twilio.account_sid,
-        "twilio_auth_token": twilio.auth_token,
+        "twilio_auth_token": SecretStr(twilio.auth_token),
         "twilio_api_base_url": twilio_server.url,
         "photo_dir": tmp_path / "photos",
         "photo_max_bytes": MAX_BYTES,

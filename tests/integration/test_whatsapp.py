@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from pydantic import SecretStr
 from temporalio.client import Client, WorkflowHandle
 
 from factorylm.fakes.server import LocalServer
@@ -91,7 +92,7 @@ async def rig(
             "api_port": port,
             "public_url": f"http://127.0.0.1:{port}",
             "twilio_account_sid": twilio.account_sid,
-            "twilio_auth_token": twilio.auth_token,
+            "twilio_auth_token": SecretStr(twilio.auth_token),
             "twilio_api_base_url": server.url,
         }
     )

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from factorylm.plant import PlantConfigError, Policy, load_plant
-from factorylm.settings import PROJECT_ROOT, SettingsError, load_settings
+from factorylm.settings import PROJECT_ROOT, SettingsError, load_settings, reveal
 
 EXAMPLE = PROJECT_ROOT / "config" / "plant.yaml"
 
@@ -24,6 +24,30 @@ def test_malformed_setting_names_the_variable_and_form(monkeypatch: pytest.Monke
 def test_approvers_accept_a_comma_list(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FACTORYLM_APPROVERS", "whatsapp:+1555000001, whatsapp:+1555000002")
     assert load_settings().approvers == ["whatsapp:+1555000001", "whatsapp:+1555000002"]
+
+
+def test_secrets_never_show_when_settings_are_printed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FACTORYLM_TWILIO_AUTH_TOKEN", "tw-secret-123")
+    monkeypatch.setenv("FACTORYLM_CMMS", "atlas")
+    monkeypatch.setenv("FACTORYLM_ATLAS_URL", "http://atlas.local")
+    monkeypatch.setenv("FACTORYLM_ATLAS_EMAIL", "maint@plant.example")
+    monkeypatch.setenv("FACTORYLM_ATLAS_PASSWORD", "atlas-secret-456")
+    settings = load_settings()
+    shown = repr(settings) + str(settings.model_dump()) + settings.model_dump_json()
+    assert "tw-secret-123" not in shown and "atlas-secret-456" not in shown
+    assert reveal(settings.twilio_auth_token) == "tw-secret-123"
+    assert reveal(settings.atlas_password) == "atlas-secret-456"
+
+
+def test_an_empty_secret_is_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FACTORYLM_TWILIO_AUTH_TOKEN", "")
+    settings = load_settings()
+    assert settings.twilio_auth_token is None and reveal(settings.twilio_auth_token) == ""
+    monkeypatch.setenv("FACTORYLM_CMMS", "atlas")
+    monkeypatch.setenv("FACTORYLM_ATLAS_URL", "http://atlas.local")
+    monkeypatch.setenv("FACTORYLM_ATLAS_EMAIL", "maint@plant.example")
+    with pytest.raises(SettingsError, match="FACTORYLM_ATLAS_PASSWORD"):
+        load_settings()
 
 
 def test_example_plant_loads_with_the_default_catalog() -> None:
