@@ -237,15 +237,21 @@ async def poll_cycle(
     }
 
 
-async def ingest_end_to_end(
-    settings: Settings, devices: int = 100, duration_s: float = 30.0
+# (Modbus TCP devices, poll interval ms): every register of each device decoded, plus the S7
+# and EtherNet/IP PLCs at 100 ms. Offered loads of about 25 500, 34 000, 42 500, 51 000 and
+# 102 000 samples/s; the ladder stops at the first load that is not sustained.
+_LADDER = ((100, 200), (100, 150), (100, 120), (100, 100), (200, 100))
+# A step is sustained when (nearly) every offered sample is stored and polling keeps its cadence.
+_KEEPS_UP = 0.98
+_MAX_MISSED = 0.005
+
+
+async def _e2e_step(
+    settings: Settings, devices: int, interval_ms: int, duration_s: float
 ) -> dict[str, Any]:
-    """Samples/s from protocol peers to rows in the hypertable, every register decoded (100
-    Modbus TCP devices x 51 registers every 200 ms, plus S7 and EtherNet/IP), against one raw
-    COPY of the same number of rows."""
     tag = "bench-e2e"
     with tempfile.TemporaryDirectory() as tmp:
-        plant = _bench_plant(tag, devices, 51, 200, Path(tmp))
+        plant = _bench_plant(tag, devices, 51, interval_ms, Path(tmp))
         path = Path(tmp) / "plant.yaml"
         path.write_text(yaml.safe_dump(plant.model_dump(mode="json", by_alias=True)))
         try:
@@ -256,32 +262,69 @@ async def ingest_end_to_end(
                 stored = await conn.fetchval(
                     "SELECT count(*) FROM samples WHERE plc_id LIKE $1", f"{tag}-%"
                 )
-                rows = [
-                    (datetime.now().astimezone(), f"{tag}-raw", "m", float(i))
-                    for i in range(max(r["written"], 1))
-                ]
-                t0 = time.perf_counter()
-                await conn.copy_records_to_table("samples", records=rows, columns=_COLUMNS)
-                anchor = len(rows) / (time.perf_counter() - t0)
             finally:
                 await conn.close()
         finally:
             await _cleanup(settings, tag)
-    value = r["written"] / r["elapsed"]
+    configured = sum(len(p.metrics) * 1000 / p.poll_interval_ms for p in plant.plcs)
+    stored_per_s = r["written"] / r["elapsed"]
+    missed_share = r["missed"] / max(r["cycles"] + r["missed"], 1)
+    return {
+        "devices": devices,
+        "interval_ms": interval_ms,
+        "configured_per_s": round(configured),
+        "stored_per_s": round(stored_per_s),
+        "missed": r["missed"],
+        "missed_share": round(missed_share, 4),
+        "dropped": r["dropped"],
+        "stored_rows": stored,
+        "accepted_rows": r["offered"],
+        "p99_jitter_ms": round(_p99_ms(r["lateness"]), 2),
+        "sustained": stored_per_s >= _KEEPS_UP * configured
+        and missed_share <= _MAX_MISSED
+        and r["dropped"] == 0,
+        "written": r["written"],
+    }
+
+
+async def ingest_end_to_end(settings: Settings, duration_s: float = 15.0) -> dict[str, Any]:
+    """Samples/s from protocol peers to rows in the hypertable, at the highest offered load of
+    the ladder that one ingest process sustains, against one raw COPY of as many rows."""
+    steps = []
+    for devices, interval_ms in _LADDER:
+        step = await _e2e_step(settings, devices, interval_ms, duration_s)
+        steps.append(step)
+        print(
+            f"ingest_end_to_end: {step['configured_per_s']} samples/s offered -> "
+            f"{step['stored_per_s']} stored, {step['missed']} cycles missed",
+            file=sys.stderr,
+        )
+        if not step["sustained"]:
+            break
+    sustained = [s for s in steps if s["sustained"]]
+    best = sustained[-1] if sustained else steps[0]
+    conn = await asyncpg.connect(settings.pg_dsn)
+    try:
+        rows = [
+            (datetime.now().astimezone(), "bench-e2e-raw", "m", float(i))
+            for i in range(max(best["written"], 1))
+        ]
+        t0 = time.perf_counter()
+        await conn.copy_records_to_table("samples", records=rows, columns=_COLUMNS)
+        anchor = len(rows) / (time.perf_counter() - t0)
+        await conn.execute("DELETE FROM samples WHERE plc_id = 'bench-e2e-raw'")
+    finally:
+        await conn.close()
+    value = best["stored_per_s"]
     return {
         "bench": "ingest_end_to_end",
-        "value": round(value),
-        "unit": "samples/s",
+        "value": value,
+        "unit": "samples/s sustained",
         "anchor": round(anchor),
         "ratio": round(value / anchor, 3),
-        "offered_per_s": round(r["offered"] / (r["elapsed"] + 3.0)),
-        "configured_per_s": round(
-            sum(len(p.metrics) * 1000 / p.poll_interval_ms for p in plant.plcs)
-        ),
-        "missed": r["missed"],
-        "stored_rows": stored,
-        "dropped": r["dropped"],
-        "p99_jitter_ms": round(_p99_ms(r["lateness"]), 2),
-        "seconds": round(r["elapsed"], 1),
+        "sustained": best["sustained"],
+        "steps": [{k: v for k, v in s.items() if k != "written"} for s in steps],
+        "rule": f"stored >= {_KEEPS_UP:.0%} of offered, missed <= {_MAX_MISSED:.1%}, 0 dropped",
+        "seconds_per_step": duration_s,
         "cores": os.cpu_count(),
     }
