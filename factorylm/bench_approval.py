@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from factorylm.bench_report import p99_line
 from factorylm.demo import Demo, demo_settings
 from factorylm.drivers import driver_for
 from factorylm.fakes.twilio import FakeTwilio, SentMessage, post_inbound
@@ -109,17 +110,13 @@ async def approval_to_write_p99_ms(settings: Settings, rounds: int = 40) -> dict
             await driver.read_points([setpoint])
             floor.append((time.perf_counter() - f0) * 1000)
         await driver.close()
-    value, anchor = float(np.percentile(latencies, 99)), float(np.percentile(floor, 99))
-    return {
-        "bench": "approval_to_write_p99_ms",
-        "value": round(value, 1),
-        "unit": "ms",
-        "anchor": round(anchor, 2),
-        "ratio": round(value / anchor, 1),
-        "rounds": rounds,
-        "p50_ms": round(float(np.percentile(latencies, 50)), 1),
-        "anchor_is": "p99 of the same Modbus write + read-back straight through the driver",
-    }
+    return p99_line(
+        "approval_to_write_p99_ms",
+        latencies,
+        floor,
+        "p99 of the same Modbus write + read-back straight through the driver",
+        rounds=rounds,
+    )
 
 
 async def fault_to_whatsapp_s(settings: Settings, rounds: int = 5) -> dict[str, Any]:

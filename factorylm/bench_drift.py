@@ -10,9 +10,9 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
 from temporalio.client import Client
 
+from factorylm.bench_report import p99_line
 from factorylm.models import DriftAlert
 from factorylm.plant import Plant, Protocol, load_plant
 from factorylm.settings import Settings
@@ -163,15 +163,10 @@ async def drift_to_workflow_p99_ms(settings: Settings, faults: int = 100) -> dic
             await _terminate_open(client, queue)
     finally:
         await sim.stop()
-    value = float(np.percentile(latencies[:faults], 99))
-    anchor = float(np.percentile(anchor_rpcs, 99))
-    return {
-        "bench": "drift_to_workflow_p99_ms",
-        "value": round(value, 1),
-        "unit": "ms",
-        "anchor": round(anchor, 1),
-        "ratio": round(value / anchor, 2),
-        "faults": len(latencies),
-        "p50_ms": round(float(np.percentile(latencies, 50)), 1),
-        "anchor_is": "p99 of a bare start_workflow round trip",
-    }
+    return p99_line(
+        "drift_to_workflow_p99_ms",
+        latencies[:faults],
+        anchor_rpcs,
+        "p99 of a bare start_workflow round trip",
+        faults=len(latencies[:faults]),
+    )

@@ -12,10 +12,10 @@ import uuid
 from typing import Any
 
 import httpx
-import numpy as np
 from pydantic import SecretStr
 
 from factorylm.bench_approval import demo_stack
+from factorylm.bench_report import p99_line
 from factorylm.cmms.builtin import BuiltinCmms
 from factorylm.demo_photo import demo_photo
 from factorylm.fakes.gemini import fake_gemini
@@ -99,15 +99,11 @@ async def photo_to_workorder_p99_ms(settings: Settings, rounds: int = 30) -> dic
             )
     finally:
         await gemini.stop()
-    value, anchor = float(np.percentile(latencies, 99)), float(np.percentile(floor, 99))
-    return {
-        "bench": "photo_to_workorder_p99_ms",
-        "value": round(value, 1),
-        "unit": "ms",
-        "anchor": round(anchor, 2),
-        "ratio": round(value / anchor, 1),
-        "rounds": rounds,
-        "p50_ms": round(float(np.percentile(latencies, 50)), 1),
-        "anchor_is": "p99 of image check + one Gemini vision call (same client, same fake) + "
+    return p99_line(
+        "photo_to_workorder_p99_ms",
+        latencies,
+        floor,
+        "p99 of image check + one Gemini vision call (same client, same fake) + "
         "one work-order insert, in process",
-    }
+        rounds=rounds,
+    )
