@@ -209,7 +209,7 @@ class HealthActivities:
         approvals = {
             r["status"]: r["n"]
             for r in await self._pool.fetch(
-                """SELECT status, count(DISTINCT (workflow_id, code)) AS n FROM approval_requests
+                """SELECT status, count(DISTINCT (workflow_id, run_id, code)) AS n FROM approval_requests
                    WHERE requested_at >= $1 GROUP BY status""",
                 since,
             )

@@ -113,14 +113,18 @@ class NotifyActivities:
             "3": req.code,
             "4": link,
         }
+        # The run, not only the workflow id: every episode on a machine shares the id.
+        run_id = activity.info().workflow_run_id
         sent = 0
         for recipient in req.recipients:
             row = await self._pool.fetchrow(
-                """INSERT INTO approval_requests (workflow_id, code, recipient, action)
-                   VALUES ($1, $2, $3, $4)
-                   ON CONFLICT (workflow_id, code, recipient) DO UPDATE SET action = EXCLUDED.action
+                """INSERT INTO approval_requests (workflow_id, run_id, code, recipient, action)
+                   VALUES ($1, $2, $3, $4, $5)
+                   ON CONFLICT (workflow_id, run_id, code, recipient)
+                       DO UPDATE SET action = EXCLUDED.action
                    RETURNING id, message_sid""",
                 req.workflow_id,
+                run_id,
                 req.code,
                 recipient,
                 req.proposal.action,
@@ -134,7 +138,7 @@ class NotifyActivities:
                 sid or "log",
             )
             await self._record(
-                f"approval/{req.workflow_id}/{req.code}/{recipient}",
+                f"approval/{req.workflow_id}/{run_id}/{req.code}/{recipient}",
                 recipient,
                 body,
                 req.workflow_id,
@@ -147,11 +151,12 @@ class NotifyActivities:
         result: str = await self._pool.execute(
             """UPDATE approval_requests SET status = $3, answered_by = $4,
                    answered_at = CASE WHEN $4::text IS NULL THEN NULL ELSE now() END
-               WHERE workflow_id = $1 AND code = $2 AND status = 'pending'""",
+               WHERE workflow_id = $1 AND code = $2 AND status = 'pending' AND run_id = $5""",
             req.workflow_id,
             req.code,
             req.status,
             req.answered_by,
+            activity.info().workflow_run_id,
         )
         return int(result.split()[-1])
 

@@ -12,12 +12,18 @@ TwiML telling the person what happened.
 from __future__ import annotations
 
 import logging
+from typing import Any
 from urllib.parse import parse_qsl
 
 import asyncpg
 from starlette.requests import Request
 from starlette.responses import Response
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowUpdateFailedError
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
 from temporalio.service import RPCError, RPCStatusCode
 from twilio.twiml.messaging_response import MessagingResponse
 
@@ -121,7 +127,7 @@ class WhatsAppWebhook:
                 return f"Several requests are waiting: {codes}. Reply YES <code> or NO <code>."
         row = pending[0]
         decision = ApprovalDecision(approve=reply.approve, approver=sender, code=row["code"])
-        handle = self._client.get_workflow_handle(row["workflow_id"])
+        handle = _run_of(self._client, row)
         try:
             result = await handle.execute_update(DriftResponseWorkflow.decide, decision)
         except WorkflowUpdateFailedError as exc:
@@ -144,7 +150,7 @@ class WhatsAppWebhook:
         open_rows = []
         for row in rows:
             try:
-                desc = await self._client.get_workflow_handle(row["workflow_id"]).describe()
+                desc = await _run_of(self._client, row).describe()
                 running = desc.status == WorkflowExecutionStatus.RUNNING
             except RPCError as exc:
                 if exc.status != RPCStatusCode.NOT_FOUND:
@@ -175,3 +181,10 @@ class WhatsAppWebhook:
                 raise
             return HELP
         return f'Thanks — recorded on {row["work_order_id"]}: "{text.strip()}".'
+
+
+def _run_of(client: Client, request: asyncpg.Record) -> WorkflowHandle[Any, Any]:
+    """The run that sent an approval request: every episode on a machine shares the workflow
+    id, and a reply must never reach a later episode. Rows from before runs were recorded
+    have no run id and mean the latest run."""
+    return client.get_workflow_handle(request["workflow_id"], run_id=request["run_id"] or None)

@@ -128,6 +128,46 @@ async def test_yes_with_code_approves_and_the_person_is_told(rig: Rig, record_hi
     assert "completed" in summary.body
 
 
+async def test_a_new_episode_reaches_the_approver_whatever_codes_earlier_ones_used(
+    rig: Rig,
+) -> None:
+    """A machine's drift workflow id repeats for every episode, and 4-digit codes repeat
+    across episodes: earlier requests under the same id, with every possible code, must not
+    stop this run's request from being sent."""
+    a = make_alert(6.0)
+    workflow_id = f"{a.workflow_id}-{uuid.uuid4().hex[:6]}"
+    await rig.pool.copy_records_to_table(
+        "approval_requests",
+        records=[
+            (workflow_id, f"{c:04d}", ON_DUTY, "shutdown_motor", "expired", f"SMold{c}", "old")
+            for c in range(10_000)
+        ],
+        columns=("workflow_id", "code", "recipient", "action", "status", "message_sid", "run_id"),
+    )
+    try:
+        handle = await rig.stack.client.start_workflow(
+            DriftResponseWorkflow.run, a, id=workflow_id, task_queue=rig.settings.task_queue
+        )
+        request = await rig.message_to(ON_DUTY, "Reply YES")
+        code = code_in(request)
+        assert (await rig.reply(ON_DUTY, f"YES {code}")).startswith("Approved: shutdown_motor")
+        result = await handle.result()
+    finally:
+        old = await rig.pool.execute(
+            "DELETE FROM approval_requests WHERE workflow_id = $1 AND run_id = 'old'", workflow_id
+        )
+    assert result.status == "completed" and result.approved_by == ON_DUTY
+    this_run = await rig.pool.fetch(
+        "SELECT status, message_sid FROM approval_requests WHERE workflow_id = $1 AND run_id = $2",
+        workflow_id,
+        handle.result_run_id,
+    )
+    assert [(r["status"], r["message_sid"] == request.sid) for r in this_run] == [
+        ("approved", True)
+    ]
+    assert old == "DELETE 10000"  # the earlier episodes' requests were left as they were
+
+
 async def test_plain_yes_needs_exactly_one_pending_request(rig: Rig) -> None:
     first = await rig.start(6.0, "vibration")
     second = await rig.start(6.0, "motor_temp")
