@@ -23,6 +23,7 @@ import yaml
 from factorylm.fakes.server import free_port
 from factorylm.plant import Plant, Plc
 from factorylm.settings import PROJECT_ROOT, Settings
+from ingest.collector import LATENESS_KEPT
 from ingest.drift import DriftConfig, DriftDetector
 from ingest.manager import CollectorManager
 from ingest.writer import _COLUMNS, BatchWriter
@@ -129,6 +130,12 @@ async def _watch_machine_pauses(duration_s: float) -> float:
 async def _run_ingest(
     settings: Settings, plant: Plant, duration_s: float, warmup_s: float
 ) -> dict[str, Any]:
+    fastest_cycles = duration_s * 1000 / min(p.poll_interval_ms for p in plant.plcs)
+    if fastest_cycles > LATENESS_KEPT:
+        raise ValueError(
+            f"{duration_s:g} s at the fastest poll rate is more cycles than a collector keeps "
+            f"({LATENESS_KEPT}): measure for less time"
+        )
     writer = BatchWriter(settings.pg_dsn, max_rows=settings.batch_max_rows, max_delay_s=0.5)
     detector = DriftDetector(DriftConfig(), lambda alert: None)
     offered = 0
