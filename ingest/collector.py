@@ -3,10 +3,9 @@
 The cadence is fixed: cycle n starts at t0 + phase + n·period. The manager gives PLCs that
 share a poll interval different phases, so 200 devices polled every second start their cycles
 5 ms apart rather than all in the same instant. A cycle that overruns its slot skips the slots
-it missed (counted in `missed`) instead of bursting to catch up; after a failure the collector
-comes back on its own phase. When the PLC fails,
-the collector closes the connection and retries with exponential backoff; the manager hears
-about every failure and recovery through `on_change`.
+it missed (counted in `missed`) instead of bursting to catch up. When the PLC fails, the
+collector closes the connection and retries with exponential backoff, coming back on its own
+phase; the manager hears about every failure and recovery through `on_change`.
 """
 
 from __future__ import annotations

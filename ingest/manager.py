@@ -74,18 +74,21 @@ def _alert_for(collector: Collector) -> CollectorAlert:
 def spread_phases(plant: Plant) -> dict[str, float]:
     """Each PLC's offset within its poll interval, in seconds.
 
-    PLCs that share an interval are spread evenly across it, and each interval's group is
-    shifted by a fraction of its spacing, so no two groups start on the same instant either.
-    Started together, 200 devices at 1 s would otherwise all send their requests at once, and
-    the last one would start its cycle milliseconds late every time.
+    PLCs that share an interval are spread evenly across it. Each interval's group is then
+    shifted by a different fraction of the smallest spacing of all groups, so groups start
+    between each other's starts (never on them, whenever every spacing is a multiple of the
+    smallest, as with 200 devices at 1 s beside two PLCs at 100 ms). Started together, those
+    200 devices would all send their requests at once, and the last one would start its cycle
+    milliseconds late every time.
     """
     groups: dict[int, list[str]] = {}
     for plc in plant.plcs:
         groups.setdefault(plc.poll_interval_ms, []).append(plc.id)
+    smallest = min((ms / 1000 / len(ids) for ms, ids in groups.items()), default=0.0)
     phases: dict[str, float] = {}
     for g, (interval_ms, ids) in enumerate(sorted(groups.items())):
         spacing = interval_ms / 1000 / len(ids)
-        shift = spacing * g / len(groups)
+        shift = smallest * g / len(groups)
         for i, plc_id in enumerate(ids):
             phases[plc_id] = i * spacing + shift
     return phases

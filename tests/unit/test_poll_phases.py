@@ -44,5 +44,19 @@ def test_groups_of_different_intervals_never_start_on_the_same_instant() -> None
         assert 0 <= phase < 1.0
 
 
+def test_single_plcs_at_multiples_of_an_interval_interleave() -> None:
+    phases = spread_phases(_plant([100, 200, 400]))
+    # Folded into the 100 ms cycle, the three start at different instants.
+    folded = sorted(round(p % 0.1, 6) for p in phases.values())
+    assert len(set(folded)) == 3, phases
+
+
+def test_the_bench_plant_never_starts_a_fast_plc_with_a_slow_one() -> None:
+    phases = spread_phases(_plant([100, 100] + [1000] * 200))
+    fast = {round(phases[f"mb-{i:03d}"], 6) for i in range(2)}
+    slow = {round(phases[f"mb-{i:03d}"] % 0.1, 6) for i in range(2, 202)}
+    assert fast == {0.0, 0.05} and not fast & slow
+
+
 def test_a_single_plc_starts_at_the_top_of_its_interval() -> None:
     assert spread_phases(_plant([250])) == {"mb-000": 0.0}
