@@ -44,15 +44,10 @@ class HealthActivities:
             )
         }
         now = datetime.now(UTC)
-        out = []
-        for plc in self._plant.plcs:
-            ok, critical, detail = _collector_verdict(rows.get(plc.id), now, stale_after_s)
-            out.append(
-                CheckResult(
-                    check="collector", subject=plc.id, ok=ok, critical=critical, detail=detail
-                )
-            )
-        return out
+        return [
+            _collector_check(plc.id, rows.get(plc.id), now, stale_after_s)
+            for plc in self._plant.plcs
+        ]
 
     async def _database(self) -> list[CheckResult]:
         try:
@@ -260,22 +255,25 @@ class HealthActivities:
         )
 
 
-def _collector_verdict(
-    row: asyncpg.Record | None, now: datetime, stale_after_s: float
-) -> tuple[bool, bool, str]:
-    """(ok, critical, detail) for one collector's status row."""
+def _collector_check(
+    plc_id: str, row: asyncpg.Record | None, now: datetime, stale_after_s: float
+) -> CheckResult:
+    """The verdict on one collector's status row."""
+
+    def verdict(ok: bool, detail: str, *, critical: bool = True) -> CheckResult:
+        return CheckResult(
+            check="collector", subject=plc_id, ok=ok, critical=critical, detail=detail
+        )
+
     if row is None:
-        return False, True, "no status reported: is the ingest running?"
+        return verdict(False, "no status reported: is the ingest running?")
     age = (now - row["last_good_at"]).total_seconds() if row["last_good_at"] else None
     if row["state"] == "failing":
-        return (
-            False,
-            True,
-            f"failing: {row['consecutive_errors']} errors in a row, {row['last_error']}",
-        )
+        errors = f"{row['consecutive_errors']} errors in a row, {row['last_error']}"
+        return verdict(False, f"failing: {errors}")
     if row["state"] == "starting" and age is None:
-        return False, False, "starting: no sample yet"
+        return verdict(False, "starting: no sample yet", critical=False)
     if age is None or age > stale_after_s:
         seen = "never" if age is None else f"{age:.0f} s ago"
-        return False, True, f"stale: last good sample {seen}"
-    return True, True, f"fresh ({age:.0f} s)"
+        return verdict(False, f"stale: last good sample {seen}")
+    return verdict(True, f"fresh ({age:.0f} s)")

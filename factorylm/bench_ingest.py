@@ -168,15 +168,16 @@ async def _run_ingest(
         anchor = await anchor_task
         machine_pause_ms = await pauses_task
         lateness = [x for c in manager.collectors for x in c.lateness]
+        missed_by_plc = {
+            c.plc.id: c.missed - missed0[c.plc.id]
+            for c in manager.collectors
+            if c.missed > missed0[c.plc.id]
+        }
         result = {
             "lateness": lateness,
             "anchor_lateness": anchor,
-            "missed": sum(c.missed - missed0[c.plc.id] for c in manager.collectors),
-            "missed_by_plc": {
-                c.plc.id: c.missed - missed0[c.plc.id]
-                for c in manager.collectors
-                if c.missed > missed0[c.plc.id]
-            },
+            "missed": sum(missed_by_plc.values()),
+            "missed_by_plc": missed_by_plc,
             "machine_pause_ms": machine_pause_ms,
             "cycles": sum(c.cycles for c in manager.collectors) - cycles0,
             "errors": sum(c.failures for c in manager.collectors),

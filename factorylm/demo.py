@@ -120,23 +120,16 @@ class Demo:
     async def _sample_manuals(self) -> None:
         """The Manual Hunter needs manuals: the demo plant's are ingested once (and again when
         a file changes), as `factorylm manuals add manuals/*` would."""
-        import hashlib
-
         from factorylm.embeddings import get_embedder
         from factorylm.manuals import ManualStore
 
         assert self.stack is not None and self.stack.pool is not None
-        pool = self.stack.pool
-        known = {
-            r["source"]: r["sha256"] for r in await pool.fetch("SELECT source, sha256 FROM manuals")
-        }
         store = ManualStore(
-            pool, get_embedder(self.settings), ef_search=self.settings.memory_ef_search
+            self.stack.pool, get_embedder(self.settings), ef_search=self.settings.memory_ef_search
         )
         for path in sorted((PROJECT_ROOT / "manuals").glob("*.md")):
-            digest = hashlib.sha256(await asyncio.to_thread(path.read_bytes)).hexdigest()
-            if known.get(path.name) != digest:
-                summary = await store.add(path)
+            summary = await store.add_if_changed(path)
+            if summary is not None:
                 say(f"manual {summary.source}: {summary.chunks} excerpts for the Manual Hunter")
 
     async def down(self) -> None:

@@ -157,6 +157,10 @@ def citation(source: str, page: int | None, section: str | None) -> str:
     return source
 
 
+async def _digest(path: Path) -> str:
+    return await asyncio.to_thread(lambda: hashlib.sha256(path.read_bytes()).hexdigest())
+
+
 class ManualStore:
     def __init__(self, pool: asyncpg.Pool, embedder: Embedder, *, ef_search: int = 100) -> None:
         self._pool = pool
@@ -164,9 +168,20 @@ class ManualStore:
         self._ef_search = ef_search
 
     async def add(self, path: Path) -> ManualSummary:
+        return await self._store(path, await _digest(path))
+
+    async def add_if_changed(self, path: Path) -> ManualSummary | None:
+        """Add a manual unless the same file is already stored (None then): no re-embedding
+        of a manual that has not changed."""
+        digest = await _digest(path)
+        stored = await self._pool.fetchval(
+            "SELECT sha256 FROM manuals WHERE source = $1", path.name
+        )
+        return None if stored == digest else await self._store(path, digest)
+
+    async def _store(self, path: Path, digest: str) -> ManualSummary:
         # Parsing a PDF is CPU work: off the event loop, like the embedding.
         media, title, sections = await asyncio.to_thread(read_manual, path)
-        digest = await asyncio.to_thread(lambda: hashlib.sha256(path.read_bytes()).hexdigest())
         chunks = chunk_sections(sections)
         # The title and section travel into the embedding: "Bearings" alone says little.
         vectors = await self._embedder.embed_async(

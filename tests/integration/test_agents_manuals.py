@@ -75,6 +75,19 @@ async def test_a_pdf_is_cited_by_page(store: ManualStore, tmp_path: Path) -> Non
     assert mine[0].page == 2 and mine[0].citation == f"{path.name} p. 2"
 
 
+async def test_an_unchanged_manual_is_not_embedded_again(
+    store: ManualStore, tmp_path: Path
+) -> None:
+    path = tmp_path / f"pump-{uuid.uuid4().hex[:6]}.md"
+    path.write_text("# Pump\n\n## Seals\n\nReplace the mechanical seal when it weeps.\n")
+    first = await store.add_if_changed(path)
+    assert first is not None and not first.replaced
+    assert await store.add_if_changed(path) is None
+    path.write_text(path.read_text() + "\nCheck the flush line too.\n")
+    again = await store.add_if_changed(path)
+    assert again is not None and again.replaced
+
+
 async def test_bad_files_store_nothing(
     store: ManualStore, pool: asyncpg.Pool, tmp_path: Path
 ) -> None:

@@ -23,9 +23,8 @@ async def test_rows_arrive_by_size_and_stop_flushes_the_rest(
     writer.start()
     batch = samples("writer-a", 2500)
     writer.add(batch[:2000])
-    await until(
-        "2000 rows written", lambda: writer.written == 2000
-    )  # size-triggered: the timer is 30 s
+    # Size-triggered: the timer is 30 s.
+    await until("2000 rows written", lambda: writer.written == 2000)
     writer.add(batch[2000:])
     assert writer.pending == 500
     await writer.stop()  # the last 500 go in at stop, not after the timer
