@@ -1,4 +1,6 @@
-# One image for every FactoryLM process; the compose file picks the command.
+# One image for every FactoryLM process; the compose file picks the command. It holds the
+# product only: the development package (demo, benchmarks, simulator, fakes) and its `sim`
+# extra stay out.
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 WORKDIR /app
@@ -10,6 +12,7 @@ COPY workers ./workers
 COPY ingest ./ingest
 COPY api ./api
 COPY temporal ./temporal
+COPY app ./app
 COPY config ./config
 RUN pip install --no-cache-dir . && useradd --system --uid 10001 factorylm
 USER factorylm

@@ -5,9 +5,13 @@ from __future__ import annotations
 import asyncpg
 from temporalio import activity
 
-from factorylm.models import BaselineReport, BaselineRow, ComputeBaselinesInput, SkippedMetric
-
-BASELINES_CHANNEL = "baselines_updated"
+from factorylm.channels import BASELINES_CHANNEL
+from factorylm.models.baselines import (
+    BaselineReport,
+    BaselineRow,
+    ComputeBaselinesInput,
+    SkippedMetric,
+)
 
 # Per PLC·metric over the window. time_bucket keeps a sparse-but-long series from being
 # dominated by one burst: the count of 1-minute buckets must also reach the minimum coverage.

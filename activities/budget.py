@@ -10,9 +10,9 @@ from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from activities.notify import NotifyActivities
 from factorylm.budget import BudgetLedger, BudgetStatus, Limits, WindowUsage, first_exceeded
-from factorylm.models import SendMessageInput
+from factorylm.models.messages import SendMessageInput
+from factorylm.models.monkey import BUDGET_EXCEEDED, BudgetCheck, BudgetRefusal, CheckBudgetInput
 from factorylm.settings import Settings
-from factorylm.trello.models import BUDGET_EXCEEDED, BudgetCheck, BudgetRefusal, CheckBudgetInput
 
 log = logging.getLogger(__name__)
 

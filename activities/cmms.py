@@ -8,7 +8,7 @@ from temporalio import activity
 from factorylm.cmms import WorkOrderStore
 from factorylm.cmms.atlas import AtlasCmms
 from factorylm.cmms.builtin import BuiltinCmms, work_order_label
-from factorylm.models import OpenWorkOrderInput, WorkOrderRef
+from factorylm.models.work_orders import OpenWorkOrderInput, WorkOrderRef
 from factorylm.settings import Settings, reveal
 
 __all__ = ["CmmsActivities", "store_for", "work_order_label"]

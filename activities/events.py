@@ -9,7 +9,7 @@ from temporalio import activity
 
 from factorylm.embeddings import EmbeddingModelError
 from factorylm.memory import VectorMemory
-from factorylm.models import RecordEventInput
+from factorylm.models.drift import RecordEventInput
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,8 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 
 from factorylm import tracing
-from factorylm.models import (
+from factorylm.channels import RESTART_CHANNEL
+from factorylm.models.health import (
     CheckResult,
     DailySummary,
     DailySummaryInput,
@@ -25,7 +26,6 @@ from factorylm.models import (
     RestartCollectorsInput,
 )
 from factorylm.plant import Plant
-from ingest.commands import RESTART_CHANNEL
 
 
 class HealthActivities:

@@ -15,12 +15,10 @@ from temporalio import activity
 from activities.budget import BudgetActivities
 from activities.monkey_checks import CheckPolicy, run_checks
 from activities.notify import NotifyActivities
-from factorylm.agent_models import OFFLINE
 from factorylm.llm import CallContext, LlmRouter, StructuredTask, build_router
-from factorylm.models import SendMessageInput
-from factorylm.settings import Settings
-from factorylm.trello.board import TrelloBoard, TrelloError, TrelloNotConfigured
-from factorylm.trello.models import (
+from factorylm.models.agents import OFFLINE
+from factorylm.models.messages import SendMessageInput
+from factorylm.models.monkey import (
     CURRENT_SPRINT,
     MONKEY_AGENT,
     CardOutcome,
@@ -34,6 +32,8 @@ from factorylm.trello.models import (
     SprintSnapshot,
     UpdateCardInput,
 )
+from factorylm.settings import Settings
+from factorylm.trello.board import TrelloBoard, TrelloError, TrelloNotConfigured
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from factorylm.trello.models import FileChange
+from factorylm.models.monkey import FileChange
 
 _OUTPUT_TAIL = 1500
 

@@ -16,14 +16,9 @@ import asyncpg
 from temporalio import activity
 
 from factorylm.grafana import plant_link
-from factorylm.models import (
-    CloseApprovalInput,
-    CloseOutcomeInput,
-    RequestApprovalInput,
-    RequestOutcomeInput,
-    SendMessageInput,
-    SendReportInput,
-)
+from factorylm.models.approvals import CloseApprovalInput, RequestApprovalInput
+from factorylm.models.messages import SendMessageInput, SendReportInput
+from factorylm.models.outcomes import CloseOutcomeInput, RequestOutcomeInput
 from factorylm.settings import Settings
 from factorylm.whatsapp import WhatsAppSender, in_session
 

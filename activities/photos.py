@@ -15,9 +15,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from factorylm.llm.usage import UsageRecorder
-from factorylm.models import AttachmentRef
-from factorylm.photos.assets import asset_in_text, exact_asset
-from factorylm.photos.models import (
+from factorylm.models.photos import (
     AnalysePhotoInput,
     AskForAssetInput,
     AssetResolution,
@@ -27,6 +25,8 @@ from factorylm.photos.models import (
     RecordPhotoInput,
     ResolveAssetInput,
 )
+from factorylm.models.work_orders import AttachmentRef
+from factorylm.photos.assets import asset_in_text, exact_asset
 from factorylm.photos.store import PhotoStore, PhotoStoreError, photo_store_for
 from factorylm.photos.vision import Image, PhotoAnalyst
 from factorylm.plant import Plant

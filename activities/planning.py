@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from temporalio import activity
 
-from factorylm.models import (
+from factorylm.models.drift import (
     ActionProposal,
     DriftAlert,
     PlanResponseInput,

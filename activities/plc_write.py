@@ -24,7 +24,7 @@ from factorylm.errors import (
     VALUE_OUT_OF_BOUNDS,
     non_retryable,
 )
-from factorylm.models import PlcWriteInput, PlcWriteResult
+from factorylm.models.plc_writes import PlcWriteInput, PlcWriteResult
 from factorylm.plant import ActionKind, Plant, Plc, Policy, Setpoint
 
 log = logging.getLogger(__name__)

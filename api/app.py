@@ -19,8 +19,8 @@ from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.cmms import work_order_label
-from factorylm.models import ApprovalDecision
-from factorylm.photos.intake import PhotoIntake
+from api.photo_intake import PhotoIntake
+from factorylm.models.approvals import ApprovalDecision
 from factorylm.photos.store import photo_store_for
 from factorylm.settings import Settings
 from workflows.drift_response import DriftResponseWorkflow

@@ -12,9 +12,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from api.photo_intake import IntakeUnavailable, PhotoIntake
+from factorylm.models.photos import PhotoRef, PhotoSource
 from factorylm.photos.images import PhotoRejected, too_large
-from factorylm.photos.intake import IntakeUnavailable, PhotoIntake
-from factorylm.photos.models import PhotoRef, PhotoSource
 from factorylm.photos.store import PhotoStoreError
 from factorylm.settings import Settings
 

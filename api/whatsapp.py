@@ -27,7 +27,7 @@ from temporalio.client import (
 from temporalio.service import RPCError, RPCStatusCode
 from twilio.twiml.messaging_response import MessagingResponse
 
-from factorylm.models import ApprovalDecision
+from factorylm.models.approvals import ApprovalDecision
 from factorylm.settings import Settings, reveal
 from factorylm.whatsapp import Reply, parse_reply, signature_ok
 from workflows.drift_response import DriftResponseWorkflow

@@ -10,10 +10,10 @@ import httpx
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from api.photo_intake import IntakeUnavailable, PhotoIntake
+from factorylm.models.photos import AssetAnswer, PhotoSource
 from factorylm.photos.images import PhotoRejected
-from factorylm.photos.intake import IntakeUnavailable, PhotoIntake
 from factorylm.photos.media import MediaUnavailable, fetch_media
-from factorylm.photos.models import AssetAnswer, PhotoSource
 from factorylm.settings import Settings, reveal
 from workflows.photo_intake import PhotoIntakeWorkflow
 

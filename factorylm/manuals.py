@@ -16,8 +16,8 @@ from pathlib import Path
 
 import asyncpg
 
-from factorylm.agent_models import ManualExcerpt
 from factorylm.embeddings import Embedder, to_pgvector
+from factorylm.models.agents import ManualExcerpt
 
 # all-MiniLM-L6-v2 was trained on up to 256 word pieces; ~120 words stay well inside that.
 CHUNK_WORDS = 120

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import asyncpg
 import numpy as np
 
-from factorylm.agent_models import OutcomeKind, SimilarEvent
 from factorylm.embeddings import Embedder, Vector, to_pgvector
+from factorylm.models.agents import OutcomeKind, SimilarEvent
 
 _SIMILAR_SQL = """
 SELECT id, plc_id, vendor, metric, magnitude_sigma, detected_at, text, outcome, outcome_kind,

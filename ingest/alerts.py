@@ -18,7 +18,7 @@ from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 
 from factorylm import tracing
-from factorylm.models import DriftAlert
+from factorylm.models.drift import DriftAlert
 from factorylm.temporal_client import METRIC, PLC_ID, SEVERITY
 from workflows.drift_response import DriftResponseWorkflow
 

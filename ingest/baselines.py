@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import asyncpg
 
-from activities.baselines import BASELINES_CHANNEL
+from factorylm.channels import BASELINES_CHANNEL
 from factorylm.plant import Baseline
 
 log = logging.getLogger(__name__)

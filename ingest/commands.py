@@ -9,9 +9,9 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
-log = logging.getLogger(__name__)
+from factorylm.channels import RESTART_CHANNEL
 
-RESTART_CHANNEL = "collector_restart"
+log = logging.getLogger(__name__)
 
 
 class CommandListener:

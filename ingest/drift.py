@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from factorylm.models import DriftAlert
+from factorylm.models.drift import DriftAlert
 from factorylm.plant import Baseline
 
 log = logging.getLogger(__name__)

@@ -28,10 +28,10 @@ log "temporal CLI: $TEMPORAL_BIN"
 stamp=.venv/.factorylm-stamp
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  log "creating .venv and installing the project (editable) with its dev tools"
+  log "creating .venv and installing the project (editable) with its dev tools and the simulator extra"
   [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  .venv/bin/python -m pip install -q -e '.[dev]'
+  .venv/bin/python -m pip install -q -e '.[dev,sim]'
   echo "$want" > "$stamp"
 else
   log "virtualenv up to date"

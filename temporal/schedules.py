@@ -20,9 +20,10 @@ from temporalio.client import (
     ScheduleUpdateInput,
 )
 
-from factorylm.models import BaselineWorkflowInput, DailySummaryInput, HealthMonitorInput
+from factorylm.models.baselines import BaselineWorkflowInput
+from factorylm.models.health import DailySummaryInput, HealthMonitorInput
+from factorylm.models.monkey import MonkeyReportInput
 from factorylm.settings import Settings
-from factorylm.trello.models import MonkeyReportInput
 from workflows.baseline import BaselineWorkflow
 from workflows.health import DailySummaryWorkflow, HealthMonitorWorkflow
 from workflows.monkey import MonkeyReportWorkflow

@@ -18,8 +18,8 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from app.pgcluster import Cluster
 from factorylm.db.pool import create_pool, prepare_database
-from factorylm.pgcluster import Cluster
 from factorylm.settings import Settings, load_settings
 from factorylm.temporal_client import SEARCH_ATTRIBUTES
 from helpers import free_port

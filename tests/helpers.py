@@ -10,8 +10,8 @@ from typing import Any
 
 import yaml
 
-from factorylm.fakes.server import free_port
-from factorylm.models import DriftAlert
+from dev.fakes.server import free_port
+from factorylm.models.drift import DriftAlert
 from factorylm.plant import Plant
 from factorylm.settings import PROJECT_ROOT
 from factorylm.waiting import wait_for

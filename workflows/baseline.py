@@ -12,12 +12,12 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from factorylm.models import (
+    from factorylm.models.baselines import (
         BaselineReport,
         BaselineWorkflowInput,
         ComputeBaselinesInput,
-        SendReportInput,
     )
+    from factorylm.models.messages import SendReportInput
 
 _RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_interval=timedelta(minutes=1))
 

@@ -19,7 +19,8 @@ from temporalio.workflow import ParentClosePolicy
 from workflows.replies import replied_within
 
 with workflow.unsafe.imports_passed_through():
-    from factorylm.agent_models import (
+    from factorylm.errors import PLC_SAFETY_ERRORS
+    from factorylm.models.agents import (
         AlarmTriageInput,
         ManualHunterInput,
         ManualHunterResult,
@@ -29,29 +30,27 @@ with workflow.unsafe.imports_passed_through():
         WeaverInput,
         WeaverReport,
     )
-    from factorylm.conductor import Agent, EventType, agents_for, manual_query, watch_window_s
-    from factorylm.errors import PLC_SAFETY_ERRORS
-    from factorylm.models import (
-        ActionProposal,
+    from factorylm.models.approvals import (
         ApprovalDecision,
         CloseApprovalInput,
+        PendingApproval,
+        RequestApprovalInput,
+    )
+    from factorylm.models.drift import (
+        ActionProposal,
         DriftAlert,
         DriftResponseResult,
-        FollowUpInput,
-        OpenWorkOrderInput,
-        PendingApproval,
         PlanResponseInput,
-        PlcWriteInput,
-        PlcWriteResult,
         RecordEventInput,
-        RequestApprovalInput,
         ResponsePlan,
-        SendMessageInput,
-        WorkOrderPriority,
-        WorkOrderRef,
     )
+    from factorylm.models.messages import SendMessageInput
+    from factorylm.models.outcomes import FollowUpInput
+    from factorylm.models.plc_writes import PlcWriteInput, PlcWriteResult
+    from factorylm.models.work_orders import OpenWorkOrderInput, WorkOrderPriority, WorkOrderRef
     from factorylm.plant import ActionKind, Policy
     from factorylm.temporal_client import SEVERITY
+    from workflows.conductor import Agent, EventType, agents_for, manual_query, watch_window_s
     from workflows.outcome_followup import OutcomeFollowUpWorkflow
 
 _SHORT = timedelta(seconds=30)

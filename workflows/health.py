@@ -10,7 +10,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from factorylm.models import (
+    from factorylm.models.health import (
         DailySummary,
         DailySummaryInput,
         HealthCheckInput,
@@ -20,9 +20,8 @@ with workflow.unsafe.imports_passed_through():
         IncidentUpdate,
         IncidentUpdateInput,
         RestartCollectorsInput,
-        SendMessageInput,
-        SendReportInput,
     )
+    from factorylm.models.messages import SendMessageInput, SendReportInput
 
 _SHORT = timedelta(seconds=30)
 _RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3)

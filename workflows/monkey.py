@@ -17,8 +17,8 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from factorylm.models import SendMessageInput
-    from factorylm.trello.models import (
+    from factorylm.models.messages import SendMessageInput
+    from factorylm.models.monkey import (
         BLOCKED,
         BUDGET_EXCEEDED,
         CURRENT_SPRINT,

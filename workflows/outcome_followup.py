@@ -15,8 +15,8 @@ from temporalio.common import RetryPolicy
 from workflows.replies import replied_within
 
 with workflow.unsafe.imports_passed_through():
-    from factorylm.agent_models import OutcomeRecord, RecordOutcomeInput
-    from factorylm.models import (
+    from factorylm.models.agents import OutcomeRecord, RecordOutcomeInput
+    from factorylm.models.outcomes import (
         CloseOutcomeInput,
         FollowUpInput,
         FollowUpResult,

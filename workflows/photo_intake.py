@@ -18,15 +18,8 @@ from temporalio.exceptions import ActivityError
 from workflows.replies import replied_within
 
 with workflow.unsafe.imports_passed_through():
-    from factorylm.models import (
-        AttachmentRef,
-        OpenWorkOrderInput,
-        SendMessageInput,
-        WorkOrderPriority,
-        WorkOrderRef,
-    )
-    from factorylm.photos.assets import exact_asset
-    from factorylm.photos.models import (
+    from factorylm.models.messages import SendMessageInput
+    from factorylm.models.photos import (
         AnalysePhotoInput,
         AskForAssetInput,
         AssetAnswer,
@@ -40,6 +33,13 @@ with workflow.unsafe.imports_passed_through():
         ResolveAssetInput,
         unanalysed_finding,
     )
+    from factorylm.models.work_orders import (
+        AttachmentRef,
+        OpenWorkOrderInput,
+        WorkOrderPriority,
+        WorkOrderRef,
+    )
+    from factorylm.photos.assets import exact_asset
     from factorylm.temporal_client import ASSET_ID
 
 _SHORT = timedelta(seconds=30)

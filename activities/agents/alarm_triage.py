@@ -8,9 +8,9 @@ from pydantic import BaseModel, Field
 from temporalio import activity
 
 from activities.agents.checklists import alarm_checklist, rules_checklist
-from factorylm.agent_models import AlarmTriageInput, OutcomeKind, SimilarEvent, TriageResult
 from factorylm.llm import CallContext, LlmRouter, StructuredTask
 from factorylm.memory import VectorMemory
+from factorylm.models.agents import AlarmTriageInput, OutcomeKind, SimilarEvent, TriageResult
 
 # Below this a past event is a different situation, whatever its outcome says.
 RELEVANT_SIMILARITY = 0.6

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from temporalio import activity
 
-from factorylm.agent_models import ManualHunterInput, ManualHunterResult
 from factorylm.manuals import ManualStore
+from factorylm.models.agents import ManualHunterInput, ManualHunterResult
 
 
 class ManualHunter:

@@ -12,9 +12,9 @@ import re
 from pydantic import BaseModel, Field
 from temporalio import activity
 
-from factorylm.agent_models import OutcomeKind, OutcomeRecord, RecordOutcomeInput
 from factorylm.llm import CallContext, LlmRouter, StructuredTask
 from factorylm.memory import VectorMemory
+from factorylm.models.agents import OutcomeKind, OutcomeRecord, RecordOutcomeInput
 
 _FALSE = re.compile(
     r"\b(false (alarm|positive)|nuisance|no fault|nothing (wrong|found)|sensor (glitch|error)"

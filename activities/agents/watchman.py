@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncpg
 from temporalio import activity
 
-from factorylm.agent_models import MetricMovement, WatchmanInput, WatchmanResult
+from factorylm.models.agents import MetricMovement, WatchmanInput, WatchmanResult
 
 # |r| at least this over at least MIN_BUCKETS buckets, or a shift of SHIFT_SIGMA, is "moved".
 MOVED_CORRELATION = 0.7

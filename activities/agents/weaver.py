@@ -13,9 +13,9 @@ from pydantic import BaseModel, Field
 from temporalio import activity
 
 from activities.planning import applicable_actions, choose_action
-from factorylm.agent_models import WeaverInput, WeaverReport
 from factorylm.llm import CallContext, LlmRouter, StructuredTask
-from factorylm.models import DriftAlert, ProposedAction
+from factorylm.models.agents import WeaverInput, WeaverReport
+from factorylm.models.drift import DriftAlert, ProposedAction
 from factorylm.plant import CatalogAction, Plant
 
 SYSTEM = (

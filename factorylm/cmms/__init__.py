@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from factorylm.models import OpenWorkOrderInput, WorkOrderRef
+from factorylm.models.work_orders import OpenWorkOrderInput, WorkOrderRef
 
 
 class WorkOrderStore(Protocol):

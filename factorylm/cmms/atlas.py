@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 import httpx
 
-from factorylm.models import AttachmentRef, OpenWorkOrderInput, WorkOrderRef
+from factorylm.models.work_orders import AttachmentRef, OpenWorkOrderInput, WorkOrderRef
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import json
 
 import asyncpg
 
-from factorylm.models import OpenWorkOrderInput, WorkOrderRef
+from factorylm.models.work_orders import OpenWorkOrderInput, WorkOrderRef
 
 
 def work_order_label(row_id: int) -> str:

@@ -19,9 +19,9 @@ from typing import Generic, TypeVar
 from pydantic import BaseModel, ValidationError
 from temporalio import activity
 
-from factorylm.agent_models import OFFLINE
 from factorylm.llm.base import InvalidOutput, LlmProvider, ProviderError, json_schema_for
 from factorylm.llm.usage import UsageRecorder, UsageRow
+from factorylm.models.agents import OFFLINE
 
 T = TypeVar("T", bound=BaseModel)
 

@@ -14,8 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Protocol
 
+from factorylm.models.photos import PhotoRef
 from factorylm.photos.images import EXTENSIONS
-from factorylm.photos.models import PhotoRef
 from factorylm.settings import Settings
 
 

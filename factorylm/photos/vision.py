@@ -23,12 +23,12 @@ from anthropic.types import (
 )
 from google.genai import types
 
-from factorylm.agent_models import OFFLINE
 from factorylm.llm.base import Completion, InvalidOutput, LlmProvider, ProviderError
 from factorylm.llm.gemini_provider import GeminiProvider
 from factorylm.llm.router import CallContext, LlmRouter, StructuredTask
 from factorylm.llm.usage import UsageRecorder
-from factorylm.photos.models import PhotoAnalysis, VisionFinding, unanalysed_finding
+from factorylm.models.agents import OFFLINE
+from factorylm.models.photos import PhotoAnalysis, VisionFinding, unanalysed_finding
 from factorylm.settings import Settings
 
 AGENT = "photo_intake"

@@ -18,9 +18,9 @@ from trello.exceptions import ResourceUnavailable, Unauthorized
 from trello.label import Label
 from trello.trellolist import List
 
+from factorylm.models.monkey import BACKLOG, LABELS, LISTS, SprintCard
 from factorylm.settings import Settings
 from factorylm.trello.cards import estimated_tokens, render_description, success_checks
-from factorylm.trello.models import BACKLOG, LABELS, LISTS, SprintCard
 from factorylm.trello.plan import PlanCard
 
 _TRELLO_ORIGINS = ("https://api.trello.com", "https://trello.com")

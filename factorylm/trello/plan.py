@@ -16,8 +16,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from factorylm.models.monkey import LABELS
 from factorylm.trello.cards import estimated_tokens
-from factorylm.trello.models import LABELS
 
 
 class PlanError(ValueError):

@@ -1,5 +1,5 @@
 """The local Anthropic API moved to the product (the demo and benchmarks use it too)."""
 
-from factorylm.fakes.anthropic import anthropic_app, fake_anthropic
+from dev.fakes.anthropic import anthropic_app, fake_anthropic
 
 __all__ = ["anthropic_app", "fake_anthropic"]

@@ -21,7 +21,10 @@ from activities.agents.watchman import Watchman
 from activities.agents.weaver import Weaver
 from activities.events import EventActivities
 from activities.planning import gate_proposals
-from factorylm.agent_models import (
+from factorylm.embeddings import get_embedder
+from factorylm.llm import build_router
+from factorylm.memory import VectorMemory
+from factorylm.models.agents import (
     OFFLINE,
     AlarmTriageInput,
     OutcomeKind,
@@ -29,10 +32,7 @@ from factorylm.agent_models import (
     WatchmanInput,
     WeaverInput,
 )
-from factorylm.embeddings import get_embedder
-from factorylm.llm import build_router
-from factorylm.memory import VectorMemory
-from factorylm.models import DriftAlert, RecordEventInput
+from factorylm.models.drift import DriftAlert, RecordEventInput
 from factorylm.plant import load_plant
 from factorylm.settings import PROJECT_ROOT, Settings
 from helpers import make_alert
@@ -243,7 +243,7 @@ def test_the_outcome_command(settings: Settings) -> None:
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "factorylm.cli", *args],
+            [sys.executable, "-m", "app.cli", *args],
             capture_output=True,
             text=True,
             env=env,

@@ -14,9 +14,9 @@ import pytest
 from pdf_maker import tiny_pdf
 
 from activities.agents.manual_hunter import ManualHunter
-from factorylm.agent_models import ManualHunterInput
 from factorylm.embeddings import get_embedder
 from factorylm.manuals import ManualError, ManualStore
+from factorylm.models.agents import ManualHunterInput
 from factorylm.settings import PROJECT_ROOT, Settings
 
 SHIPPED = sorted((PROJECT_ROOT / "manuals").glob("*.md"))
@@ -126,7 +126,7 @@ def test_the_manuals_command(settings: Settings, tmp_path: Path) -> None:
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "factorylm.cli", *args],
+            [sys.executable, "-m", "app.cli", *args],
             capture_output=True,
             text=True,
             env=env,

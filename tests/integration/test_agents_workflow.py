@@ -15,14 +15,14 @@ from fakes.server import Reply, Script
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
-from factorylm.agent_models import OutcomeKind
+from app.stack import Stack
+from dev.simulator.modbus import SimulatedModbusPlc
 from factorylm.embeddings import get_embedder
 from factorylm.manuals import ManualStore
 from factorylm.memory import VectorMemory
+from factorylm.models.agents import OutcomeKind
 from factorylm.plant import Plant
 from factorylm.settings import PROJECT_ROOT, Settings
-from factorylm.simulator.modbus import SimulatedModbusPlc
-from factorylm.stack import Stack
 from helpers import make_alert, plant_with_free_ports
 from workflows.drift_response import DriftResponseWorkflow
 

@@ -10,9 +10,9 @@ import httpx
 import pytest
 from temporalio.client import Client
 
+from app.stack import Stack
+from dev.simulator.modbus import SimulatedModbusPlc
 from factorylm.settings import Settings
-from factorylm.simulator.modbus import SimulatedModbusPlc
-from factorylm.stack import Stack
 from helpers import free_port, make_alert, plant_with_free_ports, until
 from workflows.drift_response import DriftResponseWorkflow
 

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from temporalio.client import Client
 
-from factorylm.models import BaselineReport, BaselineWorkflowInput
+from app.stack import Stack
+from factorylm.models.baselines import BaselineReport, BaselineWorkflowInput
 from factorylm.plant import Plant
 from factorylm.settings import Settings
-from factorylm.stack import Stack
 from helpers import plant_with_free_ports, until
 from ingest.baselines import BaselineLoader
 from ingest.drift import DriftConfig, DriftDetector

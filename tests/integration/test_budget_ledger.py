@@ -13,11 +13,11 @@ from pydantic import SecretStr
 from temporalio.exceptions import ApplicationError
 
 from activities.budget import BudgetActivities
+from dev.fakes.server import LocalServer
+from dev.fakes.twilio import FakeTwilio
 from factorylm.budget import BudgetLedger, Limits
-from factorylm.fakes.server import LocalServer
-from factorylm.fakes.twilio import FakeTwilio
+from factorylm.models.monkey import BUDGET_EXCEEDED, BudgetRefusal, CheckBudgetInput
 from factorylm.settings import Settings
-from factorylm.trello.models import BUDGET_EXCEEDED, BudgetRefusal, CheckBudgetInput
 from helpers import free_port
 
 ENGINEER = "whatsapp:+15550100001"

@@ -18,7 +18,7 @@ def run_cli(settings: Settings, *args: str, **env: str) -> subprocess.CompletedP
         **env,
     }
     return subprocess.run(
-        [sys.executable, "-m", "factorylm.cli", *args],
+        [sys.executable, "-m", "app.cli", *args],
         capture_output=True,
         text=True,
         env=environ,

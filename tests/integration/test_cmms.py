@@ -11,11 +11,11 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from dev.fakes.atlas import FakeAtlas
+from dev.fakes.server import LocalServer
 from factorylm.cmms.atlas import AtlasCmms, AtlasError
 from factorylm.cmms.builtin import BuiltinCmms
-from factorylm.fakes.atlas import FakeAtlas
-from factorylm.fakes.server import LocalServer
-from factorylm.models import AttachmentRef, OpenWorkOrderInput, WorkOrderPriority
+from factorylm.models.work_orders import AttachmentRef, OpenWorkOrderInput, WorkOrderPriority
 from factorylm.settings import SettingsError, load_settings
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4

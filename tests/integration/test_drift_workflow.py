@@ -13,11 +13,12 @@ import asyncpg
 import pytest
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 
-from factorylm.models import ApprovalDecision, DriftAlert, DriftResponseResult, PendingApproval
+from app.stack import Stack
+from dev.simulator.modbus import SimulatedModbusPlc
+from factorylm.models.approvals import ApprovalDecision, PendingApproval
+from factorylm.models.drift import DriftAlert, DriftResponseResult
 from factorylm.plant import Plant
 from factorylm.settings import Settings
-from factorylm.simulator.modbus import SimulatedModbusPlc
-from factorylm.stack import Stack
 from helpers import make_alert as alert
 from helpers import plant_with_free_ports, until
 from ingest.alerts import WorkflowStarter

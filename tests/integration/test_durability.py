@@ -21,7 +21,8 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 from temporalio.client import Client, WorkflowHandle
 
-from factorylm.models import ApprovalDecision, DriftResponseResult
+from factorylm.models.approvals import ApprovalDecision
+from factorylm.models.drift import DriftResponseResult
 from factorylm.settings import Settings
 from helpers import make_alert, plant_with_free_ports, until
 from workflows.drift_response import DriftResponseWorkflow
@@ -55,7 +56,7 @@ class WorkerProcess:
     def start(self) -> None:
         with self._log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "factorylm.cli", "worker", "--queue", "all"],
+                [sys.executable, "-m", "app.cli", "worker", "--queue", "all"],
                 env=self._env,
                 stdout=out,
                 stderr=subprocess.STDOUT,

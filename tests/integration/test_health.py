@@ -13,11 +13,16 @@ import pytest
 import yaml
 from temporalio.client import Client
 
-from factorylm.models import DailySummary, DailySummaryInput, HealthMonitorInput, HealthRunResult
+from app.stack import Stack
+from dev.simulator.modbus import SimulatedModbusPlc
+from factorylm.models.health import (
+    DailySummary,
+    DailySummaryInput,
+    HealthMonitorInput,
+    HealthRunResult,
+)
 from factorylm.plant import Plant
 from factorylm.settings import Settings
-from factorylm.simulator.modbus import SimulatedModbusPlc
-from factorylm.stack import Stack
 from factorylm.waiting import wait_for
 from helpers import free_port, plant_with_free_ports
 from temporal.schedules import BASELINE_SCHEDULE_ID, DAILY_SUMMARY_SCHEDULE_ID

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from temporalio.client import Client
 
-from factorylm.cli import build_parser
-from factorylm.demo import Demo, demo_settings
-from factorylm.demo_health import run_health_scenario
+from app.cli import build_parser
+from dev.demo.environment import Demo, demo_settings
+from dev.demo.health import run_health_scenario
 from factorylm.settings import Settings
 from factorylm.tracing import setup_tracing
 from helpers import free_port, plant_with_free_ports

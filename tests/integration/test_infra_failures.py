@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from factorylm.pgcluster import Cluster, ClusterError
+from app.pgcluster import Cluster, ClusterError
 from factorylm.settings import PROJECT_ROOT, Settings
 from helpers import free_port
 from temporal.devserver import DevServer, DevServerError

@@ -18,9 +18,9 @@ import yaml
 from temporalio.client import Client
 
 from api.app import create_app
+from dev.simulator.plant import PlantSimulator
 from factorylm.plant import Plant, Plc
 from factorylm.settings import Settings
-from factorylm.simulator.plant import PlantSimulator
 from helpers import SwitchableProxy, free_port, plant_with_free_ports, until
 from ingest.collector import Collector
 from ingest.manager import CollectorAlert, CollectorManager

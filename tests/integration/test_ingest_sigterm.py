@@ -11,8 +11,8 @@ from pathlib import Path
 import asyncpg
 import yaml
 
+from dev.simulator.modbus import SimulatedModbusPlc
 from factorylm.settings import PROJECT_ROOT, Settings
-from factorylm.simulator.modbus import SimulatedModbusPlc
 from helpers import plant_with_free_ports, until
 
 
@@ -41,7 +41,7 @@ async def test_sigterm_flushes_the_buffer_before_exit(
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "factorylm.cli",
+        "app.cli",
         "ingest",
         env=env,
         cwd=PROJECT_ROOT,

@@ -16,10 +16,10 @@ from fakes.gemini_api import fake_gemini
 from fakes.server import FakeServer, Reply, Script
 from pydantic import BaseModel, Field
 
-from factorylm.agent_models import OFFLINE
 from factorylm.llm import CallContext, StructuredTask, build_providers, build_router
 from factorylm.llm.router import LlmRouter
 from factorylm.llm.usage import UsageRecorder
+from factorylm.models.agents import OFFLINE
 from factorylm.settings import Settings
 
 

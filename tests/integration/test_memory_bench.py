@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from factorylm.bench_memory import alert_texts, embed_throughput, similarity_top5_p99_ms
+from dev.bench.memory import alert_texts, embed_throughput, similarity_top5_p99_ms
 from factorylm.settings import Settings
 
 

@@ -10,10 +10,10 @@ import asyncpg
 import pytest
 
 from activities.events import EventActivities
-from factorylm.agent_models import OutcomeKind
 from factorylm.embeddings import get_embedder
 from factorylm.memory import VectorMemory
-from factorylm.models import DriftAlert, RecordEventInput
+from factorylm.models.agents import OutcomeKind
+from factorylm.models.drift import DriftAlert, RecordEventInput
 from factorylm.settings import Settings
 
 

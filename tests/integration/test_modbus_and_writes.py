@@ -13,10 +13,10 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.plc_write import PlcWriteActivities
+from dev.simulator.modbus import SimulatedModbusPlc
 from factorylm.drivers import PlcError, driver_for
-from factorylm.models import PlcWriteInput
+from factorylm.models.plc_writes import PlcWriteInput
 from factorylm.plant import Plant
-from factorylm.simulator.modbus import SimulatedModbusPlc
 from helpers import plant_with_free_ports
 
 APPROVER = "whatsapp:+15550100001"

@@ -25,12 +25,12 @@ from activities.monkey import monkey_activities
 from activities.notify import NotifyActivities
 from api.app import create_app
 from api.trello import callback_url
-from factorylm.fakes.server import LocalServer
-from factorylm.fakes.trello import FakeTrello
-from factorylm.fakes.twilio import FakeTwilio
+from dev.fakes.server import LocalServer
+from dev.fakes.trello import FakeTrello
+from dev.fakes.twilio import FakeTwilio
+from factorylm.models.monkey import MonkeyInput, MonkeyReportInput, MonkeyStatus, MonkeySummary
 from factorylm.settings import Settings
 from factorylm.trello.board import TrelloBoard, trello_client
-from factorylm.trello.models import MonkeyInput, MonkeyReportInput, MonkeyStatus, MonkeySummary
 from factorylm.trello.plan import PlanCard
 from factorylm.trello.webhook import SIGNATURE_HEADER, sign
 from factorylm.waiting import wait_for

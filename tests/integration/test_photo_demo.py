@@ -8,11 +8,11 @@ from pathlib import Path
 
 from temporalio.client import Client
 
-from factorylm.cli import build_parser
-from factorylm.demo import Demo
-from factorylm.demo_photo import run_photo_scenario
+from app.cli import build_parser
+from app.stack import Stack
+from dev.demo.environment import Demo
+from dev.demo.photo import run_photo_scenario
 from factorylm.settings import Settings
-from factorylm.stack import Stack
 from helpers import free_port, plant_with_free_ports
 
 

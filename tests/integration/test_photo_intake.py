@@ -20,15 +20,15 @@ from photo_samples import jpeg_bytes, png_bytes
 from pydantic import SecretStr
 from temporalio.client import Client
 
-from factorylm.fakes.anthropic import fake_anthropic
-from factorylm.fakes.gemini import fake_gemini
-from factorylm.fakes.scripted import Reply, Script
-from factorylm.fakes.server import LocalServer
-from factorylm.fakes.twilio import FakeTwilio, post_inbound
-from factorylm.photos.intake import photo_workflow_id
-from factorylm.photos.models import PhotoIntakeResult
+from api.photo_intake import photo_workflow_id
+from app.stack import Stack
+from dev.fakes.anthropic import fake_anthropic
+from dev.fakes.gemini import fake_gemini
+from dev.fakes.scripted import Reply, Script
+from dev.fakes.server import LocalServer
+from dev.fakes.twilio import FakeTwilio, post_inbound
+from factorylm.models.photos import PhotoIntakeResult
 from factorylm.settings import Settings
-from factorylm.stack import Stack
 from factorylm.waiting import wait_for
 from helpers import free_port, plant_with_free_ports
 

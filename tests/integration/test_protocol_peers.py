@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import yaml
 
+from dev.simulator.plant import PlantSimulator
 from factorylm.drivers import PlcDriver, PlcError, driver_for
 from factorylm.plant import Plant, Plc, Setpoint
-from factorylm.simulator.plant import PlantSimulator
 from helpers import plant_with_free_ports
 
 

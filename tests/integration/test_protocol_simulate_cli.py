@@ -19,7 +19,7 @@ async def _cli(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "factorylm.cli",
+        "app.cli",
         *args,
         env=env,
         cwd=PROJECT_ROOT,
@@ -38,7 +38,7 @@ async def test_simulate_serves_the_plant_and_takes_faults_at_run_time(tmp_path: 
     sim = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "factorylm.cli",
+        "app.cli",
         "simulate",
         "--control-port",
         control,

@@ -22,7 +22,8 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.planning import gate_proposals
 from activities.plc_write import PlcWriteActivities
-from factorylm.models import DriftAlert, PlcWriteInput, ProposedAction
+from factorylm.models.drift import DriftAlert, ProposedAction
+from factorylm.models.plc_writes import PlcWriteInput
 from factorylm.plant import ActionKind, Plant, Policy
 from helpers import plant_with_free_ports
 

@@ -13,11 +13,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
+from app.stack import Stack
+from dev.simulator.modbus import SimulatedModbusPlc
 from factorylm import tracing
-from factorylm.models import DriftResponseResult
+from factorylm.models.drift import DriftResponseResult
 from factorylm.settings import Settings
-from factorylm.simulator.modbus import SimulatedModbusPlc
-from factorylm.stack import Stack
 from helpers import make_alert, plant_with_free_ports
 from ingest.alerts import WorkflowStarter
 

@@ -1,5 +1,5 @@
 """The board adapter and `factorylm trello init|import` through py-trello against the local
-Trello (factorylm/fakes/trello.py), which speaks the REST paths py-trello calls."""
+Trello (dev/fakes/trello.py), which speaks the REST paths py-trello calls."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from factorylm.fakes.server import LocalServer
-from factorylm.fakes.trello import FakeTrello
+from dev.fakes.server import LocalServer
+from dev.fakes.trello import FakeTrello
+from factorylm.models.monkey import LABELS, LISTS
 from factorylm.settings import PROJECT_ROOT, Settings
 from factorylm.trello.board import TrelloBoard, TrelloError
-from factorylm.trello.models import LABELS, LISTS
 from factorylm.trello.plan import load_plan
 
 PLAN = """# Sprint plan
@@ -115,7 +115,7 @@ async def test_cli_init_and_import(
 
     async def cli(*args: str) -> tuple[int, str]:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "factorylm.cli", *args,
+            sys.executable, "-m", "app.cli", *args,
             cwd=tmp_path, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip
         out, _ = await proc.communicate()

@@ -10,7 +10,8 @@ from pathlib import Path
 import asyncpg
 from temporalio.client import Client
 
-from factorylm.demo import Demo, demo_settings
+from dev.demo.drift import run_drift_scenario
+from dev.demo.environment import Demo, demo_settings, say
 from factorylm.settings import Settings
 from helpers import plant_with_free_ports
 
@@ -33,7 +34,7 @@ async def test_demo_scenario_end_to_end(
     try:
         await demo.up()
         assert not demo.cluster_started and not demo.temporal_started  # reused the running ones
-        summary = await demo.run_scenario()
+        summary = await run_drift_scenario(demo, say)
     finally:
         await demo.down()
 

@@ -16,12 +16,12 @@ import pytest
 from pydantic import SecretStr
 from temporalio.client import Client, WorkflowHandle
 
-from factorylm.fakes.server import LocalServer
-from factorylm.fakes.twilio import FakeTwilio, SentMessage, post_inbound, sign
-from factorylm.models import DriftResponseResult
+from app.stack import Stack
+from dev.fakes.server import LocalServer
+from dev.fakes.twilio import FakeTwilio, SentMessage, post_inbound, sign
+from dev.simulator.modbus import SimulatedModbusPlc
+from factorylm.models.drift import DriftResponseResult
 from factorylm.settings import Settings
-from factorylm.simulator.modbus import SimulatedModbusPlc
-from factorylm.stack import Stack
 from helpers import free_port, make_alert, plant_with_free_ports, until
 from workflows.drift_response import DriftResponseWorkflow
 from workflows.outcome_followup import OutcomeFollowUpWorkflow

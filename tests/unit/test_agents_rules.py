@@ -11,13 +11,13 @@ import pytest
 from activities.agents.alarm_triage import what_worked
 from activities.agents.outcomes import classify_outcome
 from activities.planning import choose_action, gate_proposals
-from factorylm.agent_models import OutcomeKind, SimilarEvent
-from factorylm.conductor import Agent, EventType, agents_for, manual_query
 from factorylm.manuals import ManualError, Section, chunk_sections, read_manual
-from factorylm.models import ProposedAction
+from factorylm.models.agents import OutcomeKind, SimilarEvent
+from factorylm.models.drift import ProposedAction
 from factorylm.plant import load_plant
 from factorylm.settings import PROJECT_ROOT
 from helpers import make_alert
+from workflows.conductor import Agent, EventType, agents_for, manual_query
 
 PLANT = load_plant(PROJECT_ROOT / "config" / "plant.yaml")
 

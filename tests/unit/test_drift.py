@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from factorylm.models import DriftAlert, Severity
+from factorylm.models.drift import DriftAlert, Severity
 from factorylm.plant import Baseline
 from ingest.drift import DriftConfig, DriftDetector
 

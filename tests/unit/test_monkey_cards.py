@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from activities.monkey_checks import CheckPolicy, run_checks
+from factorylm.models.monkey import FileChange, SprintCard
 from factorylm.trello.cards import estimated_tokens, render_description, success_checks
-from factorylm.trello.models import FileChange, SprintCard
 from factorylm.trello.plan import PlanError, load_plan
 from factorylm.trello.webhook import sign, verify
 from workflows.monkey import next_card

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from photo_samples import jpeg_bytes, png_bytes, webp_bytes
 
+from factorylm.models.photos import PhotoRef
 from factorylm.photos.assets import asset_in_text, exact_asset
 from factorylm.photos.images import PhotoRejected, PhotoTooLarge, check_image
-from factorylm.photos.models import PhotoRef
 from factorylm.photos.store import FilesystemPhotoStore, PhotoStoreError, photo_store_for
 from factorylm.photos.vision import Image, PhotoAnalyst
 from factorylm.settings import load_settings

@@ -7,7 +7,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.planning import choose_action
 from activities.plc_write import same_value, validate_write
-from factorylm.models import PlcWriteInput
+from factorylm.models.plc_writes import PlcWriteInput
 from factorylm.plant import load_plant
 from factorylm.settings import PROJECT_ROOT
 from helpers import make_alert as alert

@@ -1,0 +1,146 @@
+"""The product's own processes and the embedded default's parts: `db`, `temporal`, `doctor`,
+`probe`, `worker`, `ingest`, `api`, `serve`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+
+from app.commands import Command, SubParsers
+from factorylm.settings import Settings
+
+
+def _db(settings: Settings, action: str) -> int:
+    from app.pgcluster import Cluster, ClusterError
+    from factorylm.db.pool import prepare_database
+
+    cluster = Cluster.from_settings(settings)
+    try:
+        if action == "start":
+            started = cluster.start()
+            asyncio.run(prepare_database(settings))
+            print(
+                f"PostgreSQL {'started' if started else 'already running'} on "
+                f"{settings.pg_host}:{settings.pg_port}, database {settings.pg_database} migrated"
+            )
+        elif action == "stop":
+            print("PostgreSQL stopped" if cluster.stop() else "PostgreSQL was not running")
+        else:
+            print("running" if cluster.running() else "stopped")
+    except ClusterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _temporal(settings: Settings, action: str) -> int:
+    from temporal.devserver import DevServer, DevServerError
+
+    server = DevServer(settings)
+    try:
+        if action == "start":
+            started = server.start()
+            print(
+                f"Temporal {'started' if started else 'already running'} on "
+                f"{settings.temporal_address}; Web UI {settings.temporal_ui_url}"
+            )
+        elif action == "stop":
+            print("Temporal stopped" if server.stop() else "Temporal was not started by factorylm")
+        else:
+            print("running" if server.running() else "stopped")
+    except DevServerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _serve(settings: Settings, *, agents: bool, edge: bool, ingest: bool, api: bool) -> None:
+    from app.stack import Stack
+    from factorylm.plant import load_plant
+    from factorylm.temporal_client import connect
+
+    client = await connect(settings)
+    stack = Stack(
+        settings,
+        load_plant(settings.plant_file),
+        client,
+        run_agents_worker=agents,
+        run_edge_worker=edge,
+        run_ingest=ingest,
+        run_api=api,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stack.start()
+    try:
+        await stop.wait()
+    finally:
+        await stack.stop()
+
+
+def _doctor(settings: Settings) -> int:
+    from app.doctor import report, run_checks
+
+    text, code = report(asyncio.run(run_checks(settings)))
+    print(text)
+    return code
+
+
+def add_parsers(sub: SubParsers) -> None:
+    for name, what in (
+        ("db", "the embedded PostgreSQL cluster"),
+        ("temporal", "the Temporal dev server"),
+    ):
+        p = sub.add_parser(name, help=f"start, stop or check {what}")
+        p.add_argument("action", choices=["start", "stop", "status"])
+    sub.add_parser("doctor", help="check every part and say how to fix what is missing")
+    sub.add_parser("probe", help="health check for containers: PostgreSQL and Temporal answer")
+    worker = sub.add_parser("worker", help="run the Temporal workers")
+    worker.add_argument(
+        "--queue",
+        choices=["agents", "plc-edge", "all"],
+        default="all",
+        help="agents: workflows and agent activities; plc-edge: PLC writes (run it where the "
+        "PLCs are reachable); all: both (default)",
+    )
+    sub.add_parser("ingest", help="run the ingest process (collectors, writer, drift detector)")
+    sub.add_parser("api", help="run the HTTP API")
+    sub.add_parser("serve", help="run workers, ingest and API in one process")
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    cmd = args.command
+    if cmd == "db":
+        return _db(settings, args.action)
+    if cmd == "temporal":
+        return _temporal(settings, args.action)
+    if cmd == "doctor":
+        return _doctor(settings)
+    if cmd == "probe":
+        from app.doctor import probe, report
+
+        text, code = report(asyncio.run(probe(settings)))
+        print(text)
+        return code
+    queue = getattr(args, "queue", "all")
+    asyncio.run(
+        _serve(
+            settings,
+            agents=cmd == "serve" or (cmd == "worker" and queue in ("agents", "all")),
+            edge=cmd == "serve" or (cmd == "worker" and queue in ("plc-edge", "all")),
+            ingest=cmd in ("ingest", "serve"),
+            api=cmd in ("api", "serve"),
+        )
+    )
+    return 0
+
+
+COMMAND = Command(
+    names=("db", "temporal", "doctor", "probe", "worker", "ingest", "api", "serve"),
+    add_parsers=add_parsers,
+    run=run,
+)

@@ -1,0 +1,95 @@
+"""The product's processes, startable together in one event loop (demo, tests) or one by one
+(`factorylm worker|ingest|api`): workers, ingest and the API over a shared database pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+import asyncpg
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.plc_write import PlcWriteActivities
+from api.app import create_app
+from api.serving import AppServer
+from factorylm.db.pool import create_pool, prepare_database
+from factorylm.plant import Plant
+from factorylm.settings import Settings
+from ingest.drift import DriftConfig
+from ingest.service import IngestService
+from temporal.schedules import ensure_schedules
+from workers import agents, plc_edge
+
+log = logging.getLogger(__name__)
+
+
+def drift_config(settings: Settings) -> DriftConfig:
+    return DriftConfig(
+        window_s=settings.drift_window_s,
+        threshold_sigma=settings.drift_threshold_sigma,
+        clear_sigma=settings.drift_clear_sigma,
+        on_delay_s=settings.drift_on_delay_s,
+    )
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    plant: Plant
+    client: Client
+    run_agents_worker: bool = True
+    run_edge_worker: bool = True
+    run_ingest: bool = True
+    run_api: bool = True
+    pool: asyncpg.Pool | None = None
+    ingest: IngestService | None = None
+    _workers: list[Worker] = field(default_factory=list)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _api: AppServer | None = None
+    _closers: list[PlcWriteActivities] = field(default_factory=list)
+
+    async def start(self) -> None:
+        await prepare_database(self.settings)
+        self.pool = await create_pool(self.settings)
+        if self.run_agents_worker:
+            await ensure_schedules(self.client, self.settings)
+            self._workers.append(
+                agents.build_worker(self.client, self.pool, self.plant, self.settings)
+            )
+        if self.run_edge_worker:
+            edge_worker, writes = plc_edge.build_worker(
+                self.client, self.pool, self.plant, self.settings
+            )
+            self._workers.append(edge_worker)
+            self._closers.append(writes)
+        for worker in self._workers:
+            self._tasks.append(asyncio.create_task(worker.run()))
+        if self.run_ingest:
+            self.ingest = IngestService(
+                self.settings, self.plant, self.client, drift=drift_config(self.settings)
+            )
+            await self.ingest.start()
+        if self.run_api:
+            self._api = AppServer(
+                create_app(self.settings, self.client, self.pool),
+                self.settings.api_host,
+                self.settings.api_port,
+            )
+            await self._api.start()  # raises the bind error, e.g. port in use
+
+    async def stop(self) -> None:
+        """Ingest first (flushes every accepted sample), then the API, then the workers."""
+        if self.ingest is not None:
+            await self.ingest.stop()
+        if self._api is not None:
+            await self._api.stop()
+        for worker in self._workers:
+            await worker.shutdown()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for closer in self._closers:
+            await closer.close()
+        if self.pool is not None:
+            await self.pool.close()

@@ -1,0 +1,172 @@
+"""Drift benchmarks: alarm-to-workflow latency, and a drift storm that must stay 50 workflows."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from temporalio.client import Client
+
+from dev.bench.report import p99_line
+from dev.simulator.modbus import SimulatedModbusPlc
+from dev.simulator.signals import FaultKind
+from factorylm.models.drift import DriftAlert
+from factorylm.plant import Plant, Protocol, load_plant
+from factorylm.settings import Settings
+from factorylm.temporal_client import connect
+from factorylm.waiting import wait_for
+from ingest.alerts import WorkflowStarter
+from ingest.drift import DriftConfig
+from ingest.service import IngestService
+from temporal.devserver import DevServer
+from workflows.drift_response import DriftResponseWorkflow
+
+
+@asynccontextmanager
+async def temporal_client(settings: Settings) -> AsyncIterator[Client]:
+    server = DevServer(settings)
+    started = await asyncio.to_thread(server.start)
+    try:
+        yield await connect(settings)
+    finally:
+        if started:
+            await asyncio.to_thread(server.stop)
+
+
+async def _terminate_open(client: Client, queue: str) -> int:
+    n = 0
+    async for wf in client.list_workflows(f"TaskQueue = '{queue}' AND ExecutionStatus = 'Running'"):
+        await client.get_workflow_handle(wf.id).terminate("benchmark done")
+        n += 1
+    return n
+
+
+def _at_least(items: list[Any], n: int) -> Callable[[], bool]:
+    return lambda: len(items) >= n
+
+
+def _alert(plc: str, metric: str, sigma: float) -> DriftAlert:
+    now = datetime.now(UTC)
+    return DriftAlert(
+        plc_id=plc,
+        vendor="bench",
+        metric=metric,
+        sigma=sigma,
+        window_mean=sigma,
+        window_count=10,
+        window_seconds=1,
+        baseline_mean=0,
+        baseline_std=1,
+        sample_time=now,
+        detected_at=now,
+    )
+
+
+async def drift_storm_workflows(settings: Settings) -> dict[str, Any]:
+    """10 000 alarms over 50 PLC·metric pairs within 10 s must become exactly 50 workflows."""
+    tag = uuid.uuid4().hex[:6]
+    queue = f"bench-storm-{tag}"  # no worker polls it: workflows stay open to be counted
+    pairs = [(f"storm{tag}-{p}", m) for p in range(10) for m in ("a", "b", "c", "d", "e")]
+    async with temporal_client(settings) as client:
+        starter = WorkflowStarter(client, queue)
+        t0 = time.perf_counter()
+        for second in range(10):
+            batch = [_alert(*pairs[i % len(pairs)], 3.0) for i in range(1000)]
+            await asyncio.gather(*(starter.start(a) for a in batch[: len(batch) // 2]))
+            for a in batch[len(batch) // 2 :]:
+                starter(a)
+            await asyncio.sleep(max(0.0, (second + 1) - (time.perf_counter() - t0)))
+        await starter.drain()
+        elapsed = time.perf_counter() - t0
+        query = f"TaskQueue = '{queue}'"
+        created = 0
+        for _ in range(100):  # visibility is eventually consistent
+            created = (await client.count_workflows(query)).count
+            if created >= len(pairs):
+                break
+            await asyncio.sleep(0.1)
+        await _terminate_open(client, queue)
+    return {
+        "bench": "drift_storm_workflows",
+        "value": created,
+        "unit": "workflows",
+        "anchor": len(pairs),
+        "ratio": round(created / len(pairs), 3),
+        "triggers": starter.triggers,
+        "start_calls_saved": starter.calls_saved,
+        "rpc_calls": starter.calls,
+        "seconds": round(elapsed, 2),
+    }
+
+
+async def drift_to_workflow_p99_ms(settings: Settings, faults: int = 100) -> dict[str, Any]:
+    """From the stored time of the sample that crossed the threshold to the workflow's start."""
+    from dev.fakes.server import free_port
+
+    template = next(
+        p for p in load_plant(settings.plant_file).plcs if p.protocol is Protocol.MODBUS_TCP
+    )
+    plc = template.model_copy(update={"id": f"bench-{uuid.uuid4().hex[:6]}", "port": free_port()})
+    plant = Plant(name="bench", plcs=[plc], actions=[])
+    queue = f"bench-drift-{plc.id}"
+    s = settings.model_copy(update={"task_queue": queue})
+    metrics = [m.name for m in plc.metrics]
+    latencies: list[float] = []
+    sim = SimulatedModbusPlc(plc, seed=11)
+    await sim.start()
+    try:
+        async with temporal_client(s) as client:
+            anchor_rpcs = []
+            for i in range(50):
+                t0 = time.perf_counter()
+                h = await client.start_workflow(
+                    DriftResponseWorkflow.run,
+                    _alert(plc.id, f"anchor{i}", 3.0),
+                    id=f"anchor-{plc.id}-{i}",
+                    task_queue=queue,
+                )
+                anchor_rpcs.append((time.perf_counter() - t0) * 1000)
+                await h.terminate("anchor")
+            ingest = IngestService(s, plant, client, drift=DriftConfig(window_s=0.5, min_samples=1))
+            await ingest.start()
+            try:
+                seen = 0
+                while len(latencies) < faults:
+                    for m in metrics:
+                        sim.inject(m, FaultKind.STEP, 8.0)
+                    want = seen + len(metrics)
+                    await wait_for(
+                        "the fault's workflows",
+                        _at_least(ingest.starter.started, want),
+                        interval_s=0.005,
+                    )
+                    for started in ingest.starter.started[seen:want]:
+                        handle = client.get_workflow_handle(started.workflow_id)
+                        desc = await handle.describe()
+                        lag = desc.start_time - started.alert.sample_time
+                        latencies.append(lag.total_seconds() * 1000)
+                        await handle.terminate("benchmark")
+                    seen = want
+                    sim.clear()
+                    await wait_for(
+                        "the alarms to clear",
+                        lambda: not any(ingest.detector.alarmed(plc.id, m) for m in metrics),
+                    )
+                    await asyncio.sleep(ingest.starter.coalesce_s)  # next fault is a new episode
+            finally:
+                await ingest.stop()
+            await _terminate_open(client, queue)
+    finally:
+        await sim.stop()
+    return p99_line(
+        "drift_to_workflow_p99_ms",
+        latencies[:faults],
+        anchor_rpcs,
+        "p99 of a bare start_workflow round trip",
+        faults=len(latencies[:faults]),
+    )

@@ -1,0 +1,109 @@
+"""The plant simulator: one real protocol peer per PLC in a plant file, with run-time faults."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from dev.simulator.control import ControlServer
+from dev.simulator.peer import SimulatedPeer
+from dev.simulator.signals import FaultError, FaultKind
+from factorylm.plant import Plant, Plc, Protocol
+
+log = logging.getLogger(__name__)
+
+
+def peer_for(plc: Plc, *, seed: int = 0) -> SimulatedPeer:
+    if plc.protocol is Protocol.MODBUS_TCP:
+        from dev.simulator.modbus import SimulatedModbusPlc
+
+        return SimulatedModbusPlc(plc, seed=seed)
+    if plc.protocol is Protocol.MODBUS_RTU:
+        from dev.simulator.modbus import SimulatedModbusRtuPlc
+
+        return SimulatedModbusRtuPlc(plc, seed=seed)
+    if plc.protocol is Protocol.S7:
+        from dev.simulator.s7 import SimulatedS7Plc
+
+        return SimulatedS7Plc(plc, seed=seed)
+    from dev.simulator.logix import SimulatedLogixPlc
+
+    return SimulatedLogixPlc(plc, seed=seed)
+
+
+class PlantSimulator:
+    def __init__(
+        self,
+        plant: Plant,
+        *,
+        seed: int = 0,
+        control_host: str = "127.0.0.1",
+        control_port: int | None = None,
+        only: set[Protocol] | None = None,
+    ) -> None:
+        self.plant = plant
+        self.peers: dict[str, SimulatedPeer] = {
+            plc.id: peer_for(plc, seed=seed)
+            for plc in plant.plcs
+            if only is None or plc.protocol in only
+        }
+        self.control = (
+            ControlServer(self, control_host, control_port) if control_port is not None else None
+        )
+        self._started: list[SimulatedPeer] = []
+
+    async def start(self) -> None:
+        try:
+            for peer in self.peers.values():
+                await peer.start()
+                self._started.append(peer)
+            if self.control is not None:
+                await self.control.start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        if self.control is not None:
+            await self.control.stop()
+        started, self._started = self._started, []
+        results = await asyncio.gather(*(p.stop() for p in started), return_exceptions=True)
+        for peer, result in zip(started, results, strict=True):
+            if isinstance(result, Exception):
+                log.warning("stopping simulated %s failed: %s", peer.plc.id, result)
+
+    def peer(self, plc_id: str) -> SimulatedPeer:
+        peer = self.peers.get(plc_id)
+        if peer is None:
+            raise FaultError(f"no simulated PLC {plc_id!r}; simulated: {', '.join(self.peers)}")
+        return peer
+
+    async def inject(
+        self, plc_id: str, metric: str | None, kind: FaultKind | str, size_sigma: float = 0.0
+    ) -> None:
+        peer = self.peer(plc_id)
+        try:
+            kind = FaultKind(kind)
+        except ValueError:
+            kinds = ", ".join(k.value for k in FaultKind)
+            raise FaultError(f"unknown fault kind {kind!r}; kinds: {kinds}") from None
+        if kind is FaultKind.OFFLINE:
+            await peer.set_offline(True)
+            return
+        if not metric:
+            raise FaultError(f"a {kind} fault needs a metric")
+        try:
+            peer.inject(metric, kind, size_sigma)
+        except KeyError as exc:
+            raise FaultError(str(exc.args[0])) from None
+
+    async def clear(self, plc_id: str | None = None, metric: str | None = None) -> None:
+        """Clear one metric's fault, or every fault of a PLC (bringing it back online)."""
+        peers = [self.peer(plc_id)] if plc_id else list(self.peers.values())
+        for peer in peers:
+            peer.clear(metric)
+            if metric is None:
+                await peer.set_offline(False)
+
+    def faults(self) -> dict[str, dict[str, str]]:
+        return {plc_id: peer.faults() for plc_id, peer in self.peers.items()}
