@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import asyncpg
 from temporalio import activity
@@ -224,15 +222,3 @@ def _outcome(row: asyncpg.Record) -> CardOutcome:
         input_tokens=row["input_tokens"],
         output_tokens=row["output_tokens"],
     )
-
-
-def monkey_activities(pool: asyncpg.Pool, settings: Settings) -> list[Callable[..., Any]]:
-    """What the agents worker registers for the Monkey (send_message comes from notify)."""
-    monkey = MonkeyActivities(pool, settings)
-    return [
-        monkey.read_sprint,
-        monkey.update_card,
-        monkey.execute_card,
-        monkey.progress_report,
-        BudgetActivities(pool, settings).check_budget,
-    ]

@@ -7,8 +7,6 @@ Messages go out through the `send_message` activity and work orders through
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Any
 
 import asyncpg
 from temporalio import activity
@@ -27,7 +25,7 @@ from factorylm.models.photos import (
 )
 from factorylm.models.work_orders import AttachmentRef
 from factorylm.photos.assets import asset_in_text, exact_asset
-from factorylm.photos.store import PhotoStore, PhotoStoreError, photo_store_for
+from factorylm.photos.store import PhotoStore, PhotoStoreError
 from factorylm.photos.vision import Image, PhotoAnalyst
 from factorylm.plant import Plant
 from factorylm.settings import Settings
@@ -143,17 +141,3 @@ class PhotoActivities:
             req.analysis.model_dump_json() if req.analysis else None,
             req.work_order_id,
         )
-
-
-def photo_activities(
-    pool: asyncpg.Pool, plant: Plant, settings: Settings
-) -> list[Callable[..., Any]]:
-    acts = PhotoActivities(pool, plant, settings, photo_store_for(settings))
-    return [
-        acts.analyse_photo,
-        acts.resolve_asset,
-        acts.ask_for_asset,
-        acts.close_asset_question,
-        acts.photo_attachment,
-        acts.record_photo,
-    ]

@@ -12,8 +12,9 @@ from collections.abc import Sequence
 import asyncpg
 import numpy as np
 
-from factorylm.embeddings import Embedder, Vector, to_pgvector
+from factorylm.embeddings import Embedder, Vector, get_embedder, to_pgvector
 from factorylm.models.agents import OutcomeKind, SimilarEvent
+from factorylm.settings import Settings
 
 _SIMILAR_SQL = """
 SELECT id, plc_id, vendor, metric, magnitude_sigma, detected_at, text, outcome, outcome_kind,
@@ -129,3 +130,8 @@ class VectorMemory:
             resolved,
         )
         return bool(status == "UPDATE 1")
+
+
+def vector_memory(pool: asyncpg.Pool, settings: Settings) -> VectorMemory:
+    """The memory of past events with the configured embedding model and search effort."""
+    return VectorMemory(pool, get_embedder(settings), ef_search=settings.memory_ef_search)

@@ -11,16 +11,13 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from factorylm.protocols import PROTOCOLS, Protocol
+
+__all__ = ["Protocol"]  # re-exported: the plant file's protocol names
+
 
 class PlantConfigError(ValueError):
     """The plant file is missing or invalid; the message names the file and the field."""
-
-
-class Protocol(StrEnum):
-    MODBUS_TCP = "modbus_tcp"
-    MODBUS_RTU = "modbus_rtu"
-    S7 = "s7"
-    LOGIX = "logix"
 
 
 class Policy(StrEnum):
@@ -32,10 +29,6 @@ class Policy(StrEnum):
 RegisterType = Literal["u16", "i16", "u32", "i32", "f32"]
 # S7 data-block and Logix tag types (the PLC's own names, lower-cased).
 PlcDataType = Literal["real", "int", "dint", "bool"]
-
-MODBUS_TYPES: frozenset[str] = frozenset({"u16", "i16", "u32", "i32", "f32"})
-PLC_TYPES: frozenset[str] = frozenset({"real", "int", "dint", "bool"})
-DEFAULT_PORTS = {"modbus_tcp": 502, "s7": 102, "logix": 44818}
 
 
 class _Strict(BaseModel):
@@ -115,36 +108,29 @@ class Plc(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"point names must be unique, repeated: {', '.join(dupes)}")
-        if self.protocol is Protocol.MODBUS_RTU and not self.serial_port:
-            raise ValueError("a modbus_rtu PLC needs serial_port (e.g. /dev/ttyUSB0)")
-        modbus = self.protocol in (Protocol.MODBUS_TCP, Protocol.MODBUS_RTU)
-        allowed = MODBUS_TYPES if modbus else PLC_TYPES
+        spec = PROTOCOLS[self.protocol]
+        if spec.needs_serial_port and not self.serial_port:
+            raise ValueError(f"a {self.protocol} PLC needs serial_port (e.g. /dev/ttyUSB0)")
         for point in [*self.metrics, *self.setpoints]:
-            missing = self._missing_address(point)
+            missing = spec.missing_address(point)
             if missing:
                 raise ValueError(
                     f"point {point.name!r} needs {missing} for protocol {self.protocol}"
                 )
-            if point.type not in allowed:
+            if point.type not in spec.point_types:
                 raise ValueError(
                     f"point {point.name!r}: type {point.type!r} is not a {self.protocol} type; "
-                    f"use one of {', '.join(sorted(allowed))}"
+                    f"use one of {', '.join(sorted(spec.point_types))}"
                 )
-            if self.protocol is Protocol.S7 and point.type == "bool" and point.bit is None:
-                raise ValueError(f"point {point.name!r}: an S7 bool needs bit (0-7)")
+            problem = spec.check_point(point)
+            if problem:
+                raise ValueError(f"point {point.name!r}: {problem}")
         return self
 
     @property
     def tcp_port(self) -> int:
         """The configured port, or the protocol's standard one."""
-        return self.port or DEFAULT_PORTS.get(self.protocol.value, 502)
-
-    def _missing_address(self, point: Point) -> str | None:
-        if self.protocol in (Protocol.MODBUS_TCP, Protocol.MODBUS_RTU):
-            return "register" if point.address is None else None
-        if self.protocol is Protocol.S7:
-            return "db and offset" if point.db is None or point.offset is None else None
-        return "tag" if not point.tag else None
+        return self.port or PROTOCOLS[self.protocol].default_port or 502
 
     def point(self, name: str) -> Point | None:
         for point in [*self.metrics, *self.setpoints]:

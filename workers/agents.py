@@ -1,4 +1,4 @@
-"""The agents worker: workflows plus every activity except PLC writes."""
+"""The agents worker: every workflow, and every activity except PLC writes."""
 
 from __future__ import annotations
 
@@ -9,18 +9,30 @@ import asyncpg
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities.agents.registry import agent_activities, vector_memory
+from activities.agents.alarm_triage import AlarmTriage
+from activities.agents.manual_hunter import ManualHunter
+from activities.agents.outcomes import OutcomeActivities
+from activities.agents.watchman import Watchman
+from activities.agents.weaver import Weaver
 from activities.baselines import BaselineActivities
+from activities.budget import BudgetActivities
 from activities.cmms import CmmsActivities
 from activities.events import EventActivities
 from activities.health import HealthActivities
-from activities.monkey import monkey_activities
+from activities.monkey import MonkeyActivities
 from activities.notify import NotifyActivities
-from activities.photos import photo_activities
+from activities.photos import PhotoActivities
 from activities.planning import PlanningActivities
+from factorylm.embeddings import get_embedder
+from factorylm.llm import build_router
+from factorylm.manuals import ManualStore
+from factorylm.memory import vector_memory
+from factorylm.photos.store import photo_store_for
 from factorylm.plant import Plant
 from factorylm.settings import Settings
+from workers.registry import bind
 from workflows.baseline import BaselineWorkflow
+from workflows.conductor import ROUTES
 from workflows.drift_response import DriftResponseWorkflow
 from workflows.health import DailySummaryWorkflow, HealthMonitorWorkflow
 from workflows.monkey import MonkeyReportWorkflow, MonkeyWorkflow
@@ -38,38 +50,86 @@ WORKFLOWS: list[type] = [
     PhotoIntakeWorkflow,
 ]
 
+# The Monkey's own (it also sends messages through NotifyActivities.send_message).
+MONKEY_ACTIVITIES: list[Callable[..., Any]] = [
+    MonkeyActivities.read_sprint,
+    MonkeyActivities.update_card,
+    MonkeyActivities.execute_card,
+    MonkeyActivities.progress_report,
+    BudgetActivities.check_budget,
+]
 
-def activities(pool: asyncpg.Pool, plant: Plant, settings: Settings) -> list[Callable[..., Any]]:
-    notify = NotifyActivities(pool, settings)
+ACTIVITIES: list[Callable[..., Any]] = [
+    # drift response
+    EventActivities.record_drift_event,
+    PlanningActivities.plan_response,
+    *(route.activity for route in ROUTES.values()),  # the Conductor's agents
+    CmmsActivities.open_work_order,
+    # people
+    NotifyActivities.request_approval,
+    NotifyActivities.close_approval,
+    NotifyActivities.send_message,
+    NotifyActivities.request_outcome,
+    NotifyActivities.close_outcome,
+    NotifyActivities.send_report,
+    OutcomeActivities.record_outcome,
+    # baselines and health
+    BaselineActivities.compute_baselines,
+    HealthActivities.check_health,
+    HealthActivities.update_incidents,
+    HealthActivities.restart_collectors,
+    HealthActivities.daily_summary,
+    *MONKEY_ACTIVITIES,
+    # photos
+    PhotoActivities.analyse_photo,
+    PhotoActivities.resolve_asset,
+    PhotoActivities.ask_for_asset,
+    PhotoActivities.close_asset_question,
+    PhotoActivities.photo_attachment,
+    PhotoActivities.record_photo,
+]
+
+
+def instances(client: Client, pool: asyncpg.Pool, plant: Plant, settings: Settings) -> list[object]:
+    """One instance per activity class, holding what its activities need."""
+    memory = vector_memory(pool, settings)
+    router = build_router(settings, pool)
+    manuals = ManualStore(pool, get_embedder(settings), ef_search=settings.memory_ef_search)
     return [
-        BaselineActivities(pool).compute_baselines,
-        notify.send_report,
-        notify.close_approval,
-        notify.send_message,
-        notify.request_outcome,
-        notify.close_outcome,
-        EventActivities(pool, vector_memory(pool, settings)).record_drift_event,
-        PlanningActivities(plant, settings).plan_response,
-        notify.request_approval,
-        CmmsActivities(pool, settings).open_work_order,
-        *agent_activities(pool, plant, settings),
-        *monkey_activities(pool, settings),
-        *photo_activities(pool, plant, settings),
+        EventActivities(pool, memory),
+        PlanningActivities(plant, settings),
+        ManualHunter(manuals),
+        AlarmTriage(memory, router),
+        Watchman(pool),
+        Weaver(plant, router),
+        CmmsActivities(pool, settings),
+        NotifyActivities(pool, settings),
+        OutcomeActivities(memory, router),
+        BaselineActivities(pool),
+        # The health checks ask Temporal itself (task-queue pollers, schedules): the client.
+        HealthActivities(pool, client, plant, settings.temporal_namespace),
+        MonkeyActivities(pool, settings),
+        BudgetActivities(pool, settings),
+        PhotoActivities(pool, plant, settings, photo_store_for(settings)),
     ]
 
 
+def monkey_activities(pool: asyncpg.Pool, settings: Settings) -> list[Callable[..., Any]]:
+    """The Monkey's activities and the message sender, for a worker that runs only the Monkey."""
+    return bind(
+        [*MONKEY_ACTIVITIES, NotifyActivities.send_message],
+        [
+            MonkeyActivities(pool, settings),
+            BudgetActivities(pool, settings),
+            NotifyActivities(pool, settings),
+        ],
+    )
+
+
 def build_worker(client: Client, pool: asyncpg.Pool, plant: Plant, settings: Settings) -> Worker:
-    # The health checks ask Temporal itself (task-queue pollers, schedules): they need the client.
-    health = HealthActivities(pool, client, plant, settings.temporal_namespace)
     return Worker(
         client,
         task_queue=settings.task_queue,
         workflows=WORKFLOWS,
-        activities=[
-            *activities(pool, plant, settings),
-            health.check_health,
-            health.update_incidents,
-            health.restart_collectors,
-            health.daily_summary,
-        ],
+        activities=bind(ACTIVITIES, instances(client, pool, plant, settings)),
     )

@@ -5,6 +5,9 @@ Deploy it where the PLCs are reachable; it checks every request against its own 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import asyncpg
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -12,6 +15,9 @@ from temporalio.worker import Worker
 from activities.plc_write import PlcWriteActivities
 from factorylm.plant import Plant
 from factorylm.settings import Settings
+from workers.registry import bind
+
+ACTIVITIES: list[Callable[..., Any]] = [PlcWriteActivities.write_plc_setpoint]
 
 
 def build_worker(
@@ -21,7 +27,7 @@ def build_worker(
     worker = Worker(
         client,
         task_queue=settings.plc_task_queue,
-        activities=[writes.write_plc_setpoint],
+        activities=bind(ACTIVITIES, [writes]),
         # One write at a time per edge worker: PLC writes are rare and must not interleave.
         max_concurrent_activities=1,
     )

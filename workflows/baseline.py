@@ -12,6 +12,8 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
+    from activities.baselines import BaselineActivities
+    from activities.notify import NotifyActivities
     from factorylm.models.baselines import (
         BaselineReport,
         BaselineWorkflowInput,
@@ -30,8 +32,8 @@ class BaselineWorkflow:
         end = workflow.now()
         start = end - timedelta(hours=params.window_hours)
         workflow.set_current_details(f"computing baselines over {params.window_hours:g} h")
-        report: BaselineReport = await workflow.execute_activity(
-            "compute_baselines",
+        report: BaselineReport = await workflow.execute_activity_method(
+            BaselineActivities.compute_baselines,
             ComputeBaselinesInput(
                 run_key=f"{info.workflow_id}/{info.run_id}",
                 window_start=start,
@@ -41,10 +43,9 @@ class BaselineWorkflow:
             ),
             start_to_close_timeout=timedelta(minutes=10),
             retry_policy=_RETRY,
-            result_type=BaselineReport,
         )
-        await workflow.execute_activity(
-            "send_report",
+        await workflow.execute_activity_method(
+            NotifyActivities.send_report,
             SendReportInput(
                 dedup_key=f"baselines/{info.workflow_id}/{info.run_id}",
                 subject=f"{len(report.baselines)} baselines, {len(report.skipped)} skipped",

@@ -19,14 +19,13 @@ from temporalio.workflow import ParentClosePolicy
 from workflows.replies import replied_within
 
 with workflow.unsafe.imports_passed_through():
+    from activities.cmms import CmmsActivities
+    from activities.events import EventActivities
+    from activities.notify import NotifyActivities
+    from activities.planning import PlanningActivities
+    from activities.plc_write import PlcWriteActivities
     from factorylm.errors import PLC_SAFETY_ERRORS
     from factorylm.models.agents import (
-        AlarmTriageInput,
-        ManualHunterInput,
-        ManualHunterResult,
-        TriageResult,
-        WatchmanInput,
-        WatchmanResult,
         WeaverInput,
         WeaverReport,
     )
@@ -50,7 +49,7 @@ with workflow.unsafe.imports_passed_through():
     from factorylm.models.work_orders import OpenWorkOrderInput, WorkOrderPriority, WorkOrderRef
     from factorylm.plant import ActionKind, Policy
     from factorylm.temporal_client import SEVERITY
-    from workflows.conductor import Agent, EventType, agents_for, manual_query, watch_window_s
+    from workflows.conductor import ROUTES, Agent, AgentAsk, EventType, agents_for
     from workflows.outcome_followup import OutcomeFollowUpWorkflow
 
 _SHORT = timedelta(seconds=30)
@@ -69,12 +68,6 @@ _AGENT_TIMEOUT = timedelta(seconds=90)
 _AGENT_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=5), maximum_attempts=3
 )
-_AGENT_RESULT: dict[Agent, type] = {
-    Agent.MANUAL_HUNTER: ManualHunterResult,
-    Agent.ALARM_TRIAGE: TriageResult,
-    Agent.WATCHMAN: WatchmanResult,
-    Agent.WEAVER: WeaverReport,
-}
 
 
 def _trace_line(alert: DriftAlert) -> list[str]:
@@ -97,23 +90,21 @@ class DriftResponseWorkflow:
         info = workflow.info()
         workflow.upsert_search_attributes([SEVERITY.value_set(alert.severity.value)])
         self._set_status("recording event")
-        event_id: int = await workflow.execute_activity(
-            "record_drift_event",
+        event_id: int = await workflow.execute_activity_method(
+            EventActivities.record_drift_event,
             RecordEventInput(workflow_id=info.workflow_id, alert=alert),
             start_to_close_timeout=_SHORT,
             retry_policy=_RETRY,
-            result_type=int,
         )
         report = await self._consult_agents(event_id, alert)
         self._set_status("planning response")
-        plan: ResponsePlan = await workflow.execute_activity(
-            "plan_response",
+        plan: ResponsePlan = await workflow.execute_activity_method(
+            PlanningActivities.plan_response,
             PlanResponseInput(
                 event_id=event_id, alert=alert, proposals=report.proposals if report else []
             ),
             start_to_close_timeout=_SHORT,
             retry_policy=_RETRY,
-            result_type=ResponsePlan,
         )
         proposal = plan.proposal
         outcome = "no_action"
@@ -160,8 +151,8 @@ class DriftResponseWorkflow:
                     )
 
         self._set_status("opening work order")
-        work_order: WorkOrderRef = await workflow.execute_activity(
-            "open_work_order",
+        work_order: WorkOrderRef = await workflow.execute_activity_method(
+            CmmsActivities.open_work_order,
             OpenWorkOrderInput(
                 external_key=f"{info.workflow_id}/{info.run_id}",
                 title=f"{alert.metric} drift on {alert.plc_id} ({alert.sigma:+.1f}σ)",
@@ -179,7 +170,6 @@ class DriftResponseWorkflow:
             ),
             start_to_close_timeout=_WORK_ORDER_TIMEOUT,
             retry_policy=_RETRY,
-            result_type=WorkOrderRef,
         )
         if plan.approvers:
             summary = (
@@ -218,33 +208,19 @@ class DriftResponseWorkflow:
         """The Conductor's agents for a drift in parallel, then the Weaver's report."""
         workflow_id = workflow.info().workflow_id
         self._set_status("consulting agents")
-        inputs: dict[Agent, Any] = {
-            Agent.MANUAL_HUNTER: ManualHunterInput(
-                workflow_id=workflow_id, query=manual_query(alert)
-            ),
-            Agent.ALARM_TRIAGE: AlarmTriageInput(
-                workflow_id=workflow_id, event_id=event_id, alert=alert
-            ),
-            Agent.WATCHMAN: WatchmanInput(
-                workflow_id=workflow_id,
-                plc_id=alert.plc_id,
-                metric=alert.metric,
-                end=alert.detected_at,
-                window_s=watch_window_s(alert),
-                bucket_s=watch_window_s(alert) / 30,
-            ),
-        }
+        ask = AgentAsk(workflow_id=workflow_id, event_id=event_id, alert=alert)
         agents = agents_for(EventType.DRIFT)
         found = dict(
             zip(
                 agents,
-                await asyncio.gather(*(self._run_agent(a, inputs[a], alert) for a in agents)),
+                await asyncio.gather(*(self._run_agent(a, ask) for a in agents)),
                 strict=True,
             )
         )
         self._set_status("writing the report")
         report: WeaverReport | None = await self._run_agent(
             Agent.WEAVER,
+            ask,
             WeaverInput(
                 workflow_id=workflow_id,
                 event_id=event_id,
@@ -253,22 +229,25 @@ class DriftResponseWorkflow:
                 triage=found.get(Agent.ALARM_TRIAGE),
                 watchman=found.get(Agent.WATCHMAN),
             ),
-            alert,
         )
         if report is not None:
             self._brief = f"{report.summary}\n\n_{report.generated_by}_"
             self._summary = f"Agents ({report.generated_by}): {report.summary}"
         return report
 
-    async def _run_agent(self, agent: Agent, arg: Any, alert: DriftAlert) -> Any:
+    async def _run_agent(self, agent: Agent, ask: AgentAsk, arg: Any = None) -> Any:
+        route = ROUTES[agent]
+        if arg is None:
+            assert route.ask is not None, f"{agent} has no input for this event"
+            arg = route.ask(ask)
         try:
-            return await workflow.execute_activity(
-                agent.value,
+            return await workflow.execute_activity_method(
+                route.activity,
                 arg,
                 start_to_close_timeout=_AGENT_TIMEOUT,
                 retry_policy=_AGENT_RETRY,
-                result_type=_AGENT_RESULT[agent],
-                summary=f"{agent.name.replace('_', ' ').title()}: {alert.metric} on {alert.plc_id}",
+                summary=f"{agent.name.replace('_', ' ').title()}: "
+                f"{ask.alert.metric} on {ask.alert.plc_id}",
             )
         except ActivityError as err:
             workflow.logger.warning("agent %s failed, continuing without it: %s", agent, err.cause)
@@ -292,8 +271,8 @@ class DriftResponseWorkflow:
                 f"waiting for {recipient} to approve {proposal.action} (code {code})"
                 + (" — escalated" if attempt else "")
             )
-            await workflow.execute_activity(
-                "request_approval",
+            await workflow.execute_activity_method(
+                NotifyActivities.request_approval,
                 RequestApprovalInput(
                     workflow_id=wf_id,
                     code=code,
@@ -326,8 +305,8 @@ class DriftResponseWorkflow:
         return True, decision.approver, "approved"
 
     async def _close_requests(self, code: str, status: str, by: str | None) -> None:
-        await workflow.execute_activity(
-            "close_approval",
+        await workflow.execute_activity_method(
+            NotifyActivities.close_approval,
             CloseApprovalInput(
                 workflow_id=workflow.info().workflow_id, code=code, status=status, answered_by=by
             ),
@@ -336,8 +315,8 @@ class DriftResponseWorkflow:
         )
 
     async def _tell(self, key: str, recipients: list[str], body: str) -> None:
-        await workflow.execute_activity(
-            "send_message",
+        await workflow.execute_activity_method(
+            NotifyActivities.send_message,
             SendMessageInput(
                 dedup_key=f"{workflow.info().workflow_id}/{workflow.info().run_id}/{key}",
                 recipients=recipients,
@@ -357,8 +336,8 @@ class DriftResponseWorkflow:
         info = workflow.info()
         self._set_status(f"writing {proposal.action}")
         try:
-            result: PlcWriteResult = await workflow.execute_activity(
-                "write_plc_setpoint",
+            result: PlcWriteResult = await workflow.execute_activity_method(
+                PlcWriteActivities.write_plc_setpoint,
                 PlcWriteInput(
                     action_id=f"{info.workflow_id}/{info.run_id}/{proposal.action}",
                     workflow_id=info.workflow_id,
@@ -371,7 +350,6 @@ class DriftResponseWorkflow:
                 # A dead edge worker is noticed in seconds; the retry then finds the audit row.
                 heartbeat_timeout=timedelta(seconds=5),
                 retry_policy=_PLC_RETRY,
-                result_type=PlcWriteResult,
             )
         except ActivityError as err:
             cause = err.cause

@@ -10,6 +10,8 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
+    from activities.health import HealthActivities
+    from activities.notify import NotifyActivities
     from factorylm.models.health import (
         DailySummary,
         DailySummaryInput,
@@ -31,27 +33,25 @@ _RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3)
 class HealthMonitorWorkflow:
     @workflow.run
     async def run(self, req: HealthMonitorInput) -> HealthRunResult:
-        report: HealthReport = await workflow.execute_activity(
-            "check_health",
+        report: HealthReport = await workflow.execute_activity_method(
+            HealthActivities.check_health,
             HealthCheckInput(task_queues=req.task_queues, schedule_ids=req.schedule_ids),
             start_to_close_timeout=_SHORT,
             retry_policy=_RETRY,
-            result_type=HealthReport,
         )
-        update: IncidentUpdate = await workflow.execute_activity(
-            "update_incidents",
+        update: IncidentUpdate = await workflow.execute_activity_method(
+            HealthActivities.update_incidents,
             IncidentUpdateInput(report=report),
             start_to_close_timeout=_SHORT,
             retry_policy=_RETRY,
-            result_type=IncidentUpdate,
         )
         new_critical = [i for i in update.opened if i.critical]
         alerts = 0
         if new_critical and req.recipients:
             lines = [f"- {i.check} {i.subject}: {i.detail}" for i in new_critical]
             trace = f"\nTrace: {report.trace_id}" if report.trace_id else ""
-            alerts = await workflow.execute_activity(
-                "send_message",
+            alerts = await workflow.execute_activity_method(
+                NotifyActivities.send_message,
                 SendMessageInput(
                     dedup_key="health/" + ",".join(str(i.id) for i in new_critical),
                     recipients=req.recipients[:1],
@@ -60,12 +60,11 @@ class HealthMonitorWorkflow:
                 ),
                 start_to_close_timeout=_SHORT,
                 retry_policy=_RETRY,
-                result_type=int,
             )
         restart = [i.subject for i in new_critical if i.check == "collector"]
         if restart:
-            await workflow.execute_activity(
-                "restart_collectors",
+            await workflow.execute_activity_method(
+                HealthActivities.restart_collectors,
                 RestartCollectorsInput(plc_ids=restart),
                 start_to_close_timeout=_SHORT,
                 retry_policy=_RETRY,
@@ -88,18 +87,17 @@ class HealthMonitorWorkflow:
 class DailySummaryWorkflow:
     @workflow.run
     async def run(self, req: DailySummaryInput) -> DailySummary:
-        summary: DailySummary = await workflow.execute_activity(
-            "daily_summary",
+        summary: DailySummary = await workflow.execute_activity_method(
+            HealthActivities.daily_summary,
             req,
             start_to_close_timeout=timedelta(minutes=5),
             retry_policy=_RETRY,
-            result_type=DailySummary,
         )
         info = workflow.info()
         text = summary.as_text()
         if req.recipients:
-            await workflow.execute_activity(
-                "send_message",
+            await workflow.execute_activity_method(
+                NotifyActivities.send_message,
                 SendMessageInput(
                     dedup_key=f"daily/{info.workflow_id}/{info.run_id}",
                     recipients=req.recipients[:1],
@@ -109,8 +107,8 @@ class DailySummaryWorkflow:
                 start_to_close_timeout=_SHORT,
                 retry_policy=_RETRY,
             )
-        await workflow.execute_activity(
-            "send_report",
+        await workflow.execute_activity_method(
+            NotifyActivities.send_report,
             SendReportInput(
                 dedup_key=f"daily-report/{info.run_id}", subject="Daily summary", body=text
             ),

@@ -17,6 +17,9 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.budget import BudgetActivities
+    from activities.monkey import MonkeyActivities
+    from activities.notify import NotifyActivities
     from factorylm.models.messages import SendMessageInput
     from factorylm.models.monkey import (
         BLOCKED,
@@ -191,12 +194,11 @@ class MonkeyWorkflow:
     async def _cycle(self, params: MonkeyInput) -> bool:
         """One pass over Current Sprint; False when there was nothing to work on."""
         self._set("working", "reading Current Sprint")
-        snapshot: SprintSnapshot = await workflow.execute_activity(
-            "monkey_read_sprint",
+        snapshot: SprintSnapshot = await workflow.execute_activity_method(
+            MonkeyActivities.read_sprint,
             ReadSprintInput(board_id=params.board_id),
             start_to_close_timeout=_TRELLO_TIMEOUT,
             retry_policy=_RETRY,
-            result_type=SprintSnapshot,
         )
         for card in snapshot.cards:
             if card.needs_human and card.id not in self._counters.alerted_cards:
@@ -207,8 +209,8 @@ class MonkeyWorkflow:
         card = chosen
         self._set("working", f"budget check for {card.name} (~{card.estimated_tokens} tokens)")
         try:
-            await workflow.execute_activity(
-                "check_budget",
+            await workflow.execute_activity_method(
+                BudgetActivities.check_budget,
                 CheckBudgetInput(
                     agent=MONKEY_AGENT,
                     requested_tokens=card.estimated_tokens,
@@ -246,8 +248,8 @@ class MonkeyWorkflow:
         for attempt in (1, 2):
             self._set("working", f"{card.name}: attempt {attempt}")
             try:
-                outcome: CardOutcome = await workflow.execute_activity(
-                    "monkey_execute_card",
+                outcome: CardOutcome = await workflow.execute_activity_method(
+                    MonkeyActivities.execute_card,
                     ExecuteCardInput(
                         card=card,
                         attempt=attempt,
@@ -256,7 +258,6 @@ class MonkeyWorkflow:
                     ),
                     start_to_close_timeout=_EXECUTE_TIMEOUT,
                     retry_policy=_RETRY,
-                    result_type=CardOutcome,
                 )
             except ActivityError as exc:
                 refusal = budget_refusal(exc)
@@ -306,8 +307,8 @@ class MonkeyWorkflow:
     async def _update(
         self, params: MonkeyInput, card: SprintCard, to_list: str | None, comment: str | None
     ) -> None:
-        await workflow.execute_activity(
-            "monkey_update_card",
+        await workflow.execute_activity_method(
+            MonkeyActivities.update_card,
             UpdateCardInput(
                 board_id=params.board_id, card_id=card.id, to_list=to_list, comment=comment
             ),
@@ -320,8 +321,8 @@ class MonkeyWorkflow:
             f"FactoryLM Monkey: the card '{card.name}' needs a person (Human Action Required). "
             f"The Monkey skips it until it is done. {card.url}".strip()
         )
-        sent: int = await workflow.execute_activity(
-            "send_message",
+        sent: int = await workflow.execute_activity_method(
+            NotifyActivities.send_message,
             SendMessageInput(
                 dedup_key=f"monkey/human/{card.id}",
                 recipients=params.recipients,
@@ -330,7 +331,6 @@ class MonkeyWorkflow:
             ),
             start_to_close_timeout=timedelta(seconds=60),
             retry_policy=_RETRY,
-            result_type=int,
         )
         alerted = [*self._counters.alerted_cards, card.id][-_MAX_ALERTED:]
         self._counters = self._counters.model_copy(update={"alerted_cards": alerted})
@@ -343,13 +343,12 @@ class MonkeyReportWorkflow:
     @workflow.run
     async def run(self, params: MonkeyReportInput) -> bool:
         info = workflow.info()
-        sent: bool = await workflow.execute_activity(
-            "monkey_progress_report",
+        sent: bool = await workflow.execute_activity_method(
+            MonkeyActivities.progress_report,
             params.model_copy(
                 update={"report_key": f"monkey-report/{info.workflow_id}/{info.run_id}"}
             ),
             start_to_close_timeout=timedelta(minutes=2),
             retry_policy=_RETRY,
-            result_type=bool,
         )
         return sent

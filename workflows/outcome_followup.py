@@ -15,6 +15,8 @@ from temporalio.common import RetryPolicy
 from workflows.replies import replied_within
 
 with workflow.unsafe.imports_passed_through():
+    from activities.agents.outcomes import OutcomeActivities
+    from activities.notify import NotifyActivities
     from factorylm.models.agents import OutcomeRecord, RecordOutcomeInput
     from factorylm.models.outcomes import (
         CloseOutcomeInput,
@@ -35,8 +37,8 @@ class OutcomeFollowUpWorkflow:
     @workflow.run
     async def run(self, req: FollowUpInput) -> FollowUpResult:
         me = workflow.info().workflow_id
-        await workflow.execute_activity(
-            "request_outcome",
+        await workflow.execute_activity_method(
+            NotifyActivities.request_outcome,
             RequestOutcomeInput(
                 workflow_id=me,
                 event_id=req.event_id,
@@ -49,8 +51,8 @@ class OutcomeFollowUpWorkflow:
         )
         workflow.set_current_details(f"waiting for {req.recipient}'s report on {req.work_order_id}")
         await replied_within(lambda: self._answer is not None, req.wait_s, "outcome reply timer")
-        await workflow.execute_activity(
-            "close_outcome",
+        await workflow.execute_activity_method(
+            NotifyActivities.close_outcome,
             CloseOutcomeInput(workflow_id=me, answer=self._answer),
             start_to_close_timeout=_SHORT,
             retry_policy=_RETRY,
@@ -64,12 +66,11 @@ class OutcomeFollowUpWorkflow:
     async def _remember(self, event_id: int, text: str) -> bool:
         """The agents classify the report (resolved, false alarm, action taken) into the
         event's memory, so the next similar drift leads with what worked."""
-        record: OutcomeRecord = await workflow.execute_activity(
-            "record_outcome",
+        record: OutcomeRecord = await workflow.execute_activity_method(
+            OutcomeActivities.record_outcome,
             RecordOutcomeInput(event_id=event_id, text=text),
             start_to_close_timeout=timedelta(minutes=2),
             retry_policy=_RETRY,
-            result_type=OutcomeRecord,
         )
         workflow.set_current_details(f"outcome recorded: {record.kind}")
         return True

@@ -18,6 +18,9 @@ from temporalio.exceptions import ActivityError
 from workflows.replies import replied_within
 
 with workflow.unsafe.imports_passed_through():
+    from activities.cmms import CmmsActivities
+    from activities.notify import NotifyActivities
+    from activities.photos import PhotoActivities
     from factorylm.models.messages import SendMessageInput
     from factorylm.models.photos import (
         AnalysePhotoInput,
@@ -84,8 +87,8 @@ class PhotoIntakeWorkflow:
         analysis = await self._analyse(me, req)
 
         self._set_status("identifying the machine")
-        where: AssetResolution = await workflow.execute_activity(
-            "resolve_photo_asset",
+        where: AssetResolution = await workflow.execute_activity_method(
+            PhotoActivities.resolve_asset,
             ResolveAssetInput(
                 photo_id=photo_id,
                 explicit_asset_id=req.asset_id,
@@ -95,7 +98,6 @@ class PhotoIntakeWorkflow:
             ),
             start_to_close_timeout=_SHORT,
             retry_policy=_RETRY,
-            result_type=AssetResolution,
         )
         asset_id, found_by = where.asset_id, where.how
         if asset_id is None and where.ask is not None:
@@ -105,22 +107,20 @@ class PhotoIntakeWorkflow:
             workflow.upsert_search_attributes([ASSET_ID.value_set(asset_id)])
 
         self._set_status("opening the work order")
-        attachment: AttachmentRef = await workflow.execute_activity(
-            "photo_attachment",
+        attachment: AttachmentRef = await workflow.execute_activity_method(
+            PhotoActivities.photo_attachment,
             req.photo,
             start_to_close_timeout=_SHORT,
             retry_policy=_RETRY,
-            result_type=AttachmentRef,
         )
-        order: WorkOrderRef = await workflow.execute_activity(
-            "open_work_order",
+        order: WorkOrderRef = await workflow.execute_activity_method(
+            CmmsActivities.open_work_order,
             self._work_order(req, analysis, asset_id, found_by, attachment),
             start_to_close_timeout=timedelta(seconds=60),
             retry_policy=_RETRY,
-            result_type=WorkOrderRef,
         )
-        await workflow.execute_activity(
-            "record_photo",
+        await workflow.execute_activity_method(
+            PhotoActivities.record_photo,
             RecordPhotoInput(
                 photo_id=photo_id,
                 status="completed",
@@ -134,8 +134,8 @@ class PhotoIntakeWorkflow:
         summary = summary_of(analysis)
         if req.reply_to:
             where_text = f" on {asset_id}" if asset_id else " (machine not identified)"
-            await workflow.execute_activity(
-                "send_message",
+            await workflow.execute_activity_method(
+                NotifyActivities.send_message,
                 SendMessageInput(
                     dedup_key=f"photo-result/{photo_id}",
                     recipients=[req.reply_to],
@@ -159,12 +159,11 @@ class PhotoIntakeWorkflow:
 
     async def _analyse(self, me: str, req: PhotoIntakeInput) -> PhotoAnalysis:
         try:
-            result: PhotoAnalysis = await workflow.execute_activity(
-                "analyse_photo",
+            result: PhotoAnalysis = await workflow.execute_activity_method(
+                PhotoActivities.analyse_photo,
                 AnalysePhotoInput(workflow_id=me, photo=req.photo, note=req.note),
                 start_to_close_timeout=_VISION_TIMEOUT,
                 retry_policy=_VISION_RETRY,
-                result_type=PhotoAnalysis,
             )
             return result
         except ActivityError as exc:
@@ -183,8 +182,8 @@ class PhotoIntakeWorkflow:
         photo_id = req.photo.photo_id
         self._known = where.known_assets
         self._asked = recipient
-        await workflow.execute_activity(
-            "ask_for_photo_asset",
+        await workflow.execute_activity_method(
+            PhotoActivities.ask_for_asset,
             AskForAssetInput(
                 workflow_id=me,
                 photo_id=photo_id,
@@ -195,8 +194,8 @@ class PhotoIntakeWorkflow:
             retry_policy=_RETRY,
         )
         minutes = max(1, round(req.asset_wait_s / 60))
-        await workflow.execute_activity(
-            "send_message",
+        await workflow.execute_activity_method(
+            NotifyActivities.send_message,
             SendMessageInput(
                 dedup_key=f"photo-asset-question/{photo_id}",
                 recipients=[recipient],
@@ -217,8 +216,8 @@ class PhotoIntakeWorkflow:
         )
         answer = self._answer.asset_id if self._answer else None
         self._asked = None
-        await workflow.execute_activity(
-            "close_photo_asset_question",
+        await workflow.execute_activity_method(
+            PhotoActivities.close_asset_question,
             CloseAssetQuestionInput(photo_id=photo_id, answer=answer),
             start_to_close_timeout=_SHORT,
             retry_policy=_RETRY,

@@ -62,9 +62,9 @@ async def _manuals(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _outcome(settings: Settings, args: argparse.Namespace) -> int:
     from activities.agents.outcomes import record_outcome
-    from activities.agents.registry import vector_memory
     from factorylm.db.pool import create_pool, prepare_database
     from factorylm.llm import build_router
+    from factorylm.memory import vector_memory
     from factorylm.models.agents import RecordOutcomeInput
 
     await prepare_database(settings)

@@ -10,8 +10,6 @@ from typing import Any
 
 from temporalio.worker import Worker
 
-from activities.monkey import monkey_activities
-from activities.notify import NotifyActivities
 from dev.demo.environment import Demo
 from dev.fakes.server import LocalServer
 from dev.fakes.trello import FakeTrello
@@ -19,6 +17,7 @@ from factorylm.models.monkey import BACKLOG, CURRENT_SPRINT, LISTS, MonkeyInput
 from factorylm.settings import PROJECT_ROOT, Settings
 from factorylm.trello.board import TrelloBoard
 from factorylm.trello.plan import load_plan
+from workers.agents import monkey_activities
 from workflows.monkey import MonkeyWorkflow
 
 DEMO_PLAN = PROJECT_ROOT / "config" / "monkey-demo-plan.md"
@@ -70,8 +69,8 @@ async def run_monkey_scenario(demo: Demo, say: Callable[[str], None]) -> dict[st
             client,
             task_queue=settings.task_queue,
             workflows=[MonkeyWorkflow],
-            activities=[*monkey_activities(pool, settings), NotifyActivities(pool, settings).send_message],
-        )  # fmt: skip
+            activities=monkey_activities(pool, settings),
+        )
         async with worker:
             handle = await client.start_workflow(
                 MonkeyWorkflow.run,

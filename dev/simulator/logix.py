@@ -9,6 +9,7 @@ process keeps its sockets open and simply stops answering, like a hung controlle
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import signal
 import sys
@@ -44,6 +45,11 @@ class SimulatedLogixPlc(SimulatedPeer):
         return [f"{p.tag}={_CPPPO_TYPES[p.type]}" for p in points if p.tag]
 
     async def _serve(self) -> None:
+        if importlib.util.find_spec("cpppo") is None:
+            raise RuntimeError(
+                f"{self.plc.id}: the simulated Allen-Bradley PLC needs cpppo, which comes with "
+                "the simulator extra: pip install -e '.[sim]' (make demo and make test do it)"
+            )
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
+from typing import cast
 
 from dev.simulator.control import ControlServer
 from dev.simulator.peer import SimulatedPeer
@@ -13,22 +15,20 @@ from factorylm.plant import Plant, Plc, Protocol
 log = logging.getLogger(__name__)
 
 
+# The simulated peer of each protocol (factorylm.protocols lists the product's side), as
+# "module:Class" so that a plant without Logix PLCs never starts cpppo.
+PEERS: dict[Protocol, str] = {
+    Protocol.MODBUS_TCP: "dev.simulator.modbus:SimulatedModbusPlc",
+    Protocol.MODBUS_RTU: "dev.simulator.modbus:SimulatedModbusRtuPlc",
+    Protocol.S7: "dev.simulator.s7:SimulatedS7Plc",
+    Protocol.LOGIX: "dev.simulator.logix:SimulatedLogixPlc",
+}
+
+
 def peer_for(plc: Plc, *, seed: int = 0) -> SimulatedPeer:
-    if plc.protocol is Protocol.MODBUS_TCP:
-        from dev.simulator.modbus import SimulatedModbusPlc
-
-        return SimulatedModbusPlc(plc, seed=seed)
-    if plc.protocol is Protocol.MODBUS_RTU:
-        from dev.simulator.modbus import SimulatedModbusRtuPlc
-
-        return SimulatedModbusRtuPlc(plc, seed=seed)
-    if plc.protocol is Protocol.S7:
-        from dev.simulator.s7 import SimulatedS7Plc
-
-        return SimulatedS7Plc(plc, seed=seed)
-    from dev.simulator.logix import SimulatedLogixPlc
-
-    return SimulatedLogixPlc(plc, seed=seed)
+    module, _, cls = PEERS[plc.protocol].partition(":")
+    peer = getattr(importlib.import_module(module), cls)
+    return cast(SimulatedPeer, peer(plc, seed=seed))
 
 
 class PlantSimulator:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Protocol as _Protocol
+from typing import cast
 
-from factorylm.plant import Plc, Point, Protocol
+from factorylm.plant import Plc, Point
+from factorylm.protocols import PROTOCOLS
 
 
 class PlcError(RuntimeError):
@@ -24,21 +27,8 @@ class PlcDriver(_Protocol):
 
 
 def driver_for(plc: Plc, *, timeout_s: float | None = None) -> PlcDriver:
+    """The driver of the PLC's protocol (factorylm.protocols), imported when first needed."""
+    module, _, cls = PROTOCOLS[plc.protocol].driver.partition(":")
+    driver = getattr(importlib.import_module(module), cls)
     timeout = timeout_s if timeout_s is not None else plc.timeout_ms / 1000
-    if plc.protocol is Protocol.MODBUS_TCP:
-        from factorylm.drivers.modbus import ModbusTcpDriver
-
-        return ModbusTcpDriver(plc, timeout_s=timeout)
-    if plc.protocol is Protocol.MODBUS_RTU:
-        from factorylm.drivers.modbus import ModbusRtuDriver
-
-        return ModbusRtuDriver(plc, timeout_s=timeout)
-    if plc.protocol is Protocol.S7:
-        from factorylm.drivers.s7 import S7Driver
-
-        return S7Driver(plc, timeout_s=timeout)
-    if plc.protocol is Protocol.LOGIX:
-        from factorylm.drivers.logix import LogixDriver
-
-        return LogixDriver(plc, timeout_s=timeout)
-    raise PlcError(f"PLC {plc.id}: protocol {plc.protocol} has no driver")
+    return cast(PlcDriver, driver(plc, timeout_s=timeout))

@@ -21,8 +21,6 @@ from pydantic import SecretStr
 from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
-from activities.monkey import monkey_activities
-from activities.notify import NotifyActivities
 from api.app import create_app
 from api.trello import callback_url
 from dev.fakes.server import LocalServer
@@ -35,6 +33,7 @@ from factorylm.trello.plan import PlanCard
 from factorylm.trello.webhook import SIGNATURE_HEADER, sign
 from factorylm.waiting import wait_for
 from helpers import free_port
+from workers.agents import monkey_activities
 from workflows.monkey import MonkeyReportWorkflow, MonkeyWorkflow
 
 ENGINEER = "whatsapp:+15550100001"
@@ -135,12 +134,11 @@ async def rig(settings: Settings, client: Client, pool: asyncpg.Pool) -> AsyncIt
     )
     board = TrelloBoard(trello_client(s), trello.add_board("Monkey test"))
     await asyncio.to_thread(board.ensure_structure)
-    notify = NotifyActivities(pool, s)
     worker = Worker(
         client,
         task_queue=queue,
         workflows=[MonkeyWorkflow, MonkeyReportWorkflow],
-        activities=[*monkey_activities(pool, s), notify.send_message],
+        activities=monkey_activities(pool, s),
     )
     api = LocalServer(create_app(s, client, pool), port=port)
     await api.start()
