@@ -22,6 +22,7 @@ bench: setup
 lint: setup
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/ruff format --check .
+	@$(VENV)/bin/lint-imports
 
 typecheck: setup
 	@$(VENV)/bin/mypy

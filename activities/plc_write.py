@@ -1,4 +1,4 @@
-"""PLC writes: the only path from a decision to a machine (DESIGN.md §5).
+"""PLC writes: the only path from a decision to a machine (the safety rules in docs/approvals.md, "The write itself").
 
 Runs on the edge worker's task queue. The catalog and bounds are checked here, against the
 edge's own plant file, before any I/O — whatever the workflow asked. Each action id writes

@@ -1,167 +1,39 @@
-"""The Starlette application.
-
-The approval endpoint is how a person's decision reaches a waiting workflow until WhatsApp
-replies arrive through the Twilio webhook; both end in the workflow's `decide` update.
-"""
+"""The Starlette application: the operator endpoints behind one bearer-token guard, and the
+webhooks (Twilio, Trello), which authenticate by their senders' signatures instead."""
 
 from __future__ import annotations
 
-import json
-import logging
-
 import asyncpg
-from pydantic import ValidationError
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.routing import Route
-from temporalio.client import Client, WorkflowUpdateFailedError
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.client import Client
 
-from activities.cmms import work_order_label
+from api.auth import BearerGuard
+from api.budget import BudgetEndpoint
+from api.operations import OperatorRoutes
 from api.photo_intake import PhotoIntake
-from factorylm.models.approvals import ApprovalDecision
+from api.photos import PhotoRoutes
+from api.trello import WEBHOOK_PATH, TrelloWebhook
+from api.whatsapp import WhatsAppWebhook
+from api.whatsapp_photos import WhatsAppPhotos
 from factorylm.photos.store import photo_store_for
 from factorylm.settings import Settings
-from workflows.drift_response import DriftResponseWorkflow
-
-from .auth import bearer_ok
-from .budget import BudgetEndpoint
-from .photos import PhotoRoutes
-from .trello import WEBHOOK_PATH, TrelloWebhook
-from .whatsapp import WhatsAppWebhook
-from .whatsapp_photos import WhatsAppPhotos
-
-log = logging.getLogger(__name__)
-
-
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
 
 
 def create_app(settings: Settings, client: Client, pool: asyncpg.Pool) -> Starlette:
-    async def health(request: Request) -> JSONResponse:
-        parts: dict[str, str] = {}
-        try:
-            await pool.fetchval("SELECT 1")
-            parts["database"] = "ok"
-        except (OSError, asyncpg.PostgresError) as exc:
-            parts["database"] = f"error: {exc}"
-        try:
-            await client.service_client.check_health()
-            parts["temporal"] = "ok"
-        except RPCError as exc:
-            parts["temporal"] = f"error: {exc}"
-        ok = all(v == "ok" for v in parts.values())
-        return JSONResponse({"status": "ok" if ok else "degraded", **parts}, 200 if ok else 503)
-
-    async def approve(request: Request) -> JSONResponse:
-        if not bearer_ok(request, settings.api_token):
-            return _error(401, "missing or wrong bearer token")
-        workflow_id = request.path_params["workflow_id"]
-        try:
-            body = json.loads(await request.body() or b"{}")
-            decision = ApprovalDecision.model_validate(body)
-        except json.JSONDecodeError as exc:
-            return _error(400, f"body is not JSON: {exc.msg}")
-        except ValidationError as exc:
-            fields = ", ".join(".".join(map(str, e["loc"])) + ": " + e["msg"] for e in exc.errors())
-            return _error(422, f"expected {{approve: bool, approver: str, code?: str}}; {fields}")
-        if decision.approver not in settings.approvers:
-            log.warning(
-                "refused decision from unauthorised %s on %s", decision.approver, workflow_id
-            )
-            return _error(403, f"{decision.approver} is not an authorised approver")
-        handle = client.get_workflow_handle(workflow_id)
-        try:
-            outcome = await handle.execute_update(DriftResponseWorkflow.decide, decision)
-        except WorkflowUpdateFailedError as exc:
-            reason = str(exc.cause) if exc.cause else str(exc)
-            return _error(409, reason)
-        except RPCError as exc:
-            if exc.status == RPCStatusCode.NOT_FOUND:
-                return _error(404, f"no running workflow {workflow_id}")
-            raise
-        log.info("%s %s %s", decision.approver, outcome, workflow_id)
-        return JSONResponse({"workflow_id": workflow_id, "decision": outcome})
-
-    async def work_order(request: Request) -> JSONResponse:
-        if not bearer_ok(request, settings.api_token):
-            return _error(401, "missing or wrong bearer token")
-        label = request.path_params["wo_id"]
-        digits = label.removeprefix("WO-")
-        if not digits.isdigit():
-            return _error(400, f"work order ids look like WO-000123, not {label!r}")
-        row = await pool.fetchrow("SELECT * FROM work_orders WHERE id = $1", int(digits))
-        if row is None:
-            return _error(404, f"no work order {label}")
-        return JSONResponse(
-            {
-                "id": work_order_label(row["id"]),
-                "title": row["title"],
-                "description": row["description"],
-                "priority": row["priority"],
-                "status": row["status"],
-                "asset_id": row["asset_id"],
-                "created_at": row["created_at"].isoformat(),
-            }
-        )
-
-    async def baselines(request: Request) -> JSONResponse:
-        if not bearer_ok(request, settings.api_token):
-            return _error(401, "missing or wrong bearer token")
-        rows = await pool.fetch(
-            """SELECT DISTINCT ON (plc_id, metric) plc_id, metric, mean, std, p95, p99,
-                      sample_count, window_start, window_end, computed_at
-               FROM baselines ORDER BY plc_id, metric, computed_at DESC, id DESC"""
-        )
-        return JSONResponse(
-            {
-                "baselines": [
-                    {
-                        **{k: r[k] for k in ("plc_id", "metric", "mean", "std", "p95", "p99")},
-                        "sample_count": r["sample_count"],
-                        "window_start": r["window_start"].isoformat(),
-                        "window_end": r["window_end"].isoformat(),
-                        "computed_at": r["computed_at"].isoformat(),
-                    }
-                    for r in rows
-                ]
-            }
-        )
-
-    async def collectors(request: Request) -> JSONResponse:
-        # Written by the ingest's collector manager (ingest/manager.py), one row per PLC.
-        if not bearer_ok(request, settings.api_token):
-            return _error(401, "missing or wrong bearer token")
-        rows = await pool.fetch("SELECT * FROM collector_status ORDER BY plc_id")
-        writers = await pool.fetch("SELECT * FROM ingest_writer_status ORDER BY host")
-
-        def plain(row: asyncpg.Record) -> dict[str, object]:
-            return {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in row.items()}
-
-        return JSONResponse(
-            {"collectors": [plain(r) for r in rows], "writers": [plain(w) for w in writers]}
-        )
-
+    guard = BearerGuard(settings.api_token)
     intake = PhotoIntake(settings, client, pool, photo_store_for(settings))
-    photos = PhotoRoutes(settings, pool, intake)
     whatsapp = WhatsAppWebhook(
         settings, client, pool, WhatsAppPhotos(settings, client, pool, intake)
     )
     trello = TrelloWebhook(settings, client)
     budget = BudgetEndpoint(settings, pool)
-
     return Starlette(
         routes=[
             Route("/webhooks/twilio/whatsapp", whatsapp.handle, methods=["POST"]),
             Route(WEBHOOK_PATH, trello.handle, methods=["POST", "HEAD"]),
-            Route("/budget", budget.handle),
-            Route("/collectors", collectors),
-            Route("/baselines", baselines),
-            Route("/health", health),
-            Route("/approvals/{workflow_id}", approve, methods=["POST"]),
-            Route("/work-orders/{wo_id}", work_order),
-            *photos.routes(),
+            Route("/budget", guard(budget.handle)),
+            *OperatorRoutes(settings, client, pool).routes(guard),
+            *PhotoRoutes(settings, pool, intake).routes(guard),
         ]
     )

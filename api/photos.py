@@ -12,13 +12,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from api.auth import BearerGuard
 from api.photo_intake import IntakeUnavailable, PhotoIntake
 from factorylm.models.photos import PhotoRef, PhotoSource
 from factorylm.photos.images import PhotoRejected, too_large
 from factorylm.photos.store import PhotoStoreError
 from factorylm.settings import Settings
-
-from .auth import bearer_ok
 
 # Multipart framing and the small text fields around the image.
 _FORM_OVERHEAD = 64 * 1024
@@ -57,8 +56,6 @@ class PhotoRoutes:
 
     async def upload(self, request: Request) -> Response:
         settings = self._settings
-        if not bearer_ok(request, settings.api_token):
-            return _error(401, "missing or wrong bearer token (Authorization: Bearer <token>)")
         declared = request.headers.get("content-length", "")
         limit = settings.photo_max_bytes
         if declared.isdigit() and int(declared) > limit + _FORM_OVERHEAD:
@@ -98,8 +95,6 @@ class PhotoRoutes:
         )
 
     async def show(self, request: Request) -> Response:
-        if not bearer_ok(request, self._settings.api_token):
-            return _error(401, "missing or wrong bearer token")
         photo_id = request.path_params["photo_id"]
         row = await self._pool.fetchrow("SELECT * FROM photos WHERE id = $1", photo_id)
         if row is None:
@@ -107,8 +102,6 @@ class PhotoRoutes:
         return JSONResponse(_photo_json(row))
 
     async def image(self, request: Request) -> Response:
-        if not bearer_ok(request, self._settings.api_token):
-            return _error(401, "missing or wrong bearer token")
         photo_id = request.path_params["photo_id"]
         row = await self._pool.fetchrow("SELECT * FROM photos WHERE id = $1", photo_id)
         if row is None:
@@ -127,8 +120,6 @@ class PhotoRoutes:
         return Response(data, media_type=row["content_type"])
 
     async def asset_history(self, request: Request) -> Response:
-        if not bearer_ok(request, self._settings.api_token):
-            return _error(401, "missing or wrong bearer token")
         asset_id = request.path_params["asset_id"]
         rows = await self._pool.fetch(
             "SELECT * FROM photos WHERE asset_id = $1 ORDER BY received_at DESC, id LIMIT 200",
@@ -136,10 +127,10 @@ class PhotoRoutes:
         )
         return JSONResponse({"asset_id": asset_id, "photos": [_photo_json(r) for r in rows]})
 
-    def routes(self) -> list[Route]:
+    def routes(self, guard: BearerGuard) -> list[Route]:
         return [
-            Route("/photos", self.upload, methods=["POST"]),
-            Route("/photos/{photo_id}", self.show),
-            Route("/photos/{photo_id}/image", self.image),
-            Route("/assets/{asset_id}/photos", self.asset_history),
+            Route("/photos", guard(self.upload), methods=["POST"]),
+            Route("/photos/{photo_id}", guard(self.show)),
+            Route("/photos/{photo_id}/image", guard(self.image)),
+            Route("/assets/{asset_id}/photos", guard(self.asset_history)),
         ]

@@ -8,6 +8,7 @@ callers run it in a thread (`embed_async`) so the event loop keeps serving workf
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +27,9 @@ _LOCAL_MODEL = "factorylm/all-MiniLM-L6-v2-local"
 DEFAULT_BATCH = 16
 
 Vector = NDArray[np.float32]
+
+
+log = logging.getLogger(__name__)
 
 
 class EmbeddingModelError(RuntimeError):
@@ -55,6 +59,20 @@ def _register_local_model() -> None:
         _registered = True
 
 
+def local_model_dir(model_dir: Path | None) -> Path | None:
+    """The configured model directory, or None for fastembed's own download when it does not
+    exist: a plain clone elsewhere has no model directory beside it. Said once, in the log."""
+    if model_dir is not None and not model_dir.exists():
+        log.warning(
+            "embedding model directory %s does not exist; downloading %s with fastembed "
+            "instead (needs the network; set FACTORYLM_EMBEDDING_MODEL_DIR to a local copy)",
+            model_dir,
+            HUB_MODEL,
+        )
+        return None
+    return model_dir
+
+
 class Embedder:
     """Loads the model on first use; thread-safe (onnxruntime sessions run concurrently)."""
 
@@ -74,6 +92,7 @@ class Embedder:
         with self._lock:
             if self._model is not None:
                 return self._model
+            self.model_dir = local_model_dir(self.model_dir)
             try:
                 if self.model_dir is not None:
                     if not (self.model_dir / "model.onnx").is_file():

@@ -6,7 +6,6 @@ at start with the variable's name and the expected form instead of deep inside a
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -214,8 +213,7 @@ class Settings(BaseSettings):
 
     @property
     def pg_dsn(self) -> str:
-        auth = self.pg_user + (f":{self.pg_password}" if self.pg_password else "")
-        return f"postgresql://{auth}@{self.pg_host}:{self.pg_port}/{self.pg_database}"
+        return self.dsn_for(self.pg_database)
 
     def dsn_for(self, database: str) -> str:
         auth = self.pg_user + (f":{self.pg_password}" if self.pg_password else "")
@@ -245,11 +243,6 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         raise SettingsError(describe_validation_error(exc)) from exc
-
-
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    return load_settings()
 
 
 def reveal(secret: SecretStr | None) -> str:

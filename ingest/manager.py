@@ -153,6 +153,9 @@ class CollectorManager:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
         self._by_plc.clear()
+        # Status writes and alerts started by the collectors finish before the pool closes.
+        if self._side_tasks:
+            await asyncio.gather(*self._side_tasks, return_exceptions=True)
 
     async def restart(self, plc_id: str) -> bool:
         """Drop a collector's connection and start it afresh (asked by the health monitor).
@@ -172,8 +175,6 @@ class CollectorManager:
         )
         self._spawn(self._write_one(collector))
         return True
-        if self._side_tasks:
-            await asyncio.gather(*self._side_tasks, return_exceptions=True)
 
     async def close(self) -> None:
         """Record the final status (call it after the writer has flushed) and disconnect."""

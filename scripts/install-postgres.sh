@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs PostgreSQL 15 with TimescaleDB (Apache-2 edition) and pgvector, built from Debian
-# trixie *source* packages against bookworm's PostgreSQL 15 (DESIGN.md §3). Binary trixie
+# trixie *source* packages against bookworm's PostgreSQL 15 (README.md, "Two commands"). Binary trixie
 # packages are never installed: the trixie entry is deb-src only.
 # Idempotent: exits in well under a second when both extensions are already installed.
 set -euo pipefail
@@ -69,19 +69,32 @@ fetch_source() { # name version -> prints the unpacked directory
   echo "$dir"
 }
 
+# A build's output goes to its log; on failure the log's tail is shown. (timescaledb's
+# CMake asks git for a version and, in an unpacked source package, git answers "fatal: not a
+# git repository" several times: noise on a fresh machine, not an error.)
+built() { # name log-file command... : runs the command with its output in the log
+  local name=$1 logfile=$2; shift 2
+  if ! "$@" >"$logfile" 2>&1; then
+    log "building $name failed; the end of $logfile:"
+    tail -n 30 "$logfile" >&2
+    exit 1
+  fi
+}
+
 if [ ! -f "$EXT_DIR/vector--$PGVECTOR_VERSION.sql" ]; then
   src=$(fetch_source pgvector "$PGVECTOR_VERSION")
   log "building pgvector $PGVECTOR_VERSION"
-  make -s -C "$src" PG_CONFIG="$PG_CONFIG" OPTFLAGS="" >/dev/null
-  $SUDO make -s -C "$src" PG_CONFIG="$PG_CONFIG" install >/dev/null
+  built pgvector "$BUILD_DIR/pgvector-build.log" \
+    bash -c "make -s -C '$src' PG_CONFIG='$PG_CONFIG' OPTFLAGS='' && $SUDO make -s -C '$src' PG_CONFIG='$PG_CONFIG' install"
 fi
 
 if [ ! -f "$EXT_DIR/timescaledb--$TIMESCALEDB_VERSION.sql" ]; then
   src=$(fetch_source timescaledb "$TIMESCALEDB_VERSION")
   log "building timescaledb $TIMESCALEDB_VERSION (Apache-2 edition)"
-  (cd "$src" && rm -rf build && ./bootstrap -DAPACHE_ONLY=ON -DREGRESS_CHECKS=OFF -DTAP_CHECKS=OFF \
-      -DWARNINGS_AS_ERRORS=OFF -DPG_CONFIG="$PG_CONFIG" >/dev/null \
-    && make -s -C build -j"$(nproc)" >/dev/null && $SUDO make -s -C build install >/dev/null)
+  built timescaledb "$BUILD_DIR/timescaledb-build.log" bash -c "cd '$src' && rm -rf build \
+    && ./bootstrap -DAPACHE_ONLY=ON -DREGRESS_CHECKS=OFF -DTAP_CHECKS=OFF \
+         -DWARNINGS_AS_ERRORS=OFF -DPG_CONFIG='$PG_CONFIG' \
+    && make -s -C build -j$(nproc) && $SUDO make -s -C build install"
 fi
 
 have_extensions || { log "extensions still missing after the build"; exit 1; }

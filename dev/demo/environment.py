@@ -69,6 +69,7 @@ class Demo:
         self.temporal_started = await asyncio.to_thread(server.start)
         say(
             f"Temporal server on {settings.temporal_address}, namespace {settings.temporal_namespace}"
+            + ("" if self.temporal_started else " (already running)")
         )
         self.simulator = PlantSimulator(self.plant, seed=7, control_port=self.control_port)
         await self.simulator.start()
@@ -129,12 +130,24 @@ class Demo:
             await self.simulator.stop()
         if self.twilio_server is not None:
             await self.twilio_server.stop()
+        # Servers that were running before the demo belong to whoever started them (another
+        # demo, `factorylm temporal start`, a test run): they stay up, and the demo says so.
         if self.temporal_started:
             await asyncio.to_thread(DevServer(self.settings).stop)
             say("Temporal server stopped")
+        else:
+            say(
+                f"Temporal server on {self.settings.temporal_address} was running before the "
+                "demo and stays up (stop it with `factorylm temporal stop`)"
+            )
         if self.cluster_started:
             await asyncio.to_thread(Cluster.from_settings(self.settings).stop)
             say("PostgreSQL stopped")
+        else:
+            say(
+                f"PostgreSQL on {self.settings.pg_host}:{self.settings.pg_port} was running "
+                "before the demo and stays up (stop it with `factorylm db stop`)"
+            )
 
 
 def demo_settings(settings: Settings) -> Settings:

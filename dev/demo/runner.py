@@ -32,7 +32,7 @@ async def run(settings: Settings, *, once: bool, name: str = "drift") -> int:
         await demo.up()
         summary = await scenario(name)(demo, say)
         if not once:
-            say("the demo stays up: open the Web UI, try the API; Ctrl-C stops everything")
+            say("the demo stays up: open the Web UI, try the API; Ctrl-C stops what it started")
             await stop.wait()
     except Exception as exc:
         log.debug("demo failed", exc_info=True)

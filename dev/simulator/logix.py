@@ -15,7 +15,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from dev.simulator.peer import SimulatedPeer
+from dev.simulator.peer import HELPER_PROCESS, SimulatedPeer
 from factorylm.drivers import PlcError
 from factorylm.drivers.logix import LogixDriver
 from factorylm.plant import Plc, Point, Protocol
@@ -63,6 +63,7 @@ class SimulatedLogixPlc(SimulatedPeer):
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
+            **HELPER_PROCESS,
         )
         assert self._proc.stdout is not None and self._proc.stderr is not None
         try:

@@ -13,7 +13,7 @@ from pymodbus import FramerType
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from dev.simulator.peer import SimulatedPeer
+from dev.simulator.peer import HELPER_PROCESS, SimulatedPeer
 from factorylm.drivers.registers import decode, encode
 from factorylm.plant import Plc, Point, Protocol
 
@@ -135,6 +135,7 @@ class SimulatedModbusRtuPlc(_ModbusPeer):
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,
+                **HELPER_PROCESS,
             )
         except FileNotFoundError as exc:
             raise RuntimeError(

@@ -4,10 +4,13 @@ values in the protocol server's memory, setpoints that power up at nominal, and 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
+import signal as _signal
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import Any
 
 from dev.simulator.signals import SIGNAL_FAULTS, Fault, FaultKind, Signal
 from factorylm.plant import Plc, Point
@@ -142,3 +145,15 @@ class SimulatedPeer(ABC):
         if self.offline:
             out["*"] = "offline"
         return out
+
+
+def _die_with_parent() -> None:
+    # PR_SET_PDEATHSIG: the kernel sends SIGTERM to the child when the simulator's thread
+    # exits, so a killed demo leaves no cpppo or socat behind.
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, _signal.SIGTERM)
+
+
+# For the peers' helper processes (cpppo, socat): their own session, so the terminal's Ctrl-C
+# reaches only the simulator, which then stops them in order instead of watching them die
+# under it mid-poll; and they still die with the simulator if it is killed.
+HELPER_PROCESS: dict[str, Any] = {"start_new_session": True, "preexec_fn": _die_with_parent}

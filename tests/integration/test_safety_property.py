@@ -1,4 +1,4 @@
-"""Safety property (DESIGN.md §5): whatever is proposed — unknown actions, out-of-bounds or
+"""Safety property (the PLC write rules in docs/approvals.md, "The write itself"): whatever is proposed — unknown actions, out-of-bounds or
 non-finite values, the wrong PLC, injection strings in every field — no write outside the
 catalog or its bounds ever reaches the PLC. 10 000 generated proposals through the real
 planning gate and the real PLC-write activity, against a real Modbus peer that records every

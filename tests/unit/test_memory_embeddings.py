@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from factorylm.embeddings import DIMENSIONS, Embedder, EmbeddingModelError, cosine, to_pgvector
+from factorylm.embeddings import (
+    DIMENSIONS,
+    HUB_MODEL,
+    Embedder,
+    EmbeddingModelError,
+    cosine,
+    local_model_dir,
+    to_pgvector,
+)
 from factorylm.settings import load_settings
 
 MODEL_DIR = load_settings().embedding_model_dir
@@ -36,6 +45,17 @@ def test_batching_does_not_change_the_vectors() -> None:
 def test_a_directory_without_the_model_is_named(tmp_path: Path) -> None:
     with pytest.raises(EmbeddingModelError, match=str(tmp_path)):
         Embedder(tmp_path).embed(["x"])
+
+
+def test_an_absent_model_directory_falls_back_to_the_download_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    absent = tmp_path / "no-such-model"
+    with caplog.at_level(logging.WARNING, logger="factorylm.embeddings"):
+        assert local_model_dir(absent) is None
+    assert str(absent) in caplog.text and HUB_MODEL in caplog.text
+    # A directory that exists is used as configured (a wrong one is an error, above).
+    assert local_model_dir(tmp_path) == tmp_path
 
 
 def test_pgvector_text_form() -> None:

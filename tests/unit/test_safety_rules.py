@@ -1,4 +1,4 @@
-"""The PLC write safety rules (DESIGN.md §5) and the catalog-only proposals, without I/O."""
+"""The PLC write safety rules (docs/approvals.md, "The write itself") and the catalog-only proposals, without I/O."""
 
 from __future__ import annotations
 

@@ -1,0 +1,143 @@
+"""The operator endpoints: approvals until WhatsApp replies arrive, work orders, baselines,
+collector status, and the unauthenticated health check for load balancers.
+
+The approval endpoint is how a person's decision reaches a waiting workflow besides the Twilio
+webhook; both end in the workflow's `decide` update.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import asyncpg
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from activities.cmms import work_order_label
+from api.auth import BearerGuard
+from factorylm.models.approvals import ApprovalDecision
+from factorylm.settings import Settings
+from workflows.drift_response import DriftResponseWorkflow
+
+log = logging.getLogger(__name__)
+
+
+def error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+class OperatorRoutes:
+    def __init__(self, settings: Settings, client: Client, pool: asyncpg.Pool) -> None:
+        self._settings = settings
+        self._client = client
+        self._pool = pool
+
+    async def health(self, request: Request) -> JSONResponse:
+        parts: dict[str, str] = {}
+        try:
+            await self._pool.fetchval("SELECT 1")
+            parts["database"] = "ok"
+        except (OSError, asyncpg.PostgresError) as exc:
+            parts["database"] = f"error: {exc}"
+        try:
+            await self._client.service_client.check_health()
+            parts["temporal"] = "ok"
+        except RPCError as exc:
+            parts["temporal"] = f"error: {exc}"
+        ok = all(v == "ok" for v in parts.values())
+        return JSONResponse({"status": "ok" if ok else "degraded", **parts}, 200 if ok else 503)
+
+    async def approve(self, request: Request) -> JSONResponse:
+        workflow_id = request.path_params["workflow_id"]
+        try:
+            body = json.loads(await request.body() or b"{}")
+            decision = ApprovalDecision.model_validate(body)
+        except json.JSONDecodeError as exc:
+            return error(400, f"body is not JSON: {exc.msg}")
+        except ValidationError as exc:
+            fields = ", ".join(".".join(map(str, e["loc"])) + ": " + e["msg"] for e in exc.errors())
+            return error(422, f"expected {{approve: bool, approver: str, code?: str}}; {fields}")
+        if decision.approver not in self._settings.approvers:
+            log.warning(
+                "refused decision from unauthorised %s on %s", decision.approver, workflow_id
+            )
+            return error(403, f"{decision.approver} is not an authorised approver")
+        handle = self._client.get_workflow_handle(workflow_id)
+        try:
+            outcome = await handle.execute_update(DriftResponseWorkflow.decide, decision)
+        except WorkflowUpdateFailedError as exc:
+            reason = str(exc.cause) if exc.cause else str(exc)
+            return error(409, reason)
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                return error(404, f"no running workflow {workflow_id}")
+            raise
+        log.info("%s %s %s", decision.approver, outcome, workflow_id)
+        return JSONResponse({"workflow_id": workflow_id, "decision": outcome})
+
+    async def work_order(self, request: Request) -> JSONResponse:
+        label = request.path_params["wo_id"]
+        digits = label.removeprefix("WO-")
+        if not digits.isdigit():
+            return error(400, f"work order ids look like WO-000123, not {label!r}")
+        row = await self._pool.fetchrow("SELECT * FROM work_orders WHERE id = $1", int(digits))
+        if row is None:
+            return error(404, f"no work order {label}")
+        return JSONResponse(
+            {
+                "id": work_order_label(row["id"]),
+                "title": row["title"],
+                "description": row["description"],
+                "priority": row["priority"],
+                "status": row["status"],
+                "asset_id": row["asset_id"],
+                "created_at": row["created_at"].isoformat(),
+            }
+        )
+
+    async def baselines(self, request: Request) -> JSONResponse:
+        rows = await self._pool.fetch(
+            """SELECT DISTINCT ON (plc_id, metric) plc_id, metric, mean, std, p95, p99,
+                      sample_count, window_start, window_end, computed_at
+               FROM baselines ORDER BY plc_id, metric, computed_at DESC, id DESC"""
+        )
+        return JSONResponse(
+            {
+                "baselines": [
+                    {
+                        **{k: r[k] for k in ("plc_id", "metric", "mean", "std", "p95", "p99")},
+                        "sample_count": r["sample_count"],
+                        "window_start": r["window_start"].isoformat(),
+                        "window_end": r["window_end"].isoformat(),
+                        "computed_at": r["computed_at"].isoformat(),
+                    }
+                    for r in rows
+                ]
+            }
+        )
+
+    async def collectors(self, request: Request) -> JSONResponse:
+        # Written by the ingest's collector manager (ingest/manager.py), one row per PLC.
+        rows = await self._pool.fetch("SELECT * FROM collector_status ORDER BY plc_id")
+        writers = await self._pool.fetch("SELECT * FROM ingest_writer_status ORDER BY host")
+
+        def plain(row: asyncpg.Record) -> dict[str, object]:
+            return {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in row.items()}
+
+        return JSONResponse(
+            {"collectors": [plain(r) for r in rows], "writers": [plain(w) for w in writers]}
+        )
+
+    def routes(self, guard: BearerGuard) -> list[Route]:
+        return [
+            Route("/health", self.health),
+            Route("/collectors", guard(self.collectors)),
+            Route("/baselines", guard(self.baselines)),
+            Route("/approvals/{workflow_id}", guard(self.approve), methods=["POST"]),
+            Route("/work-orders/{wo_id}", guard(self.work_order)),
+        ]
