@@ -23,6 +23,7 @@ if ! command -v socat >/dev/null 2>&1; then
 fi
 TEMPORAL_BIN=$(bash temporal/install.sh)
 log "temporal CLI: $TEMPORAL_BIN"
+COMPOSE_BIN=$(bash scripts/install-compose.sh); log "compose renderer: $COMPOSE_BIN"  # renders docker-compose.yml in the tests
 
 # The venv is rebuilt only when pyproject.toml changes (its hash is the stamp).
 stamp=.venv/.factorylm-stamp
