@@ -21,6 +21,12 @@ if ! command -v socat >/dev/null 2>&1; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get install -y -qq --no-install-recommends socat >/dev/null
 fi
+# bubblewrap is the sandbox the Monkey runs success checks in (factorylm/sandbox.py).
+if ! command -v bwrap >/dev/null 2>&1; then
+  log "installing bubblewrap"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get install -y -qq --no-install-recommends bubblewrap >/dev/null
+fi
 TEMPORAL_BIN=$(bash temporal/install.sh)
 log "temporal CLI: $TEMPORAL_BIN"
 COMPOSE_BIN=$(bash scripts/install-compose.sh); log "compose renderer: $COMPOSE_BIN"  # renders docker-compose.yml in the tests
