@@ -11,7 +11,13 @@ from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 from activities.notify import NotifyActivities
 from factorylm.budget import BudgetLedger, BudgetStatus, Limits, WindowUsage, first_exceeded
 from factorylm.models.messages import SendMessageInput
-from factorylm.models.monkey import BUDGET_EXCEEDED, BudgetCheck, BudgetRefusal, CheckBudgetInput
+from factorylm.models.monkey import (
+    BUDGET_EXCEEDED,
+    MONKEY_AGENT,
+    BudgetCheck,
+    BudgetRefusal,
+    CheckBudgetInput,
+)
 from factorylm.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -26,6 +32,7 @@ def _label(window: WindowUsage) -> str:
 class BudgetActivities:
     def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
         self._settings = settings
+        self._pool = pool
         self.ledger = BudgetLedger(pool, Limits.from_settings(settings))
         self._notify = NotifyActivities(pool, settings)
 
@@ -51,8 +58,24 @@ class BudgetActivities:
             )
         return sent
 
+    async def observed_p90(self, agent: str) -> int:
+        """The 90th percentile of what the agent's last 50 cards really cost (every attempt,
+        prompt, answer and repair), 0 before any card has been worked."""
+        value = await self._pool.fetchval(
+            """SELECT percentile_cont(0.9) WITHIN GROUP (ORDER BY spend) FROM (
+                   SELECT sum(input_tokens + output_tokens) AS spend FROM monkey_runs
+                   WHERE status <> 'no_provider'
+                   GROUP BY workflow_id, card_id ORDER BY max(finished_at) DESC LIMIT 50
+               ) AS cards""",
+        )
+        return round(float(value)) if value is not None and agent == MONKEY_AGENT else 0
+
     async def check(self, req: CheckBudgetInput) -> BudgetCheck:
-        """Raise BudgetExceeded (non-retryable) when the work's estimate does not fit."""
+        """Raise BudgetExceeded (non-retryable) when the work's reservation does not fit:
+        its estimate, or with `reserve_observed` the larger of that and past cards' p90."""
+        if req.reserve_observed:
+            observed = await self.observed_p90(req.agent)
+            req = req.model_copy(update={"requested_tokens": max(req.requested_tokens, observed)})
         status = await self.ledger.status()
         alerts = await self.alert_if_high(status, req.agent)
         windows = status.windows_for(req.agent)
@@ -89,6 +112,7 @@ class BudgetActivities:
         return BudgetCheck(
             remaining_tokens=min(remaining) - req.requested_tokens if remaining else None,
             alerts_sent=alerts,
+            reserved_tokens=req.requested_tokens,
         )
 
     @activity.defn(name="check_budget")

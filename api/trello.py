@@ -2,7 +2,8 @@
 
 Every POST must carry Trello's signature (X-Trello-Webhook: base64 HMAC-SHA1 of the raw body
 followed by the callback URL, keyed with the app secret); anything else is refused with 403.
-A card that moved, or was created or changed, wakes the Monkey to look at the board again.
+A card that moved, or was created or changed, wakes the Monkey to look at the board again; a
+card a person moved from Review Needed to Done is accepted: the Monkey merges its branch.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
+from factorylm.models.monkey import DONE, REVIEW_NEEDED
 from factorylm.settings import Settings
 from factorylm.trello.webhook import SIGNATURE_HEADER, verify
 
@@ -52,10 +54,18 @@ class TrelloWebhook:
         kind = str(action.get("type", ""))
         if kind not in _WAKING_ACTIONS:
             return JSONResponse({"woke": False, "action": kind})
-        card = (action.get("data") or {}).get("card") or {}
+        data = action.get("data") or {}
+        card = data.get("card") or {}
         reason = f"Trello {kind} on card {card.get('name') or card.get('id') or '?'}"
+        before = str((data.get("listBefore") or {}).get("name") or "")
+        after = str((data.get("listAfter") or {}).get("name") or "")
+        accepted = before == REVIEW_NEEDED and after == DONE and bool(card.get("id"))
         handle = self._client.get_workflow_handle(self._settings.monkey_workflow_id)
         try:
+            if accepted:
+                # Signalled by name: the API layer does not import workflow code.
+                await handle.signal("card_accepted", str(card["id"]))
+                return JSONResponse({"woke": True, "action": kind, "accepted": card["id"]})
             await handle.signal("wake", reason)
         except RPCError as exc:
             if exc.status != RPCStatusCode.NOT_FOUND:

@@ -145,24 +145,29 @@ class Settings(BaseSettings):
     monkey_workflow_id: str = "monkey"
     monkey_report_every_s: float = Field(default=4 * 3600.0, ge=60)
     monkey_idle_poll_s: float = Field(default=300.0, gt=0)
-    # Success checks run only these programs (argv[0], looked up on the search path).
-    monkey_check_allowlist: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["test", "grep", "diff", "wc", "python3", "pytest", "ruff"]
-    )
+    # The repository the Monkey changes (a local path or a URL it can clone and push to) and
+    # the branch its card branches start from and merge into (docs/monkey.md).
+    monkey_repo: str = ""
+    monkey_base_branch: str = "main"
+    # Its clone and worktrees; empty: state_dir/monkey.
+    monkey_workspace_dir: Path | None = None
+    # Tokens of file contents the prompt may carry (about 4 characters a token).
+    monkey_context_tokens: int = Field(default=12_000, ge=500)
+    # The largest change (diff or whole files) accepted from the model.
+    monkey_max_change_bytes: int = Field(default=200_000, ge=1000)
+    # Success checks run under bubblewrap with this PATH, wall-clock timeout and rlimits.
     monkey_check_path: str = "/usr/local/bin:/usr/bin:/bin"
     monkey_check_timeout_s: float = Field(default=60.0, gt=0)
+    monkey_check_cpu_s: int = Field(default=60, ge=1)
+    monkey_check_memory_mb: int = Field(default=1024, ge=64)
+    monkey_check_processes: int = Field(default=64, ge=4)
+    monkey_check_file_mb: int = Field(default=16, ge=1)
+    monkey_check_uid: int = Field(default=65534, ge=1)
 
     @field_validator("approvers", mode="before")
     @classmethod
     def _split_approvers(cls, value: object) -> object:
         # Operators write FACTORYLM_APPROVERS=whatsapp:+1...,whatsapp:+1... in env files.
-        if isinstance(value, str) and not value.lstrip().startswith("["):
-            return [item.strip() for item in value.split(",") if item.strip()]
-        return value
-
-    @field_validator("monkey_check_allowlist", mode="before")
-    @classmethod
-    def _split_allowlist(cls, value: object) -> object:
         if isinstance(value, str) and not value.lstrip().startswith("["):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value

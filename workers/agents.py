@@ -16,10 +16,11 @@ from activities.agents.watchman import Watchman
 from activities.agents.weaver import Weaver
 from activities.baselines import BaselineActivities
 from activities.budget import BudgetActivities
+from activities.cartographer import CartographerActivities
 from activities.cmms import CmmsActivities
 from activities.events import EventActivities
 from activities.health import HealthActivities
-from activities.monkey import MonkeyActivities
+from activities.monkey import MonkeyActivities, cartographer_for
 from activities.notify import NotifyActivities
 from activities.photos import PhotoActivities
 from activities.planning import PlanningActivities
@@ -54,7 +55,11 @@ WORKFLOWS: list[type] = [
 MONKEY_ACTIVITIES: list[Callable[..., Any]] = [
     MonkeyActivities.read_sprint,
     MonkeyActivities.update_card,
+    MonkeyActivities.prepare_workspace,
+    CartographerActivities.map_repository,
     MonkeyActivities.execute_card,
+    MonkeyActivities.publish_branch,
+    MonkeyActivities.merge_card,
     MonkeyActivities.progress_report,
     BudgetActivities.check_budget,
 ]
@@ -109,6 +114,7 @@ def instances(client: Client, pool: asyncpg.Pool, plant: Plant, settings: Settin
         # The health checks ask Temporal itself (task-queue pollers, schedules): the client.
         HealthActivities(pool, client, plant, settings.temporal_namespace),
         MonkeyActivities(pool, settings),
+        cartographer_for(pool, settings),
         BudgetActivities(pool, settings),
         PhotoActivities(pool, plant, settings, photo_store_for(settings)),
     ]
@@ -120,6 +126,7 @@ def monkey_activities(pool: asyncpg.Pool, settings: Settings) -> list[Callable[.
         [*MONKEY_ACTIVITIES, NotifyActivities.send_message],
         [
             MonkeyActivities(pool, settings),
+            cartographer_for(pool, settings),
             BudgetActivities(pool, settings),
             NotifyActivities(pool, settings),
         ],

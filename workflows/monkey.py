@@ -1,11 +1,19 @@
-"""MonkeyWorkflow: works through the Trello board's Current Sprint with Claude, within budget.
+"""MonkeyWorkflow: works through the Trello board's Current Sprint in a git repository, within
+budget, and hands each result to a person for review.
 
-One cycle: read Current Sprint; alert a person (once) for each card labelled Human Action
-Required; pick the next Autonomous card (Critical Path first, then board position); check the
-budget against its estimate; In Progress; execute and check; Review Needed with the result —
-or comment the failure, retry once with it as context, then Blocked. Over budget, the loop
-waits for the next window. Signals pause, resume, stop and wake it (the Trello webhook wakes it
-when a card moves). MonkeyReportWorkflow is the 4-hourly progress report (a Schedule).
+One cycle: merge the branches of cards a person accepted (moved to Done); read Current Sprint;
+alert a person (once) for each card labelled Human Action Required; pick the next Autonomous
+card (Critical Path first, then board position). A card without success checks goes to Blocked
+asking for them. Reserve the budget (the card's estimate or past cards' p90, whichever is
+larger); In Progress; the card's branch from the base; the Cartographer's map and relevant
+files; execute (the model's change committed on the branch, its checks run in the sandbox on
+that commit); on a pass push the branch and move it to Review Needed with the branch, commit,
+diff stat, checks and tokens — or comment the failure, retry once with the diff and the
+failing output, then Blocked. With no LLM provider the card goes to Blocked: nothing is marked
+done without a model. Over budget, the loop waits for the next window. Signals pause, resume,
+stop, wake (the Trello webhook wakes it when a card moves) and card_accepted (the webhook, when
+a person moves a Review Needed card to Done). MonkeyReportWorkflow is the 4-hourly progress
+report (a Schedule).
 """
 
 from __future__ import annotations
@@ -18,7 +26,8 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.budget import BudgetActivities
-    from activities.monkey import MonkeyActivities
+    from activities.cartographer import CartographerActivities
+    from activities.monkey import NOT_CONFIGURED, MonkeyActivities
     from activities.notify import NotifyActivities
     from factorylm.models.messages import SendMessageInput
     from factorylm.models.monkey import (
@@ -27,20 +36,29 @@ with workflow.unsafe.imports_passed_through():
         CURRENT_SPRINT,
         IN_PROGRESS,
         MONKEY_AGENT,
+        NO_PROVIDER,
         REVIEW_NEEDED,
+        BranchRecord,
         BudgetRefusal,
         CardOutcome,
         CheckBudgetInput,
         ExecuteCardInput,
+        MapRepositoryInput,
+        MergeCardInput,
+        MergeResult,
         MonkeyCounters,
         MonkeyInput,
         MonkeyReportInput,
         MonkeyStatus,
         MonkeySummary,
+        PrepareWorkspaceInput,
+        PublishBranchInput,
         ReadSprintInput,
+        RepoContext,
         SprintCard,
         SprintSnapshot,
         UpdateCardInput,
+        Workspace,
     )
 
 _RETRY = RetryPolicy(
@@ -52,6 +70,9 @@ _RETRY = RetryPolicy(
 _TRELLO_TIMEOUT = timedelta(minutes=2)
 _EXECUTE_TIMEOUT = timedelta(minutes=15)
 _MAX_ALERTED = 500  # card ids remembered across continue-as-new; the dedup key backs it up
+_MAX_BRANCHES = 50  # the latest branches kept for the summary
+_ATTEMPTS = 2
+MARK = "FactoryLM Monkey"  # every comment starts with it: the rest on a card are people's
 
 
 class _BudgetWait(Exception):
@@ -75,6 +96,28 @@ def next_card(cards: list[SprintCard]) -> SprintCard | None:
 
 def clip(text: str, limit: int = 6000) -> str:
     return text if len(text) <= limit else text[:limit] + "\n…(truncated)"
+
+
+def not_configured(error: ActivityError) -> str | None:
+    cause = error.cause
+    if isinstance(cause, ApplicationError) and cause.type == NOT_CONFIGURED:
+        return cause.message
+    return None
+
+
+def hand_off(outcome: CardOutcome, attempt: int) -> str:
+    """The review comment: where the change is, what it touches, that its checks passed."""
+    return clip(
+        f"{MARK}: ready for review (attempt {attempt}, {outcome.generated_by}).\n"
+        f"Branch: {outcome.branch}\nCommit: {outcome.commit}\n"
+        f"Tokens: {outcome.tokens} (reserved {outcome.reserved_tokens}), "
+        f"cost ${outcome.cost_usd:.4f}\n\n{outcome.summary}\n\n"
+        f"Diff stat:\n{outcome.diff_stat}\n\nSuccess checks (sandbox, on the commit):\n"
+        f"{outcome.check_report}\n\n"
+        f"Move the card to Done to merge the branch; back to {CURRENT_SPRINT} with a comment "
+        "to have it redone with your feedback.",
+        15000,
+    )
 
 
 @workflow.defn
@@ -107,6 +150,14 @@ class MonkeyWorkflow:
         self._wakes += 1
         self._detail = f"woken: {reason}"
 
+    @workflow.signal
+    def card_accepted(self, card_id: str) -> None:
+        """A person moved a reviewed card to Done: merge its branch at the next cycle."""
+        if card_id not in self._counters.to_merge:
+            pending = [*self._counters.to_merge, card_id][-_MAX_ALERTED:]
+            self._counters = self._counters.model_copy(update={"to_merge": pending})
+        self._wakes += 1
+
     @workflow.query
     def status(self) -> MonkeyStatus:
         state = "stopping" if self._stopping else "paused" if self._paused else self._state
@@ -136,6 +187,8 @@ class MonkeyWorkflow:
             budget_refusals=c.budget_refusals,
             cycles=c.cycles,
             runs=c.runs,
+            branches=c.branches,
+            merged=c.merged,
         )
 
     @workflow.run
@@ -193,6 +246,7 @@ class MonkeyWorkflow:
 
     async def _cycle(self, params: MonkeyInput) -> bool:
         """One pass over Current Sprint; False when there was nothing to work on."""
+        merged_any = await self._merge_accepted(params)
         self._set("working", "reading Current Sprint")
         snapshot: SprintSnapshot = await workflow.execute_activity_method(
             MonkeyActivities.read_sprint,
@@ -205,8 +259,20 @@ class MonkeyWorkflow:
                 await self._alert_human(params, card)
         chosen = next_card(snapshot.cards)
         if chosen is None:
-            return False
+            return merged_any
         card = chosen
+        if not card.success_checks:
+            await self._update(
+                params,
+                card,
+                BLOCKED,
+                f"{MARK}: this card has no success checks, so nothing could show that the work "
+                "is done. Add them at the end of the description (`Success checks:` and one "
+                f"`- command` per line, run in the repository root), then move it back to "
+                f"{CURRENT_SPRINT}.",
+            )
+            self._count(cards_blocked=1)
+            return True
         self._set("working", f"budget check for {card.name} (~{card.estimated_tokens} tokens)")
         try:
             await workflow.execute_activity_method(
@@ -216,6 +282,7 @@ class MonkeyWorkflow:
                     requested_tokens=card.estimated_tokens,
                     work_ref=card.id,
                     workflow_id=workflow.info().workflow_id,
+                    reserve_observed=True,
                 ),
                 start_to_close_timeout=timedelta(seconds=60),
                 retry_policy=_RETRY,
@@ -230,10 +297,11 @@ class MonkeyWorkflow:
                     params,
                     card,
                     BLOCKED,
-                    f"The Monkey will not start this card: its estimate "
-                    f"({card.estimated_tokens} tokens) is larger than the whole {refusal.window} "
-                    f"budget ({refusal.limit_tokens}). Split the card or raise the budget, then "
-                    f"move it back to {CURRENT_SPRINT}.",
+                    f"{MARK} will not start this card: its reservation "
+                    f"({refusal.requested_tokens} tokens: the card's estimate or what past cards "
+                    f"really cost, whichever is larger) is larger than the whole "
+                    f"{refusal.window} budget ({refusal.limit_tokens}). Split the card or raise "
+                    f"the budget, then move it back to {CURRENT_SPRINT}.",
                 )
                 self._count(cards_blocked=1)
                 return True
@@ -242,10 +310,52 @@ class MonkeyWorkflow:
         await self._work(params, card)
         return True
 
+    async def _merge_accepted(self, params: MonkeyInput) -> bool:
+        merged_any = False
+        while self._counters.to_merge:
+            card_id = self._counters.to_merge[0]
+            self._set("working", f"merging the accepted card {card_id}")
+            result: MergeResult = await workflow.execute_activity_method(
+                MonkeyActivities.merge_card,
+                MergeCardInput(board_id=params.board_id, card_id=card_id),
+                start_to_close_timeout=_EXECUTE_TIMEOUT,
+                retry_policy=_RETRY,
+            )
+            rest = self._counters.to_merge[1:]
+            self._counters = self._counters.model_copy(update={"to_merge": rest})
+            if result.merged:
+                self._count(merged=1)
+                merged_any = True
+        return merged_any
+
     async def _work(self, params: MonkeyInput, card: SprintCard) -> None:
         run_key = f"{workflow.info().workflow_id}/{workflow.info().run_id}/{card.id}"
+        self._set("working", f"{card.name}: preparing its branch")
+        try:
+            workspace: Workspace = await workflow.execute_activity_method(
+                MonkeyActivities.prepare_workspace,
+                PrepareWorkspaceInput(card=card),
+                start_to_close_timeout=_EXECUTE_TIMEOUT,
+                retry_policy=_RETRY,
+            )
+        except ActivityError as exc:
+            # The repository stayed unreachable through the retries: this card waits for a
+            # person; the loop itself carries on.
+            await self._blocked(params, card, clip(f"{MARK} could not fetch: {exc.cause}", 4000))
+            return
+        if workspace.problem:
+            await self._blocked(params, card, f"{MARK} has no workspace: {workspace.problem}")
+            return
+        self._set("working", f"{card.name}: mapping the repository")
+        context: RepoContext = await workflow.execute_activity_method(
+            CartographerActivities.map_repository,
+            MapRepositoryInput(card=card, commit=workspace.base_commit),
+            start_to_close_timeout=_EXECUTE_TIMEOUT,
+            retry_policy=_RETRY,
+        )
         failure: str | None = None
-        for attempt in (1, 2):
+        diff: str | None = None
+        for attempt in range(1, _ATTEMPTS + 1):
             self._set("working", f"{card.name}: attempt {attempt}")
             try:
                 outcome: CardOutcome = await workflow.execute_activity_method(
@@ -254,12 +364,20 @@ class MonkeyWorkflow:
                         card=card,
                         attempt=attempt,
                         previous_failure=failure,
+                        previous_diff=diff,
                         run_key=f"{run_key}/{attempt}",
+                        workspace=workspace,
+                        context=context,
+                        board_id=params.board_id,
                     ),
                     start_to_close_timeout=_EXECUTE_TIMEOUT,
                     retry_policy=_RETRY,
                 )
             except ActivityError as exc:
+                problem = not_configured(exc)
+                if problem is not None:
+                    await self._blocked(params, card, f"{MARK} cannot work this card: {problem}")
+                    return
                 refusal = budget_refusal(exc)
                 if refusal is None:
                     raise
@@ -268,41 +386,69 @@ class MonkeyWorkflow:
                     params,
                     card,
                     CURRENT_SPRINT,
-                    f"Paused for the token budget before attempt {attempt}: {exc.cause}",
+                    f"{MARK}: paused for the token budget before attempt {attempt}: {exc.cause}",
                 )
                 raise _BudgetWait(refusal) from exc
             self._count(tokens_used=outcome.tokens)
+            if outcome.status == NO_PROVIDER:
+                await self._blocked(
+                    params,
+                    card,
+                    f"{MARK} did not work this card: it {outcome.summary}. Configure "
+                    "FACTORYLM_ANTHROPIC_API_KEY (or Gemini), then move it back to "
+                    f"{CURRENT_SPRINT}.",
+                )
+                return
             if outcome.passed:
+                await workflow.execute_activity_method(
+                    MonkeyActivities.publish_branch,
+                    PublishBranchInput(branch=outcome.branch, commit=outcome.commit),
+                    start_to_close_timeout=_EXECUTE_TIMEOUT,
+                    retry_policy=_RETRY,
+                )
+                await self._update(params, card, REVIEW_NEEDED, hand_off(outcome, attempt))
+                self._count(cards_done=1)
+                self._record_branch(outcome, passed=True)
+                return
+            failure = clip(outcome.failing_output or outcome.check_report, 4000)
+            diff = outcome.diff
+            last = attempt == _ATTEMPTS
+            header = (
+                f"{MARK}: attempt {attempt} failed ({outcome.generated_by}, {outcome.tokens} "
+                f"tokens)."
+            )
+            if last:
+                await self._blocked(
+                    params,
+                    card,
+                    clip(
+                        f"{header} Moved to Blocked: a person needs to look at it.\n\n"
+                        f"Checks:\n{outcome.check_report}\n\nLast diff:\n"
+                        f"{outcome.diff or '(none applied)'}",
+                        15000,
+                    ),
+                )
+            else:
                 await self._update(
                     params,
                     card,
-                    REVIEW_NEEDED,
+                    None,
                     clip(
-                        f"Monkey result (attempt {attempt}, {outcome.generated_by}, "
-                        f"{outcome.tokens} tokens):\n{outcome.summary}\n\n"
-                        f"Success checks:\n{outcome.check_report}"
+                        f"{header} Retrying with a different approach, with this failure "
+                        f"as context.\n\nChecks:\n{outcome.check_report}",
+                        8000,
                     ),
                 )
-                self._count(cards_done=1)
-                return
-            failure = clip(f"{outcome.summary}\n\nSuccess checks:\n{outcome.check_report}", 4000)
-            last = attempt == 2
-            await self._update(
-                params,
-                card,
-                BLOCKED if last else None,
-                clip(
-                    f"Monkey attempt {attempt} failed its checks ({outcome.generated_by}, "
-                    f"{outcome.tokens} tokens):\n{outcome.check_report}\n\n"
-                    + (
-                        "Moved to Blocked: a person needs to look at it."
-                        if last
-                        else "Retrying once with this failure as context."
-                    )
-                ),
-            )
-            if last:
-                self._count(cards_blocked=1)
+
+    def _record_branch(self, outcome: CardOutcome, passed: bool) -> None:
+        record = BranchRecord(name=outcome.branch, commit=outcome.commit, checks_passed=passed)
+        kept = [b for b in self._counters.branches if b.name != record.name]
+        branches = [*kept, record][-_MAX_BRANCHES:]
+        self._counters = self._counters.model_copy(update={"branches": branches})
+
+    async def _blocked(self, params: MonkeyInput, card: SprintCard, comment: str) -> None:
+        await self._update(params, card, BLOCKED, comment)
+        self._count(cards_blocked=1)
 
     async def _update(
         self, params: MonkeyInput, card: SprintCard, to_list: str | None, comment: str | None

@@ -88,6 +88,10 @@ class FakeTrello:
             a["data"]["text"] for a in self.actions.get(card_id, []) if a["type"] == "commentCard"
         ]
 
+    def comment_as_person(self, card_id: str, text: str) -> None:
+        """Play a person writing a comment on the card in the Trello UI."""
+        self._action(self.cards[card_id], "commentCard", {"text": text})
+
     def list_of(self, card_id: str) -> str:
         return str(self.lists[self.cards[card_id]["idList"]]["name"])
 

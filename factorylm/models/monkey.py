@@ -45,6 +45,7 @@ class SprintCard(Model):
     estimated_tokens: int = 0
     success_checks: list[str] = Field(default_factory=list)
     url: str = ""
+    short_id: str = ""  # Trello's short link (the end of the card's short URL)
 
     @property
     def autonomous(self) -> bool:
@@ -79,13 +80,17 @@ class CheckBudgetInput(Model):
     requested_tokens: int = Field(ge=0)
     work_ref: str | None = None
     workflow_id: str | None = None
+    # Reserve at least what past cards really cost (their p90), not only the card's estimate:
+    # an estimate is written by whoever edits the card.
+    reserve_observed: bool = False
 
 
 class BudgetCheck(Model):
-    """Allowed: what is left in the tightest window after this work's estimate."""
+    """Allowed: what is left in the tightest window after this work's reservation."""
 
     remaining_tokens: int | None
     alerts_sent: int = 0
+    reserved_tokens: int = 0
 
 
 class BudgetRefusal(Model):
@@ -100,11 +105,57 @@ class BudgetRefusal(Model):
     never_fits: bool
 
 
+# Outcomes of one attempt at a card.
+PASSED, FAILED, NO_PROVIDER = "passed", "failed", "no_provider"
+
+
+class Workspace(Model):
+    """The card's branch in the Monkey's clone, made from the base branch's current commit."""
+
+    repo: str
+    branch: str
+    base_branch: str
+    base_commit: str
+    # The branch's earlier change (a card sent back from review), for the next prompt.
+    previous_diff: str = ""
+    # Set when there is no workspace (no repository configured, clone failed): the reason.
+    problem: str = ""
+
+
+class PrepareWorkspaceInput(Model):
+    card: SprintCard
+
+
+class RelevantFile(Model):
+    path: str
+    score: float
+    reason: str  # "named on the card" | "similar to the card"
+
+
+class RepoContext(Model):
+    """The Cartographer's answer: the repository's map and the files that matter to a card."""
+
+    commit: str
+    files: int
+    map_text: str
+    relevant: list[RelevantFile] = Field(default_factory=list)
+    cached: bool = False
+
+
+class MapRepositoryInput(Model):
+    card: SprintCard
+    commit: str
+
+
 class ExecuteCardInput(Model):
     card: SprintCard
     attempt: int = Field(ge=1)
     previous_failure: str | None = None
     run_key: str
+    workspace: Workspace | None = None
+    context: RepoContext | None = None
+    previous_diff: str | None = None
+    board_id: str = ""  # where a reviewer's feedback is read from
 
 
 class CardOutcome(Model):
@@ -114,10 +165,41 @@ class CardOutcome(Model):
     generated_by: str
     input_tokens: int = 0
     output_tokens: int = 0
+    status: str = FAILED  # passed | failed | no_provider
+    branch: str = ""
+    commit: str = ""
+    diff_stat: str = ""
+    diff: str = ""
+    failing_output: str = ""
+    reserved_tokens: int = 0
+    cost_usd: float = 0.0
 
     @property
     def tokens(self) -> int:
         return self.input_tokens + self.output_tokens
+
+
+class PublishBranchInput(Model):
+    branch: str
+    commit: str
+
+
+class MergeCardInput(Model):
+    board_id: str
+    card_id: str
+
+
+class MergeResult(Model):
+    merged: bool
+    branch: str = ""
+    commit: str = ""
+    detail: str = ""
+
+
+class BranchRecord(Model):
+    name: str
+    commit: str
+    checks_passed: bool
 
 
 class MonkeyCounters(Model):
@@ -129,6 +211,10 @@ class MonkeyCounters(Model):
     budget_refusals: int = 0
     alerted_cards: list[str] = Field(default_factory=list)
     runs: int = 1  # how many runs (continue-as-new) this Monkey has had
+    branches: list[BranchRecord] = Field(default_factory=list)  # the latest, for the summary
+    merged: int = 0
+    # Cards a person moved to Done, whose branches wait to be merged.
+    to_merge: list[str] = Field(default_factory=list)
 
 
 class MonkeyInput(Model):
@@ -151,6 +237,8 @@ class MonkeySummary(Model):
     budget_refusals: int
     cycles: int
     runs: int
+    branches: list[BranchRecord] = Field(default_factory=list)
+    merged: int = 0
 
 
 class MonkeyStatus(Model):
@@ -167,13 +255,22 @@ class MonkeyReportInput(Model):
 
 
 class FileChange(BaseModel):
-    path: str = Field(description="relative path inside the card's scratch directory")
-    content: str
+    path: str = Field(description="path relative to the repository root")
+    content: str = Field(description="the file's whole new content")
 
 
 class CardWork(BaseModel):
-    """What Claude answers for a card: a summary and the files that make it true."""
+    """What the model answers for a card: a change to the repository, as a unified diff or as
+    whole-file replacements (one of the two), and a summary for the reviewer."""
 
-    summary: str = Field(description="what was done, for the card's comment")
-    files: list[FileChange] = Field(default_factory=list)
+    summary: str = Field(description="what was changed and why, for the card's comment")
+    diff: str = Field(
+        default="",
+        description="a unified diff against the repository (git diff format, paths a/ and b/); "
+        "leave empty when giving whole files",
+    )
+    files: list[FileChange] = Field(
+        default_factory=list,
+        description="whole-file replacements (new or changed files); leave empty with a diff",
+    )
     notes: str = Field(default="", description="anything a reviewer should know")

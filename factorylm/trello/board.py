@@ -24,6 +24,9 @@ from factorylm.trello.cards import estimated_tokens, render_description, success
 from factorylm.trello.plan import PlanCard
 
 _TRELLO_ORIGINS = ("https://api.trello.com", "https://trello.com")
+# Every comment the Monkey writes starts with this; the others on a card are people's.
+MONKEY_MARK = "FactoryLM Monkey"
+_FEEDBACK_LIMIT = 4000
 
 
 class TrelloError(RuntimeError):
@@ -159,7 +162,32 @@ class TrelloBoard:
             estimated_tokens=estimated_tokens(description),
             success_checks=success_checks(description),
             url=getattr(card, "url", "") or "",
+            short_id=(getattr(card, "shortUrl", "") or "").rstrip("/").rsplit("/", 1)[-1],
         )
+
+    def card(self, card_id: str) -> SprintCard:
+        found = _call(f"read card {card_id}", self._client.get_card, card_id)
+        return self._sprint_card(found)
+
+    def feedback(self, card_id: str) -> list[str]:
+        """People's comments since the Monkey's last one (oldest first, bounded): what a
+        reviewer said when sending the card back."""
+        card = Card(self._board, card_id)
+        comments = _call(f"read comments of {card_id}", card.fetch_comments, True)
+        texts = [str((c.get("data") or {}).get("text") or "") for c in comments]
+        since: list[str] = []
+        for text in texts:
+            if text.startswith(MONKEY_MARK):
+                since = []
+            elif text.strip():
+                since.append(text.strip())
+        joined, kept = 0, list[str]()
+        for text in reversed(since):
+            joined += len(text)
+            if joined > _FEEDBACK_LIMIT:
+                break
+            kept.insert(0, text)
+        return kept
 
     def card_names(self) -> set[str]:
         cards = _call("read cards", self._board.open_cards)

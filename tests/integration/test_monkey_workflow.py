@@ -1,5 +1,6 @@
 """MonkeyWorkflow on the real Temporal server, with py-trello against the local Trello, the
-anthropic client against the fake Messages API, WhatsApp through the local Twilio, and the
+anthropic client against the fake Messages API, WhatsApp through the local Twilio, a real git
+repository (a local bare repository as the remote), checks under real bubblewrap, and the
 real database: the card flow, retry then Blocked, human alerts, budget waits, continue-as-new,
 pause/resume/stop, and the signed Trello webhook waking the loop."""
 
@@ -7,8 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
+import subprocess
+import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from pathlib import Path
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +29,7 @@ from temporalio.worker import Worker
 
 from api.app import create_app
 from api.trello import callback_url
+from dev.demo.monkey import seed_repository
 from dev.fakes.server import LocalServer
 from dev.fakes.trello import FakeTrello
 from dev.fakes.twilio import FakeTwilio
@@ -38,8 +45,12 @@ from workflows.monkey import MonkeyReportWorkflow, MonkeyWorkflow
 
 ENGINEER = "whatsapp:+15550100001"
 # Budget windows are real clock windows: each test starts from an empty day, alerts unsent.
-CLEAN = """DELETE FROM llm_usage; DELETE FROM budget_refusals;
+CLEAN = """DELETE FROM llm_usage; DELETE FROM budget_refusals; DELETE FROM monkey_runs;
            DELETE FROM notifications WHERE dedup_key LIKE 'budget/%'"""
+REPO_FILES = {
+    "README.md": "# Test repository\n",
+    "src/app.py": "def answer() -> int:\n    return 41\n",
+}
 
 
 def claude(request: dict[str, Any]) -> Reply:
@@ -66,6 +77,12 @@ class Rig:
     script: Script
     board: TrelloBoard
     api_url: str
+    remote: Path
+
+    def git(self, *args: str) -> str:
+        return subprocess.run(
+            ["git", f"--git-dir={self.remote}", *args], capture_output=True, text=True, check=True
+        ).stdout
 
     async def card(self, name: str, labels: list[str], checks: list[str], tokens: int = 300) -> str:
         return await asyncio.to_thread(
@@ -101,8 +118,20 @@ class Rig:
 
 
 @pytest.fixture
-async def rig(settings: Settings, client: Client, pool: asyncpg.Pool) -> AsyncIterator[Rig]:
+def repo_root() -> Iterator[Path]:
+    # Not under pytest's tmp_path (0700 parents): the sandboxed checks run as another uid.
+    root = Path(tempfile.mkdtemp(prefix="factorylm-monkey-test-"))
+    os.chmod(root, 0o755)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+async def rig(
+    settings: Settings, client: Client, pool: asyncpg.Pool, repo_root: Path
+) -> AsyncIterator[Rig]:
     await pool.execute(CLEAN)
+    remote = await asyncio.to_thread(seed_repository, repo_root, REPO_FILES)
     trello, twilio, script = FakeTrello(), FakeTwilio(), Script(default=claude)
     trello_server, twilio_server = LocalServer(trello.app()), LocalServer(twilio.app())
     anthropic: FakeServer = fake_anthropic(script)
@@ -129,6 +158,8 @@ async def rig(settings: Settings, client: Client, pool: asyncpg.Pool) -> AsyncIt
                 "monkey_workflow_id": f"monkey-{queue}",
                 "budget_hourly_tokens": 0,
                 "budget_daily_tokens": 50_000,
+                "monkey_repo": str(remote),
+                "monkey_workspace_dir": repo_root / "workspace",
             }
         ).model_dump()
     )
@@ -143,14 +174,16 @@ async def rig(settings: Settings, client: Client, pool: asyncpg.Pool) -> AsyncIt
     api = LocalServer(create_app(s, client, pool), port=port)
     await api.start()
     async with worker:
-        yield Rig(s, client, pool, trello, twilio, script, board, api.url)
+        yield Rig(s, client, pool, trello, twilio, script, board, api.url, remote)
     await api.stop()
     for server in (trello_server, twilio_server, anthropic):
         await server.stop()
     await pool.execute(CLEAN)
 
 
-async def test_the_monkey_works_the_sprint(rig: Rig, record_history: Any) -> None:
+async def test_the_monkey_works_the_sprint_into_reviewable_branches(
+    rig: Rig, record_history: Any
+) -> None:
     plain = await rig.card("Plain task", ["Autonomous"], ["test -f out.txt"])
     hopeless = await rig.card("Hopeless", ["Autonomous"], ["grep -q never x.txt"])
     critical = await rig.card(
@@ -159,7 +192,7 @@ async def test_the_monkey_works_the_sprint(rig: Rig, record_history: Any) -> Non
     human = await rig.card("Wire the PLC", ["Human Action Required", "Autonomous"], [])
     parked = await rig.card("Not for the Monkey", ["Integration"], [])
     handle = await rig.start(stop_when_idle=True, continue_after_cycles=2)
-    summary = await asyncio.wait_for(handle.result(), 60)
+    summary = await asyncio.wait_for(handle.result(), 120)
     await record_history(handle, "monkey_sprint_after_continue_as_new")
     assert (summary.cards_done, summary.cards_blocked, summary.human_alerts) == (2, 1, 1)
     assert summary.status == "idle" and summary.budget_refusals == 0
@@ -168,16 +201,35 @@ async def test_the_monkey_works_the_sprint(rig: Rig, record_history: Any) -> Non
     assert rig.list_of(critical) == rig.list_of(plain) == "Review Needed"
     assert rig.list_of(hopeless) == "Blocked"
     assert rig.list_of(human) == rig.list_of(parked) == "Current Sprint"
-    # Critical Path first, then board position; the retry carried the failure.
+    # Critical Path first, then board position; the retry carried the diff and the failure.
     prompts = [r["messages"][0]["content"] for r in rig.script.requests]
     assert prompts[0].startswith("Card: Critical fix") and "previous attempt failed" in prompts[1]
-    assert "FAIL `grep -q fixed fix.txt`" in prompts[1]
+    assert "FAIL `grep -q fixed fix.txt`" in prompts[1] and "+broken" in prompts[1]
     assert prompts[2].startswith("Card: Plain task")
+    # The prompt has the Cartographer's map and the relevant files' contents.
+    assert "src/app.py" in prompts[0] and "functions answer" in prompts[0]
+    assert "=== src/app.py" in prompts[0] and "return 41" in prompts[0]
+    # The branches are in the remote, each one commit on the base by the Monkey.
+    branches = {b.name: b for b in summary.branches}
+    assert len(branches) == 2 and all(b.checks_passed for b in branches.values())
+    (fix_branch,) = [n for n in branches if n.endswith("-critical-fix")]
+    assert fix_branch.startswith("monkey/")
+    head = branches[fix_branch].commit
+    assert rig.git("rev-parse", f"refs/heads/{fix_branch}").strip() == head
+    assert rig.git("show", f"{head}:fix.txt") == "fixed\n"
+    assert rig.git("rev-list", "--count", f"main..{head}").strip() == "1"
+    author, message = rig.git("log", "-1", "--format=%an%n%B", head).split("\n", 1)
+    assert author == "FactoryLM Monkey"
+    assert rig.trello.cards[critical]["url"] in message
+    assert rig.git("show", "main:README.md") == "# Test repository\n"  # main untouched
     hopeless_comments = rig.trello.comments(hopeless)
     assert len(hopeless_comments) == 2 and "Moved to Blocked" in hopeless_comments[1]
+    assert "Last diff:" in hopeless_comments[1] and "+nope" in hopeless_comments[1]
     review = rig.trello.comments(critical)
     assert "attempt 1 failed" in review[0] and "PASS `grep -q fixed fix.txt`" in review[1]
     assert "anthropic claude" in review[1]
+    assert f"Branch: {fix_branch}" in review[1] and f"Commit: {head}" in review[1]
+    assert "fix.txt | 1 +" in review[1] and "Tokens: " in review[1]
     alerts = [m for m in rig.twilio.to(ENGINEER) if "Wire the PLC" in m.body]
     assert len(alerts) == 1 and "Human Action Required" in alerts[0].body
     used = await rig.pool.fetchval(
@@ -186,7 +238,9 @@ async def test_the_monkey_works_the_sprint(rig: Rig, record_history: Any) -> Non
     )
     assert summary.tokens_used == used > 0
     runs = await rig.pool.fetch(
-        "SELECT card_name, attempt, passed FROM monkey_runs WHERE workflow_id = $1 ORDER BY id",
+        """SELECT card_name, attempt, passed, status, commit_sha, reserved_tokens,
+                  input_tokens + output_tokens AS spent
+           FROM monkey_runs WHERE workflow_id = $1 ORDER BY id""",
         handle.id,
     )
     assert [(r["card_name"], r["attempt"], r["passed"]) for r in runs] == [
@@ -196,10 +250,14 @@ async def test_the_monkey_works_the_sprint(rig: Rig, record_history: Any) -> Non
         ("Hopeless", 1, False),
         ("Hopeless", 2, False),
     ]
+    assert runs[1]["commit_sha"] == head and all(r["spent"] > 0 for r in runs)
+    # The first card reserved its estimate; later ones what the first really cost, if more.
+    assert runs[0]["reserved_tokens"] == 300
+    assert runs[2]["reserved_tokens"] == max(300, runs[0]["spent"] + runs[1]["spent"])
 
 
 async def test_over_budget_it_waits_for_the_next_window(rig: Rig) -> None:
-    huge = await rig.card("Huge", ["Autonomous"], [], tokens=60_000)
+    huge = await rig.card("Huge", ["Autonomous"], ["test -f out.txt"], tokens=60_000)
     card = await rig.card("Plain task", ["Autonomous"], ["test -f out.txt"], tokens=2_000)
     await rig.pool.execute(
         """INSERT INTO llm_usage (agent, provider, model, input_tokens, output_tokens, ok)
