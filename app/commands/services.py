@@ -16,6 +16,8 @@ def _db(settings: Settings, action: str) -> int:
     from app.pgcluster import Cluster, ClusterError
     from factorylm.db.pool import prepare_database
 
+    if action == "migrate":
+        return _migrate(settings)
     cluster = Cluster.from_settings(settings)
     try:
         if action == "start":
@@ -32,6 +34,31 @@ def _db(settings: Settings, action: str) -> int:
     except ClusterError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _migrate(settings: Settings) -> int:
+    """Apply pending migrations and converge the process roles' privileges, as the database
+    owner, on the configured PostgreSQL (not the embedded cluster): production's one-shot."""
+    import asyncpg
+
+    from app.deployment import apply_grants
+    from factorylm.db.pool import DatabaseUnavailable, prepare_database
+
+    async def run() -> None:
+        await prepare_database(settings)
+        conn = await asyncpg.connect(settings.pg_dsn)
+        try:
+            await apply_grants(conn)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(run())
+    except (DatabaseUnavailable, asyncpg.PostgresError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"database {settings.pg_database} migrated; process roles' privileges applied")
     return 0
 
 
@@ -91,12 +118,14 @@ def _doctor(settings: Settings) -> int:
 
 
 def add_parsers(sub: SubParsers) -> None:
-    for name, what in (
-        ("db", "the embedded PostgreSQL cluster"),
-        ("temporal", "the Temporal dev server"),
-    ):
-        p = sub.add_parser(name, help=f"start, stop or check {what}")
-        p.add_argument("action", choices=["start", "stop", "status"])
+    db = sub.add_parser(
+        "db",
+        help="start, stop or check the embedded PostgreSQL cluster; migrate: apply migrations "
+        "and the process roles' privileges to the configured PostgreSQL, as its owner",
+    )
+    db.add_argument("action", choices=["start", "stop", "status", "migrate"])
+    p = sub.add_parser("temporal", help="start, stop or check the Temporal dev server")
+    p.add_argument("action", choices=["start", "stop", "status"])
     sub.add_parser("doctor", help="check every part and say how to fix what is missing")
     sub.add_parser("probe", help="health check for containers: PostgreSQL and Temporal answer")
     worker = sub.add_parser("worker", help="run the Temporal workers")

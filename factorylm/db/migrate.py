@@ -40,11 +40,14 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
     """Apply pending migrations; returns the versions applied now."""
     await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
     try:
-        await conn.execute(
-            """CREATE TABLE IF NOT EXISTS schema_migrations (
-                   version int PRIMARY KEY, name text NOT NULL,
-                   applied_at timestamptz NOT NULL DEFAULT now())"""
-        )
+        # Only created when missing: the processes' own roles (app/deployment.py) may read it
+        # but not create tables, and find nothing pending once the owner has migrated.
+        if await conn.fetchval("SELECT to_regclass('schema_migrations')") is None:
+            await conn.execute(
+                """CREATE TABLE schema_migrations (
+                       version int PRIMARY KEY, name text NOT NULL,
+                       applied_at timestamptz NOT NULL DEFAULT now())"""
+            )
         done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
         applied = []
         for migration in available_migrations():
