@@ -4,6 +4,7 @@
 # on this machine reuses. The tests render docker-compose.yml with `docker-compose config`,
 # which needs no Docker engine. No prebuilt binary is fetched.
 # Prints the binary's path on stdout; idempotent (a cached binary returns at once).
+# Usage: scripts/install-compose.sh [--path]
 set -euo pipefail
 
 VERSION=${COMPOSE_VERSION:-2.40.3}
@@ -13,6 +14,12 @@ BIN="$TARGET_DIR/docker-compose"
 MODULE=github.com/docker/compose/v2
 
 log() { printf '[install-compose] %s\n' "$*" >&2; }
+
+# --path: where the binary is (or would be), without building it; the tests fail with it.
+if [ "${1:-}" = "--path" ]; then
+  echo "$BIN"
+  exit 0
+fi
 
 if [ -x "$BIN" ] && "$BIN" version >/dev/null 2>&1; then
   echo "$BIN"
