@@ -192,7 +192,7 @@ OWNER_PRIVILEGES = ("TRUNCATE", "REFERENCES", "TRIGGER")
 R: frozenset[Privilege] = frozenset({"SELECT"})
 RI: frozenset[Privilege] = frozenset({"SELECT", "INSERT"})
 RIU: frozenset[Privilege] = frozenset({"SELECT", "INSERT", "UPDATE"})
-RIUD: frozenset[Privilege] = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE"})
+RID: frozenset[Privilege] = frozenset({"SELECT", "INSERT", "DELETE"})
 RU: frozenset[Privilege] = frozenset({"SELECT", "UPDATE"})
 W: frozenset[Privilege] = frozenset({"INSERT"})  # write only
 
@@ -272,7 +272,7 @@ ROLES: tuple[DatabaseRole, ...] = (
             "whatsapp_sessions": R,
             "photos": RU,
             "asset_questions": RIU,
-            "manuals": RIUD,  # `factorylm manuals add` replaces a changed manual
+            "manuals": RID,  # `factorylm manuals add` replaces a changed manual
             "manual_chunks": RI,
             "llm_usage": RI,
             "budget_refusals": RI,

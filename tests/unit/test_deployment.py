@@ -5,6 +5,7 @@ and the settings each process's own modules read are among those its service is 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 from pydantic import SecretStr
@@ -12,10 +13,12 @@ from pydantic import SecretStr
 from app.deployment import (
     DEV_ONLY,
     FIXED,
+    OWNER_PASSWORD_VARIABLE,
     POSTGRES,
     ROLE_OF,
     ROLES,
     SETTINGS,
+    TABLE_PRIVILEGES,
     Process,
     env_name,
     is_secret,
@@ -129,3 +132,54 @@ def test_each_process_is_given_the_settings_its_code_reads() -> None:
 def test_env_names_are_the_settings_environment_variables() -> None:
     assert env_name("twilio_auth_token") == "FACTORYLM_TWILIO_AUTH_TOKEN"
     assert Settings.model_config.get("env_prefix") == "FACTORYLM_"
+
+
+def _table_after(marker: str) -> list[list[str]]:
+    text = (PROJECT_ROOT / "docs" / "operations.md").read_text()
+    lines = text[text.index(marker) :].splitlines()[1:]
+    rows = []
+    for line in lines[2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def test_the_operations_secrets_table_is_the_mapping() -> None:
+    rows = {r[0].strip("`"): r for r in _table_after("<!-- secrets table")}
+    assert set(rows) == {p.value for p in Process}
+    for process in Process:
+        listed = set(re.findall(r"`([A-Z_]+)`", rows[process.value][2]))
+        role = ROLE_OF.get(process)
+        expected = {env_name(s) for s in secrets_of(process) if s != "pg_password"}
+        if role is not None:
+            expected.add(role.password_variable)
+        elif "pg_password" in SETTINGS[process]:
+            expected.add(OWNER_PASSWORD_VARIABLE)
+        assert listed == expected, process
+        if role is not None:
+            assert rows[process.value][1] == f"`{role.name}`", process
+
+
+def test_the_operations_roles_table_is_the_mapping() -> None:
+    rows = {r[0].strip("`"): r for r in _table_after("<!-- roles table")}
+    assert set(rows) == {role.name for role in ROLES}
+    for role in ROLES:
+        documented = {
+            table.strip(): privileges.strip()
+            for table, _, privileges in (
+                part.partition(":") for part in rows[role.name][2].split(";")
+            )
+        }
+        declared = {
+            table: ", ".join(p for p in TABLE_PRIVILEGES if p in privileges)
+            for table, privileges in role.grants.items()
+        }
+        for table, by_privilege in role.column_grants.items():
+            for privilege, columns in by_privilege.items():
+                declared[table] = f"{privilege} ({', '.join(columns)})"
+        # A table with both table and column grants is listed twice; the last one wins here.
+        assert set(documented) == set(declared), role.name
+        for table, privileges in declared.items():
+            if table not in role.column_grants:
+                assert documented[table] == privileges, (role.name, table)
