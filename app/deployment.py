@@ -292,7 +292,9 @@ ROLES: tuple[DatabaseRole, ...] = (
             "api_tokens": R,  # tokens are made and revoked by the owner (`factorylm tokens`)
             "inbound_messages": RIU,
             "whatsapp_sessions": RIU,
-            "approval_requests": RU,  # a reply that comes too late expires its request
+            # A reply that comes too late expires its request: its status only, and only to
+            # 'expired' (a row-level policy, migration 0013): the API cannot record an approval.
+            "approval_requests": R,
             "outcome_requests": R,
             "asset_questions": R,
             "photos": RI,
@@ -304,6 +306,7 @@ ROLES: tuple[DatabaseRole, ...] = (
             "budget_refusals": R,
         },
         (Process.API,),
+        column_grants={"approval_requests": {"UPDATE": ("status",)}},
     ),
     # Grafana's datasource (grafana/provisioning): the tables its dashboards chart, read-only.
     DatabaseRole(
@@ -314,12 +317,13 @@ ROLES: tuple[DatabaseRole, ...] = (
             "baselines": R,
             "collector_status": R,
             "drift_events": R,
-            "approval_requests": R,
             "plc_writes": R,
             "work_orders": R,
             "llm_usage": R,
         },
         other_services=("grafana",),
+        # Approvals counted by status: not their codes or the approvers' numbers.
+        column_grants={"approval_requests": {"SELECT": ("status", "requested_at")}},
     ),
 )
 

@@ -219,12 +219,63 @@ async def test_the_api_role_cannot_mint_a_token_nor_write_the_plc_audit(
         await pool.close()
 
 
+async def test_the_api_role_cannot_record_an_approval(
+    granted: dict[str, Settings], owner: Settings
+) -> None:
+    workflow_id = f"drift-{secrets.token_hex(4)}"
+    async with connected(owner) as conn:
+        request_id = await conn.fetchval(
+            "INSERT INTO approval_requests (workflow_id, code, recipient, action) "
+            "VALUES ($1, '1234', 'whatsapp:+15550100001', 'shutdown_motor') RETURNING id",
+            workflow_id,
+        )
+    async with connected(granted[ROLE_OF[Process.API].name]) as conn:
+        # The record the edge worker checks before an approved write: the API cannot make it.
+        await _denied(
+            conn, "UPDATE approval_requests SET status = 'approved' WHERE id = $1", request_id
+        )
+        await _denied(
+            conn,
+            "UPDATE approval_requests SET answered_by = 'whatsapp:+1', answered_at = now() "
+            "WHERE id = $1",
+            request_id,
+        )
+        await _denied(
+            conn,
+            "INSERT INTO approval_requests (workflow_id, code, recipient, action, status, "
+            "answered_by, answered_at) VALUES ($1, '9999', 'whatsapp:+15550100001', "
+            "'shutdown_motor', 'approved', 'whatsapp:+15550100001', now())",
+            workflow_id,
+        )
+    async with connected(owner) as conn:
+        row = await conn.fetchrow(
+            "SELECT status, answered_by FROM approval_requests WHERE id = $1", request_id
+        )
+    assert row is not None and (row["status"], row["answered_by"]) == ("pending", None)
+
+
+async def test_the_api_role_cannot_reopen_an_answered_request(
+    granted: dict[str, Settings], owner: Settings
+) -> None:
+    request_id = await _approved_request(owner, f"drift-{secrets.token_hex(4)}")
+    async with connected(granted[ROLE_OF[Process.API].name]) as conn:
+        # Row-level rules: only a pending request, only to 'expired'.
+        reopened = await conn.execute(
+            "UPDATE approval_requests SET status = 'expired' WHERE id = $1", request_id
+        )
+        assert reopened == "UPDATE 0"
+
+
 async def test_grafana_reads_its_dashboards_tables_only(granted: dict[str, Settings]) -> None:
     async with connected(granted["grafana_reader"]) as conn:
         await conn.fetch("SELECT * FROM samples LIMIT 1")
         await conn.fetch("SELECT * FROM collector_status LIMIT 1")
         await _denied(conn, "SELECT * FROM api_tokens")
         await _denied(conn, "SELECT * FROM inbound_messages")
+        # The dashboard counts approvals by status; codes and approvers' numbers stay hidden.
+        await conn.fetch("SELECT status, count(*) FROM approval_requests GROUP BY 1")
+        await _denied(conn, "SELECT code FROM approval_requests")
+        await _denied(conn, "SELECT recipient, answered_by FROM approval_requests")
         await _denied(conn, "INSERT INTO work_orders (external_key, title) VALUES ('k', 't')")
 
 
@@ -262,10 +313,24 @@ async def test_the_ingest_role_writes_samples_into_a_new_chunk_and_its_status(
         await conn.fetch("SELECT * FROM baselines LIMIT 1")
 
 
+async def _approved_request(owner: Settings, workflow_id: str) -> int:
+    """An approval as the agents worker records it (the workflow's decision)."""
+    async with connected(owner) as conn:
+        request_id = await conn.fetchval(
+            "INSERT INTO approval_requests (workflow_id, code, recipient, action, status, "
+            "answered_by, answered_at) VALUES ($1, '1234', 'whatsapp:+15550100001', "
+            "'shutdown_motor', 'approved', 'whatsapp:+15550100001', now()) RETURNING id",
+            workflow_id,
+        )
+    assert isinstance(request_id, int)
+    return request_id
+
+
 async def test_the_edge_role_audits_a_write_and_reads_the_approval_it_claims(
-    granted: dict[str, Settings],
+    granted: dict[str, Settings], owner: Settings
 ) -> None:
     action_id = f"roles-{secrets.token_hex(4)}"
+    await _approved_request(owner, f"drift-{action_id}")
     async with connected(granted[ROLE_OF[Process.EDGE].name]) as conn:
         await conn.execute(
             """INSERT INTO plc_writes (action_id, workflow_id, action, plc_id, target,
@@ -279,9 +344,12 @@ async def test_the_edge_role_audits_a_write_and_reads_the_approval_it_claims(
             "WHERE action_id = $1 RETURNING *",
             action_id,
         )
-        await conn.fetch(
-            "SELECT * FROM approval_requests WHERE workflow_id = 'drift-x' AND status = 'approved'"
+        approvals = await conn.fetch(
+            "SELECT answered_by, answered_at FROM approval_requests "
+            "WHERE workflow_id = $1 AND status = 'approved'",
+            f"drift-{action_id}",
         )
+        assert [r["answered_by"] for r in approvals] == ["whatsapp:+15550100001"]
         await conn.execute(
             """INSERT INTO notifications (dedup_key, channel, recipient, body, workflow_id)
                VALUES ($1, 'log', 'incident', 'mismatch', 'drift-x') ON CONFLICT DO NOTHING""",
@@ -318,10 +386,11 @@ async def test_the_api_role_records_replies_photos_and_reads_tokens(
                 "ON CONFLICT (number) DO UPDATE SET last_inbound_at = now()",
                 f"whatsapp:{sid}",
             )
-            await conn.execute(
+            expired = await conn.execute(
                 "UPDATE approval_requests SET status = 'expired' WHERE id = $1 AND status = 'pending'",
                 request_id,
             )
+            assert expired == "UPDATE 1"
             await conn.execute(
                 """INSERT INTO photos (id, workflow_id, source, storage, location, content_type,
                        size_bytes, sha256, width, height)
@@ -362,9 +431,12 @@ async def test_the_agents_role_does_its_activities_writes(granted: dict[str, Set
             "VALUES ($1, '1234', 'whatsapp:+15550100001', 'shutdown_motor')",
             key,
         )
-        await conn.execute(
-            "UPDATE approval_requests SET status = 'approved' WHERE workflow_id = $1", key
+        answered = await conn.execute(
+            "UPDATE approval_requests SET status = 'approved', answered_by = recipient, "
+            "answered_at = now() WHERE workflow_id = $1 AND status = 'pending'",
+            key,
         )
+        assert answered == "UPDATE 1"
         await conn.execute(
             "INSERT INTO work_orders (external_key, title) VALUES ($1, 't') "
             "ON CONFLICT (external_key) DO NOTHING",

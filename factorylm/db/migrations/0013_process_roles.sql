@@ -27,3 +27,15 @@ $$;
 -- Only the owner creates objects (PostgreSQL 15's default; a cluster upgraded from an older
 -- version still lets every role create tables in public).
 REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+
+-- An approval is recorded as given only by the agents worker (the workflow's decision): the
+-- PLC edge trusts the record before it writes. The internet-facing API may only expire a
+-- pending request (a reply that came too late), never mark one approved; the edge and Grafana
+-- read. The owner (migrations, the embedded development stack) is not subject to these rules.
+ALTER TABLE approval_requests ENABLE ROW LEVEL SECURITY;
+CREATE POLICY approval_requests_agents ON approval_requests
+    TO factorylm_agents USING (true) WITH CHECK (true);
+CREATE POLICY approval_requests_read ON approval_requests
+    FOR SELECT TO factorylm_api, factorylm_edge, grafana_reader USING (true);
+CREATE POLICY approval_requests_api_expires ON approval_requests
+    FOR UPDATE TO factorylm_api USING (status = 'pending') WITH CHECK (status = 'expired');
