@@ -8,6 +8,10 @@ these tests fail, they never skip.
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import hashlib
+import hmac
 import inspect
 import json
 import os
@@ -17,6 +21,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 import yaml
 
@@ -27,13 +32,14 @@ from app.deployment import (
     OWNER_PASSWORD_VARIABLE,
     REQUIRED_SETTINGS,
     ROLE_OF,
+    ROLES,
     SETTINGS,
     Process,
     env_name,
     is_secret,
     processes_reading,
 )
-from factorylm.settings import PROJECT_ROOT
+from factorylm.settings import PROJECT_ROOT, Settings
 from ingest.writer import BatchWriter
 
 COMPOSE_FILE = PROJECT_ROOT / "docker-compose.yml"
@@ -258,3 +264,77 @@ def test_rendering_refuses_a_missing_required_variable(
     result = render({k: v for k, v in env.items() if k != variable}, tmp_path)
     assert result.returncode != 0
     assert variable in result.stderr
+
+
+def _scram_matches(verifier: str, password: str) -> bool:
+    """Whether PostgreSQL's SCRAM-SHA-256 verifier was made from `password` (RFC 5802)."""
+    method, _, rest = verifier.partition("$")
+    iterations_salt, _, keys = rest.partition("$")
+    iterations, _, salt = iterations_salt.partition(":")
+    stored_key, _, server_key = keys.partition(":")
+    salted = hashlib.pbkdf2_hmac(
+        "sha256", password.encode(), base64.b64decode(salt), int(iterations)
+    )
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    return (
+        method == "SCRAM-SHA-256"
+        and base64.b64decode(stored_key) == hashlib.sha256(client_key).digest()
+        and base64.b64decode(server_key) == hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+    )
+
+
+def test_the_db_roles_step_gives_each_role_login_with_its_password_from_the_environment(
+    rendered: dict[str, Any], env: dict[str, str], base_settings: Settings, postgres: None
+) -> None:
+    """The `db-roles` one-shot's own script and environment, as rendered, run with psql against
+    the real cluster (the roles are the cluster's: they are put back without LOGIN after)."""
+    step = services(rendered)["db-roles"]
+    assert step["entrypoint"] == ["sh", "-c"]
+    script = step["command"][0]
+    step_env = {k: str(v) for k, v in step["environment"].items()}
+    for role in ROLES:  # the passwords come from the environment, never the script
+        assert env[role.password_variable] not in script
+    step_env.update(
+        PATH=os.environ["PATH"],
+        PGHOST=base_settings.pg_host,
+        PGPORT=str(base_settings.pg_port),
+        PGDATABASE=base_settings.pg_database,
+        PSQLRC="/dev/null",
+    )
+    step_env.pop("PGPASSWORD")  # the embedded cluster trusts loopback
+
+    async def roles() -> dict[str, tuple[bool, str | None]]:
+        conn = await asyncpg.connect(base_settings.pg_dsn)
+        try:
+            rows = await conn.fetch(
+                "SELECT rolname, rolcanlogin, rolpassword FROM pg_authid "
+                "WHERE rolname = ANY($1::text[])",
+                [role.name for role in ROLES],
+            )
+            return {r["rolname"]: (r["rolcanlogin"], r["rolpassword"]) for r in rows}
+        finally:
+            await conn.close()
+
+    async def reset() -> None:
+        conn = await asyncpg.connect(base_settings.pg_dsn)
+        try:
+            for role in ROLES:
+                await conn.execute(f"ALTER ROLE {role.name} NOLOGIN PASSWORD NULL")
+        finally:
+            await conn.close()
+
+    try:
+        result = subprocess.run(
+            ["sh", "-c", script], env=step_env, capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, result.stderr
+        for role in ROLES:
+            assert env[role.password_variable] not in result.stdout + result.stderr
+        after = asyncio.run(roles())
+        for role in ROLES:
+            can_login, verifier = after[role.name]
+            assert can_login, role.name
+            assert verifier and _scram_matches(verifier, env[role.password_variable]), role.name
+            assert not _scram_matches(verifier, env[role.password_variable] + "x")
+    finally:
+        asyncio.run(reset())
