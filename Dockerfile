@@ -14,7 +14,10 @@ COPY api ./api
 COPY temporal ./temporal
 COPY app ./app
 COPY config ./config
-RUN pip install --no-cache-dir . && useradd --system --uid 10001 factorylm
+# /var/lib/factorylm is the `appdata` volume (photos, the Monkey's workspace): owned by the
+# process user here, so a new named volume starts writable by it rather than by root.
+RUN pip install --no-cache-dir . && useradd --system --uid 10001 factorylm \
+    && mkdir -p /var/lib/factorylm && chown factorylm /var/lib/factorylm
 USER factorylm
 ENTRYPOINT ["factorylm"]
 CMD ["--help"]

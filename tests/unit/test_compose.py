@@ -85,3 +85,19 @@ def test_state_lives_in_named_volumes() -> None:
     mounts = " ".join(SERVICES["grafana"]["volumes"])
     assert "./grafana/provisioning:/etc/grafana/provisioning" in mounts
     assert "./grafana/dashboards:/var/lib/grafana/dashboards" in mounts
+
+
+def test_the_state_volume_is_writable_by_the_process_user() -> None:
+    # A named volume is seeded from the image's directory, ownership included: the directory
+    # the app services mount `appdata` on must exist in the image, owned by the USER.
+    dockerfile = (PROJECT_ROOT / "Dockerfile").read_text()
+    user = re.search(r"^USER (\S+)$", dockerfile, re.M)
+    assert user is not None
+    for name in ("worker", "api"):
+        mounts = [v.split(":") for v in SERVICES[name]["volumes"]]
+        assert ["appdata", "/var/lib/factorylm"] in mounts, name
+        assert env_of(name)["FACTORYLM_STATE_DIR"] == "/var/lib/factorylm"
+    assert re.search(rf"chown {user[1]} /var/lib/factorylm", dockerfile)
+    # The ingest and the edge worker keep no state of their own: no volume but the plant file.
+    for name in ("ingest", "plc-edge"):
+        assert SERVICES[name]["volumes"] == ["./config:/app/config:ro"], name
