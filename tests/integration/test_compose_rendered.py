@@ -39,7 +39,7 @@ from app.deployment import (
     is_secret,
     processes_reading,
 )
-from factorylm.settings import PROJECT_ROOT, Settings
+from factorylm.settings import PROJECT_ROOT, Settings, load_settings, reveal
 from ingest.writer import BatchWriter
 
 COMPOSE_FILE = PROJECT_ROOT / "docker-compose.yml"
@@ -338,3 +338,28 @@ def test_the_db_roles_step_gives_each_role_login_with_its_password_from_the_envi
             assert not _scram_matches(verifier, env[role.password_variable] + "x")
     finally:
         asyncio.run(reset())
+
+
+def test_each_service_environment_is_a_valid_configuration_for_its_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With only the required variables set, as a first deployment has them, each product
+    service's rendered environment loads as its process's settings."""
+    required = {variable: secrets.token_urlsafe(24) for variable in DEPLOYMENT_SECRETS}
+    required["FACTORYLM_APPROVERS"] = "whatsapp:+15550100001,whatsapp:+15550100002"
+    result = render(required, tmp_path)
+    assert result.returncode == 0, result.stderr
+    rendered = yaml.safe_load(result.stdout)
+    for process in Process:
+        given = {k: v for k, v in environment(rendered, process.value).items() if v is not None}
+        for name in list(os.environ):
+            if name.startswith("FACTORYLM_"):
+                monkeypatch.delenv(name)
+        for name, value in given.items():
+            monkeypatch.setenv(name, str(value))
+        loaded = load_settings(_env_file=None)
+        if process in ROLE_OF:
+            assert loaded.pg_user == ROLE_OF[process].name
+            assert reveal(loaded.pg_password) == required[ROLE_OF[process].password_variable]
+        if "approvers" in SETTINGS[process]:
+            assert loaded.approvers == ["whatsapp:+15550100001", "whatsapp:+15550100002"]

@@ -4,8 +4,11 @@ does, and can do what its own process does, connecting as a real login of that r
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -470,3 +473,58 @@ def test_each_process_has_its_own_role() -> None:
     assert len(set(names)) == len(names)
     assert set(ROLE_OF) == {Process.INGEST, Process.EDGE, Process.AGENTS, Process.API}
     assert all(isinstance(r, DatabaseRole) for r in ROLE.values())
+
+
+def _migrate_cli(owner: Settings, database: str) -> subprocess.CompletedProcess[str]:
+    """`factorylm db migrate` as the compose file's `migrate` one-shot runs it."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("FACTORYLM_")} | {
+        "FACTORYLM_PG_HOST": owner.pg_host,
+        "FACTORYLM_PG_PORT": str(owner.pg_port),
+        "FACTORYLM_PG_USER": owner.pg_user,
+        "FACTORYLM_PG_DATABASE": database,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", "db", "migrate"],
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+async def scratch_database(owner: Settings) -> AsyncIterator[str]:
+    name = f"flm_migrate_{os.getpid()}_{secrets.token_hex(3)}"
+    yield name
+    conn = await asyncpg.connect(owner.dsn_for("postgres"))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def test_the_migrate_command_makes_a_database_and_applies_the_privileges(
+    owner: Settings, scratch_database: str
+) -> None:
+    result = await asyncio.to_thread(_migrate_cli, owner, scratch_database)
+    assert result.returncode == 0, result.stderr
+    scratch = owner.model_copy(update={"pg_database": scratch_database})
+    async with connected(scratch) as conn:
+        assert await conn.fetchval(
+            "SELECT has_table_privilege('factorylm_ingest', 'public.samples', 'INSERT')"
+        )
+        assert not await conn.fetchval(
+            "SELECT has_table_privilege('factorylm_ingest', 'public.plc_writes', 'SELECT')"
+        )
+
+
+async def test_the_migrate_command_refuses_a_table_nobody_decided_on(
+    owner: Settings, scratch_database: str
+) -> None:
+    assert (await asyncio.to_thread(_migrate_cli, owner, scratch_database)).returncode == 0
+    scratch = owner.model_copy(update={"pg_database": scratch_database})
+    async with connected(scratch) as conn:
+        await conn.execute("CREATE TABLE undecided (id int)")
+    result = await asyncio.to_thread(_migrate_cli, owner, scratch_database)
+    assert result.returncode == 1
+    assert "undecided" in result.stderr and "app/deployment.py" in result.stderr
