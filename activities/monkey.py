@@ -221,7 +221,7 @@ class MonkeyActivities:
             ws.ensure_clone()
             base = ws.base_commit()
             earlier = ws.remote_branch(branch)
-            previous = ws.diff(base, earlier) if earlier and earlier != base else ""
+            previous = ws.branch_change(base, earlier) if earlier and earlier != base else ""
             return Workspace(
                 repo=ws.remote,
                 branch=branch,

@@ -290,6 +290,11 @@ class GitWorkspace:
         text = self.git("diff", "--no-color", base, commit)
         return text if len(text) <= _DIFF_LIMIT else text[:_DIFF_LIMIT] + "\n…(diff truncated)\n"
 
+    def branch_change(self, base: str, branch_commit: str) -> str:
+        """What the branch changed since it left the base (the base may have moved on)."""
+        text = self.git("diff", "--no-color", f"{base}...{branch_commit}")
+        return text if len(text) <= _DIFF_LIMIT else text[:_DIFF_LIMIT] + "\n…(diff truncated)\n"
+
     def diff_stat(self, base: str, commit: str) -> str:
         return self.git("diff", "--stat", "--no-color", base, commit).rstrip()
 

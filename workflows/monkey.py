@@ -213,6 +213,9 @@ class MonkeyWorkflow:
             cycles_this_run += 1
             self._count(cycles=1)
             try:
+                # A wake (or an accepted card) during the cycle counts: the cycle may have read
+                # the board before the change it announces.
+                wakes_before = self._wakes
                 worked = await self._cycle(params)
             except _BudgetWait as wait:
                 refusal = wait.refusal
@@ -225,18 +228,18 @@ class MonkeyWorkflow:
                 if params.stop_when_idle:
                     return self._summary("budget_exhausted")
                 delay = (refusal.retry_at - workflow.now()).total_seconds()
-                await self._sleep(max(1.0, delay))
+                await self._sleep(max(1.0, delay), wakes_before)
                 continue
             if not worked:
                 if params.stop_when_idle:
                     self._set("idle", "no Autonomous card left in Current Sprint")
                     return self._summary("idle")
                 self._set("idle", "no Autonomous card in Current Sprint; waiting for a card")
-                await self._sleep(params.idle_poll_s)
+                await self._sleep(params.idle_poll_s, wakes_before)
 
-    async def _sleep(self, seconds: float) -> None:
-        """Until the time passes, or a wake, resume or stop signal arrives."""
-        seen = self._wakes
+    async def _sleep(self, seconds: float, seen: int) -> None:
+        """Until the time passes, or a wake, resume or stop signal arrives (or has arrived
+        since the wake count `seen`)."""
         try:
             await workflow.wait_condition(
                 lambda: self._stopping or self._wakes != seen, timeout=timedelta(seconds=seconds)
@@ -329,7 +332,9 @@ class MonkeyWorkflow:
         return merged_any
 
     async def _work(self, params: MonkeyInput, card: SprintCard) -> None:
-        run_key = f"{workflow.info().workflow_id}/{workflow.info().run_id}/{card.id}"
+        # The cycle number too: a card sent back from review is worked again in the same run.
+        info = workflow.info()
+        run_key = f"{info.workflow_id}/{info.run_id}/{card.id}/{self._counters.cycles}"
         self._set("working", f"{card.name}: preparing its branch")
         try:
             workspace: Workspace = await workflow.execute_activity_method(

@@ -43,7 +43,7 @@ def add(a: float, b: float) -> float:
 def greet(name: str) -> str:
     return "hi " + name
 '''
-TEST_CALC = '''import unittest
+TEST_CALC = """import unittest
 
 from calc import add
 
@@ -55,8 +55,8 @@ class AddTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
-'''
-TEST_GREET = '''import unittest
+"""
+TEST_GREET = """import unittest
 
 from calc import greet
 
@@ -68,7 +68,7 @@ class GreetTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
-'''
+"""
 DEMO_FILES = {
     "calc.py": CALC,
     "tests/__init__.py": "",
@@ -243,16 +243,12 @@ async def run_monkey_scenario(demo: Demo, say: Callable[[str], None]) -> dict[st
         for name in LISTS:
             for card in trello.cards_in(board.board_id, name):
                 say(f"  {name:15} {card['name']}")
-        branches = [
-            {
-                "name": b.name,
-                "commit": b.commit,
-                "checks_passed": b.checks_passed and _branch_head(remote, b.name) == b.commit,
-            }
-            for b in summary.branches
-        ]
-        for b in branches:
-            say(f"  branch {b['name']} at {b['commit'][:12]} (checks passed: {b['checks_passed']})")
+        branches: list[dict[str, Any]] = []
+        for b in summary.branches:
+            # Passed means: every check exited 0 on this commit, and the remote has it.
+            passed = b.checks_passed and _branch_head(remote, b.name) == b.commit
+            branches.append({"name": b.name, "commit": b.commit, "checks_passed": passed})
+            say(f"  branch {b.name} at {b.commit[:12]} (checks passed: {passed})")
         say(f"check by hand: git clone {remote} calc && cd calc && git checkout BRANCH && "
             "python3 -m unittest")  # fmt: skip
         return {

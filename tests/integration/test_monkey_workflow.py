@@ -13,9 +13,9 @@ import shutil
 import subprocess
 import tempfile
 import uuid
-from pathlib import Path
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -39,7 +39,7 @@ from factorylm.trello.board import TrelloBoard, trello_client
 from factorylm.trello.plan import PlanCard
 from factorylm.trello.webhook import SIGNATURE_HEADER, sign
 from factorylm.waiting import wait_for
-from helpers import free_port
+from helpers import free_port, until
 from workers.agents import monkey_activities
 from workflows.monkey import MonkeyReportWorkflow, MonkeyWorkflow
 
@@ -346,3 +346,126 @@ async def test_progress_report(rig: Rig, record_history: Any) -> None:
 async def _status_is(rig: Rig, handle: WorkflowHandle[Any, Any], state: str) -> MonkeyStatus | None:
     status = await rig.status(handle)
     return status if status.state == state else None
+
+
+async def test_a_card_without_checks_is_blocked_asking_for_them(rig: Rig) -> None:
+    card = await rig.card("Vague idea", ["Autonomous"], [])
+    handle = await rig.start(stop_when_idle=True)
+    summary = await asyncio.wait_for(handle.result(), 60)
+    assert (summary.cards_done, summary.cards_blocked) == (0, 1)
+    assert rig.list_of(card) == "Blocked" and rig.script.requests == []
+    (comment,) = rig.trello.comments(card)
+    assert "no success checks" in comment and "Success checks:" in comment
+    assert rig.git("for-each-ref", "refs/heads/monkey/") == ""
+
+
+async def test_without_an_llm_provider_nothing_is_marked_done(
+    rig: Rig, client: Client, pool: asyncpg.Pool
+) -> None:
+    card = await rig.card("Plain task", ["Autonomous"], ["test -f out.txt"])
+    offline = Settings.model_validate(
+        rig.settings.model_copy(
+            update={"anthropic_api_key": None, "gemini_api_key": None, "task_queue": "x"}
+        ).model_dump()
+    )
+    queue = f"monkey-offline-{uuid.uuid4().hex[:6]}"
+    async with Worker(
+        client,
+        task_queue=queue,
+        workflows=[MonkeyWorkflow],
+        activities=monkey_activities(pool, offline),
+    ):
+        summary = await client.execute_workflow(
+            MonkeyWorkflow.run,
+            MonkeyInput(board_id=rig.board.board_id, stop_when_idle=True),
+            id=f"monkey-offline-{queue}",
+            task_queue=queue,
+        )
+    assert (summary.cards_done, summary.cards_blocked, summary.tokens_used) == (0, 1, 0)
+    assert rig.list_of(card) == "Blocked"
+    (comment,) = rig.trello.comments(card)
+    assert "needs an LLM provider" in comment
+    assert rig.git("for-each-ref", "refs/heads/monkey/") == ""
+
+
+async def test_done_merges_the_branch_and_back_to_sprint_brings_the_feedback(rig: Rig) -> None:
+    await asyncio.to_thread(
+        trello_client(rig.settings).create_hook, callback_url(rig.settings), rig.board.board_id
+    )
+    first = await rig.card("Plain task", ["Autonomous"], ["test -f out.txt"])
+    second = await rig.card("Second task", ["Autonomous"], ["test -f out.txt"])
+    handle = await rig.start()
+    await until(
+        "both reviewed", lambda: rig.list_of(first) == rig.list_of(second) == "Review Needed"
+    )
+    branch_of_first = (await rig.status(handle)).counters.branches[0]
+    # A person accepts the first card: the signed webhook, the Monkey merges and pushes.
+    rig.trello.move_card(first, "Done")
+    await until("the webhook delivered", lambda: rig.trello._pending == set())
+    await until(
+        "the branch merged into main",
+        lambda: "out.txt" in rig.git("ls-tree", "--name-only", "main"),
+    )
+    merge = rig.git("log", "-1", "--format=%an%n%P%n%s", "main").splitlines()
+    assert merge[0] == "FactoryLM Monkey" and branch_of_first.commit in merge[1].split()
+    await until("merge commented", lambda: any("merged" in c for c in rig.trello.comments(first)))
+    # A person sends the second back with a comment: the next attempt gets it as feedback.
+    rig.trello.comment_as_person(second, "Please also explain the change in the summary.")
+    explained = {"path": "second.txt", "content": "explained\n"}
+    rig.script.push(Reply(body={"summary": "explained", "files": [explained]}))
+    rig.trello.move_card(second, "Current Sprint")
+    await until("worked again", lambda: len(rig.script.requests) == 3)
+    await until("back in review", lambda: rig.list_of(second) == "Review Needed")
+    redo = rig.script.requests[2]["messages"][0]["content"]
+    assert redo.startswith("Card: Second task")
+    assert "> Please also explain the change in the summary." in redo
+    assert "The earlier change on this card's branch" in redo and "+ok" in redo
+    await handle.signal(MonkeyWorkflow.stop)
+    summary = await asyncio.wait_for(handle.result(), 30)
+    assert summary.merged == 1 and summary.cards_done == 3
+
+
+async def test_a_check_that_hunts_for_secrets_gets_nothing(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = f"planted-{uuid.uuid4().hex}"
+    # In the worker's own environment (the worker runs in this process), as real keys are.
+    monkeypatch.setenv("FACTORYLM_TWILIO_AUTH_TOKEN", secret)
+    monkeypatch.setenv("FACTORYLM_ANTHROPIC_API_KEY", secret)
+    hunt = (
+        'python3 -c "import glob, os; print(os.environ); '
+        "[print(open(p, 'rb').read()) for p in glob.glob('/proc/*/environ')]; "
+        "print(open('/proc/%d/environ' % os.getppid(), 'rb').read()); raise SystemExit(3)\""
+    )
+    card = await rig.card("Plain task", ["Autonomous"], [hunt])
+    caplog.set_level("DEBUG")
+    handle = await rig.start(stop_when_idle=True)
+    summary = await asyncio.wait_for(handle.result(), 60)
+    assert summary.cards_blocked == 1 and rig.list_of(card) == "Blocked"
+    comments = rig.trello.comments(card)
+    assert "exit 3" in comments[-1] and "environ" not in secret
+    runs = await rig.pool.fetch("SELECT summary, check_report, diff FROM monkey_runs")
+    history = json.dumps((await handle.fetch_history()).to_json_dict())
+    prompts = json.dumps(rig.script.requests)
+    everything = [*comments, *[v for r in runs for v in r.values()], history, prompts, caplog.text]
+    assert not [text for text in everything if secret in text]
+    assert not [text for text in comments if "FACTORYLM_" in text]
+
+
+async def test_a_change_that_does_not_apply_is_a_failed_attempt_with_the_reason(rig: Rig) -> None:
+    bad = "--- a/src/app.py\n+++ b/src/app.py\n@@ -1,2 +1,2 @@\n def nothing():\n-    pass\n+    return 1\n"
+    escape = {"summary": "x", "files": [{"path": "../outside.txt", "content": "x"}]}
+    rig.script.push(
+        Reply(body={"summary": "patch", "diff": bad}),
+        Reply(body=escape),  # refused by validation: the router asks for a repair
+        Reply(body={"summary": "patch", "diff": bad}),
+    )
+    card = await rig.card("Plain task", ["Autonomous"], ["test -f out.txt"])
+    handle = await rig.start(stop_when_idle=True)
+    summary = await asyncio.wait_for(handle.result(), 60)
+    assert summary.cards_blocked == 1 and rig.list_of(card) == "Blocked"
+    comments = rig.trello.comments(card)
+    assert "the diff does not apply" in comments[0] and "the diff does not apply" in comments[1]
+    repair = rig.script.requests[2]["messages"][0]["content"]
+    assert "leaves the repository" in repair
+    assert not (rig.remote.parent / "outside.txt").exists()
