@@ -16,6 +16,7 @@ from api.photos import PhotoRoutes
 from api.trello import WEBHOOK_PATH, TrelloWebhook
 from api.whatsapp import WhatsAppWebhook
 from api.whatsapp_photos import WhatsAppPhotos
+from api.work_log import WorkLogEndpoint
 from factorylm.photos.store import photo_store_for
 from factorylm.settings import Settings
 
@@ -33,6 +34,7 @@ def create_app(settings: Settings, client: Client, pool: asyncpg.Pool) -> Starle
             Route("/webhooks/twilio/whatsapp", whatsapp.handle, methods=["POST"]),
             Route(WEBHOOK_PATH, trello.handle, methods=["POST", "HEAD"]),
             Route("/budget", guard(budget.handle)),
+            Route("/work-log", guard(WorkLogEndpoint(settings, client, pool).handle)),
             *OperatorRoutes(settings, client, pool).routes(guard),
             *PhotoRoutes(settings, pool, intake).routes(guard),
         ]

@@ -1,4 +1,5 @@
-"""`factorylm trello init|import` and `factorylm monkey start|pause|resume|stop|status`."""
+"""`factorylm trello init|import`, `factorylm monkey start|pause|resume|stop|status|map` and
+`factorylm work-log` (the Workflow Tracker)."""
 
 from __future__ import annotations
 
@@ -23,19 +24,38 @@ def add_parsers(sub: SubParsers) -> None:
     init.add_argument("--name", default="FactoryLM - Monkey", help="name for a new board")
     imp = actions.add_parser("import", help="create a plan's cards (YAML or Markdown) in Backlog")
     imp.add_argument("plan", type=Path)
-    monkey = sub.add_parser("monkey", help="start, pause, resume, stop the Monkey; its status")
-    monkey.add_argument("monkey_action", choices=["start", "pause", "resume", "stop", "status"])
+    monkey = sub.add_parser(
+        "monkey", help="start, pause, resume, stop the Monkey; its status; its repository's map"
+    )
+    monkey.add_argument(
+        "monkey_action", choices=["start", "pause", "resume", "stop", "status", "map"]
+    )
+    monkey.add_argument(
+        "--card", default="", help="with map: rank the files relevant to this card text"
+    )
+    log = sub.add_parser("work-log", help="every agent's work (the Workflow Tracker)")
+    log.add_argument("--agent", help="drift, photo, health, baseline, outcome, monkey")
+    log.add_argument("--since", help="ISO 8601 time with a zone, e.g. 2026-12-01T00:00:00Z")
+    log.add_argument("--until", help="ISO 8601 time with a zone")
+    log.add_argument("--outcome", help="completed, failed, running, ... or passed, blocked")
+    log.add_argument("--limit", type=int, default=50)
+    log.add_argument("--json", action="store_true", help="one JSON object per line")
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
     from factorylm.trello.board import TrelloError
     from factorylm.trello.plan import PlanError
+    from factorylm.worklog import WorkLogError
 
     try:
         if args.command == "trello":
             return _trello(settings, args)
+        if args.command == "work-log":
+            return asyncio.run(_work_log(settings, args))
+        if args.monkey_action == "map":
+            return asyncio.run(_map(settings, args.card))
         return asyncio.run(_monkey(settings, args.monkey_action))
-    except (TrelloError, PlanError) as exc:
+    except (TrelloError, PlanError, WorkLogError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
@@ -105,4 +125,66 @@ async def _monkey(settings: Settings, action: str) -> int:
     return 0
 
 
-COMMAND = Command(names=("trello", "monkey"), add_parsers=add_parsers, run=run)
+async def _map(settings: Settings, card_text: str) -> int:
+    from activities.monkey import cartographer_for, monkey_workspace
+    from activities.monkey_workspace import GitError
+    from factorylm.db.pool import create_pool
+    from factorylm.models.monkey import MapRepositoryInput, SprintCard
+
+    workspace = monkey_workspace(settings)
+    try:
+        await asyncio.to_thread(workspace.ensure_clone)
+        commit = await asyncio.to_thread(workspace.base_commit)
+    except GitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    pool = await create_pool(settings, max_size=2)
+    try:
+        card = SprintCard(id="cli", name=card_text or "map", description="")
+        context = await cartographer_for(pool, settings).map_repository(
+            MapRepositoryInput(card=card, commit=commit)
+        )
+    finally:
+        await pool.close()
+    print(f"{workspace.remote} {settings.monkey_base_branch} at {commit} ({context.files} files"
+          f"{', cached' if context.cached else ''})")  # fmt: skip
+    print(context.map_text)
+    if card_text:
+        print(f"\nrelevant to {card_text!r}:")
+        for item in context.relevant:
+            print(f"  {item.score:6.3f}  {item.path}  ({item.reason})")
+    return 0
+
+
+async def _work_log(settings: Settings, args: argparse.Namespace) -> int:
+    from factorylm.db.pool import create_pool
+    from factorylm.temporal_client import connect
+    from factorylm.worklog import WorkFilter, parse_time, work_log
+
+    f = WorkFilter(
+        agent=args.agent,
+        since=parse_time(args.since, "--since"),
+        until=parse_time(args.until, "--until"),
+        outcome=args.outcome,
+        limit=args.limit,
+    )
+    client = await connect(settings)
+    pool = await create_pool(settings, max_size=2)
+    try:
+        items = await work_log(client, pool, settings, f)
+    finally:
+        await pool.close()
+    for item in items:
+        if args.json:
+            print(json.dumps(item.as_json()))
+            continue
+        print(
+            f"{item.started_at:%Y-%m-%d %H:%M:%S}  {item.agent:8} {item.outcome:14} "
+            f"{item.tokens:>7} tok ${item.cost_usd:.4f}  {item.what}\n    {item.history_url}"
+        )
+    if not args.json:
+        print(f"{len(items)} item(s)")
+    return 0
+
+
+COMMAND = Command(names=("trello", "monkey", "work-log"), add_parsers=add_parsers, run=run)
