@@ -45,6 +45,7 @@ def add_parsers(sub: SubParsers) -> None:
 def run(settings: Settings, args: argparse.Namespace) -> int:
     from factorylm.trello.board import TrelloError
     from factorylm.trello.plan import PlanError
+    from factorylm.temporal_client import TemporalUnavailable
     from factorylm.worklog import WorkLogError
 
     try:
@@ -55,7 +56,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         if args.monkey_action == "map":
             return asyncio.run(_map(settings, args.card))
         return asyncio.run(_monkey(settings, args.monkey_action))
-    except (TrelloError, PlanError, WorkLogError) as exc:
+    except (TrelloError, PlanError, WorkLogError, TemporalUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

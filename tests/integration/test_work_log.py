@@ -4,6 +4,8 @@ cards from monkey_runs, filtered by agent, time and outcome, each linked to its 
 
 from __future__ import annotations
 
+import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -139,3 +141,29 @@ async def test_the_work_log_lists_every_agents_work_with_filters(
 async def _when(found: Any, ok: Any) -> Any:
     values = await found
     return values if ok(values) else None
+
+
+def test_the_cli_prints_the_same_work_log(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from app.cli import build_parser
+    from app.commands.monkey import run
+
+    tag = uuid.uuid4().hex[:8]
+
+    async def seed() -> None:
+        pool = await asyncpg.create_pool(settings.pg_dsn, min_size=1, max_size=1)
+        try:
+            await _card(pool, f"monkey-cli-{tag}", f"cli-{tag}", ("passed", 321))
+        finally:
+            await pool.close()
+
+    asyncio.run(seed())
+    args = build_parser().parse_args(["work-log", "--agent", "monkey", "--json", "--limit", "1000"])
+    assert run(settings, args) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    (mine,) = [item for item in lines if tag in item["what"]]
+    assert (mine["outcome"], mine["tokens"]) == ("passed", 321)
+    refused = build_parser().parse_args(["work-log", "--outcome", "sideways"])
+    assert run(settings, refused) == 1
+    assert "unknown outcome 'sideways'" in capsys.readouterr().err
