@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from factorylm.llm import CallContext, LlmRouter, StructuredTask, build_router
 from factorylm.models.agents import OFFLINE
 from factorylm.models.messages import SendMessageInput
 from factorylm.models.monkey import (
+    BLOCKED,
     CURRENT_SPRINT,
     MONKEY_AGENT,
     NO_PROVIDER,
@@ -70,6 +72,10 @@ SYSTEM = (
     "and factual: what you changed, and anything a reviewer must look at."
 )
 _TAIL = 1500
+# At most this many checks per card, all of them within this many seconds (the execute
+# activity's start-to-close timeout is 15 minutes).
+MAX_CHECKS = 20
+CHECKS_DEADLINE_S = 600.0
 _DIFF_IN_PROMPT = 8000
 
 
@@ -157,6 +163,8 @@ def check_line(result: SandboxResult) -> str:
         why = "killed at the timeout"
     elif result.signal_name:
         why = f"killed by {result.signal_name}"
+    elif result.exit_code is None:
+        why = "not run"
     else:
         why = f"exit {result.exit_code}"
     output = tail(result.output)
@@ -367,7 +375,7 @@ class MonkeyActivities:
             except (InvalidChange, GitError) as exc:
                 reason = f"the change was not applied: {exc}"
                 return Attempt(False, f"FAIL `apply the change`: {tail(reason)}", tail(reason))
-            results = [run_sandboxed(c, worktree, self._limits) for c in card.success_checks]
+            results = self._run_checks(card.success_checks, worktree)
         except SandboxUnavailable as exc:
             raise ApplicationError(str(exc), type=NOT_CONFIGURED, non_retryable=True) from exc
         finally:
@@ -384,6 +392,32 @@ class MonkeyActivities:
 
     def _who(self) -> str:
         return "FactoryLM Monkey"
+
+    def _run_checks(self, checks: list[str], worktree: Path) -> list[SandboxResult]:
+        """Each check under the sandbox's limits, all of them within CHECKS_DEADLINE_S: the
+        activity's own timeout must never be what stops a card's checks."""
+        deadline = time.monotonic() + CHECKS_DEADLINE_S
+        results = []
+        for index, command in enumerate(checks):
+            if index >= MAX_CHECKS:
+                why = f"not run: a card may have {MAX_CHECKS} checks; split it"
+                results.append(SandboxResult(command, None, why, 0.0))
+                continue
+            left = deadline - time.monotonic()
+            if left < 1:
+                results.append(
+                    SandboxResult(
+                        command,
+                        None,
+                        f"not run: the card's checks took over {CHECKS_DEADLINE_S:g} s together",
+                        0.0,
+                        timed_out=True,
+                    )
+                )
+                continue
+            limits = replace(self._limits, timeout_s=min(self._limits.timeout_s, left))
+            results.append(run_sandboxed(command, worktree, limits))
+        return results
 
     @activity.defn(name="monkey_publish_branch")
     async def publish_branch(self, req: PublishBranchInput) -> None:
@@ -415,8 +449,14 @@ class MonkeyActivities:
         if result.merged:
             text = f"{MONKEY_MARK}: merged `{result.branch}` into `{ws.base}` as {result.commit[:12]} and pushed."
         else:
-            text = f"{MONKEY_MARK}: could not merge into `{ws.base}`: {result.detail}"
+            text = (
+                f"{MONKEY_MARK}: could not merge into `{ws.base}`, so the card is Blocked: "
+                f"{result.detail}\nResolve it on the branch (or move the card back to "
+                f"{CURRENT_SPRINT} to have it redone from the current `{ws.base}`)."
+            )
         await asyncio.to_thread(board.comment, req.card_id, text)
+        if not result.merged:
+            await asyncio.to_thread(board.move, req.card_id, BLOCKED)
         return result
 
     @activity.defn(name="monkey_progress_report")

@@ -326,11 +326,8 @@ class GitWorkspace:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.git("worktree", "add", "-q", "--detach", str(path), f"origin/{self.base}")
         try:
-            try:
-                self.git("merge", "--no-ff", "-q", "-m", message, f"origin/{branch}", cwd=path)
-            except GitError:
-                self.git("merge", "--abort", cwd=path)
-                raise
+            # A conflict leaves the base as it was: the worktree is deleted below, unpushed.
+            self.git("merge", "--no-ff", "-q", "-m", message, f"origin/{branch}", cwd=path)
             commit = self.git("rev-parse", "HEAD", cwd=path).strip()
             self.git("push", "-q", "origin", f"{commit}:refs/heads/{self.base}")
             return commit

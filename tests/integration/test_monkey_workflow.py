@@ -469,3 +469,32 @@ async def test_a_change_that_does_not_apply_is_a_failed_attempt_with_the_reason(
     repair = rig.script.requests[2]["messages"][0]["content"]
     assert "leaves the repository" in repair
     assert not (rig.remote.parent / "outside.txt").exists()
+
+
+async def test_a_branch_that_no_longer_merges_is_blocked_and_the_base_is_untouched(
+    rig: Rig,
+) -> None:
+    await asyncio.to_thread(
+        trello_client(rig.settings).create_hook, callback_url(rig.settings), rig.board.board_id
+    )
+    rig.script.push(
+        Reply(body={"summary": "one", "files": [{"path": "out.txt", "content": "one\n"}]}),
+        Reply(body={"summary": "two", "files": [{"path": "out.txt", "content": "two\n"}]}),
+    )
+    first = await rig.card("First", ["Autonomous"], ["test -f out.txt"])
+    second = await rig.card("Second", ["Autonomous"], ["test -f out.txt"])
+    handle = await rig.start()
+    await until(
+        "both reviewed", lambda: rig.list_of(first) == rig.list_of(second) == "Review Needed"
+    )
+    rig.trello.move_card(first, "Done")
+    await until("first merged", lambda: "out.txt" in rig.git("ls-tree", "--name-only", "main"))
+    merged_main = rig.git("rev-parse", "main").strip()
+    rig.trello.move_card(second, "Done")
+    await until("second blocked", lambda: rig.list_of(second) == "Blocked")
+    assert "could not merge" in rig.trello.comments(second)[-1]
+    assert "CONFLICT" in rig.trello.comments(second)[-1]
+    assert rig.git("rev-parse", "main").strip() == merged_main
+    assert rig.git("show", "main:out.txt") == "one\n"
+    await handle.signal(MonkeyWorkflow.stop)
+    assert (await asyncio.wait_for(handle.result(), 30)).merged == 1
