@@ -85,6 +85,9 @@ class Settings(BaseSettings):
         default_factory=lambda: ["whatsapp:+15550100001"]
     )
     approval_timeout_s: float = Field(default=300.0, gt=0)
+    # How long a given approval may still be acted on: after it the edge refuses the write
+    # (an approved shutdown must not run hours later, when the edge worker comes back).
+    approval_validity_s: float = Field(default=600.0, gt=0)
 
     # Drift detection (streaming, in the ingest process).
     drift_window_s: float = Field(default=300.0, gt=0)
