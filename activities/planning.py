@@ -81,6 +81,7 @@ class PlanningActivities:
             proposal=gate_proposals(self._plant, req.alert, list(req.proposals)),
             approvers=list(self._settings.approvers),
             approval_timeout_s=self._settings.approval_timeout_s,
+            approval_validity_s=self._settings.approval_validity_s,
             plc_task_queue=self._settings.plc_task_queue,
             outcome_wait_s=self._settings.outcome_wait_hours * 3600,
         )

@@ -1,8 +1,10 @@
 """PLC writes: the only path from a decision to a machine (the safety rules in docs/approvals.md, "The write itself").
 
 Runs on the edge worker's task queue. The catalog and bounds are checked here, against the
-edge's own plant file, before any I/O — whatever the workflow asked. Each action id writes
-at most once; the value is read back and compared; every attempt is audited in `plc_writes`.
+edge's own plant file, before any I/O — whatever the workflow asked; an `approval` action
+also needs the approval on record in PostgreSQL for the run that scheduled it, still within
+its validity. Each action id writes at most once, one value; the value is read back and
+compared; every attempt is audited in `plc_writes`, refusals and failures included.
 """
 
 from __future__ import annotations
@@ -14,12 +16,16 @@ from collections.abc import Collection
 
 import asyncpg
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
-from factorylm.drivers import PlcDriver, driver_for
+from factorylm.drivers import PlcDriver, PlcError, driver_for
 from factorylm.errors import (
+    ACTION_ID_REUSED,
     ACTION_NOT_IN_CATALOG,
+    APPROVAL_EXPIRED,
     APPROVAL_MISSING,
     MALFORMED_REQUEST,
+    PLC_VALUE_CHANGED,
     READ_BACK_MISMATCH,
     VALUE_OUT_OF_BOUNDS,
     non_retryable,
@@ -69,17 +75,59 @@ def validate_write(
     return plc, setpoint
 
 
+_FLOAT_TYPES = frozenset({"f32", "real"})
+
+
 def same_value(setpoint: Setpoint, a: float, b: float) -> bool:
-    if setpoint.type == "f32":
+    """Whether a read value is the value meant. A float point (Modbus f32, S7/Logix REAL)
+    holds what was written up to its float32 rounding, so anything further off is a
+    different value — a PLC clamping 10.0 to 9.6 must not pass as verified. An integer
+    register holds value/scale, so half a step either way is the same value."""
+    if setpoint.type in _FLOAT_TYPES:
         return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
-    return abs(a - b) <= abs(setpoint.scale) / 2  # integer registers hold value/scale
+    return abs(a - b) <= abs(setpoint.scale) / 2
+
+
+# One row per action id, whatever happened to it. A row that was only refused never reached
+# the PLC, so a later request under its id replaces it; otherwise the first attempt's
+# description (and value before) stays.
+_AUDIT = """
+INSERT INTO plc_writes (action_id, workflow_id, action, plc_id, target, approved_by,
+                        value_written, status, error, value_before, completed_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
+        CASE WHEN $8 = 'pending' THEN NULL ELSE now() END)
+ON CONFLICT (action_id) DO UPDATE SET
+    workflow_id = EXCLUDED.workflow_id, action = EXCLUDED.action, plc_id = EXCLUDED.plc_id,
+    target = EXCLUDED.target, approved_by = EXCLUDED.approved_by,
+    value_written = EXCLUDED.value_written, status = EXCLUDED.status,
+    value_before = COALESCE(EXCLUDED.value_before, plc_writes.value_before),
+    error = COALESCE(EXCLUDED.error, plc_writes.error), completed_at = EXCLUDED.completed_at
+"""
+
+# The approval the workflow recorded (activities/notify.py close_approval) for the very run
+# that scheduled this write: the edge does not take the approver's name on trust.
+_APPROVAL = """
+SELECT answered_at, answered_at >= now() - $5 * interval '1 second' AS valid
+FROM approval_requests
+WHERE workflow_id = $1 AND run_id = $2 AND action = $3 AND status = 'approved'
+  AND answered_by = $4 AND answered_at IS NOT NULL
+ORDER BY answered_at DESC LIMIT 1
+"""
 
 
 class PlcWriteActivities:
-    def __init__(self, pool: asyncpg.Pool, plant: Plant, approvers: Collection[str]) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        plant: Plant,
+        approvers: Collection[str],
+        *,
+        approval_validity_s: float = 600.0,
+    ) -> None:
         self._pool = pool
         self._plant = plant
         self._approvers = frozenset(approvers)
+        self._approval_validity_s = approval_validity_s
         self._drivers: dict[str, PlcDriver] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -99,41 +147,147 @@ class PlcWriteActivities:
         async with lock:
             return await self._write(req, plc, setpoint)
 
+    async def _audit(
+        self,
+        req: PlcWriteInput,
+        plc: Plc,
+        setpoint: Setpoint,
+        status: str,
+        error: str | None,
+        value_before: float | None = None,
+    ) -> None:
+        await self._pool.execute(
+            _AUDIT,
+            req.action_id,
+            req.workflow_id,
+            req.action,
+            plc.id,
+            setpoint.name,
+            req.approved_by,
+            req.value,
+            status,
+            error,
+            value_before,
+        )
+
+    async def _refuse(
+        self, req: PlcWriteInput, plc: Plc, setpoint: Setpoint, kind: str, reason: str
+    ) -> ApplicationError:
+        log.error("PLC write %s refused: %s", req.action_id, reason)
+        await self._audit(req, plc, setpoint, "refused", f"{kind}: {reason}")
+        return non_retryable(kind, reason)
+
+    async def _check_approval(self, req: PlcWriteInput, plc: Plc, setpoint: Setpoint) -> None:
+        """For an `approval` action: the approval on record for the run that scheduled this
+        write, by the approver it names, given no longer ago than its validity."""
+        action = self._plant.action(req.action)
+        if action is None or action.policy is not Policy.APPROVAL:
+            return
+        info = activity.info()
+        # Temporal says which run scheduled the activity; the request's own fields are only
+        # what that run (or whoever reached the task queue) chose to write into it.
+        if req.workflow_id != info.workflow_id:
+            raise await self._refuse(
+                req,
+                plc,
+                setpoint,
+                APPROVAL_MISSING,
+                f"the request names workflow {req.workflow_id!r} "
+                f"but was scheduled by {info.workflow_id!r}",
+            )
+        row = await self._pool.fetchrow(
+            _APPROVAL,
+            info.workflow_id,
+            info.workflow_run_id,
+            action.name,
+            req.approved_by,
+            self._approval_validity_s,
+        )
+        if row is None:
+            raise await self._refuse(
+                req,
+                plc,
+                setpoint,
+                APPROVAL_MISSING,
+                f"no approval of {action.name} by {req.approved_by} on record "
+                f"for run {info.workflow_run_id} of {info.workflow_id}",
+            )
+        if not row["valid"]:
+            raise await self._refuse(
+                req,
+                plc,
+                setpoint,
+                APPROVAL_EXPIRED,
+                f"{action.name} was approved at {row['answered_at']:%Y-%m-%d %H:%M:%S} UTC; "
+                f"an approval is valid for {self._approval_validity_s:g} s",
+            )
+
     async def _write(self, req: PlcWriteInput, plc: Plc, setpoint: Setpoint) -> PlcWriteResult:
         row = await self._pool.fetchrow(
             "SELECT * FROM plc_writes WHERE action_id = $1", req.action_id
         )
-        if row is not None and row["status"] == "verified":
-            return self._result(row, req, plc, setpoint)
-        if row is not None and row["status"] == "mismatch":
-            raise non_retryable(READ_BACK_MISMATCH, f"{req.action_id}: read-back already failed")
-        driver = self._driver(plc)
-        activity.heartbeat("reading the value before")
-        current = (await driver.read_points([setpoint]))[setpoint.name]
-        already_written = False
-        if row is None:
-            await self._pool.execute(
-                """INSERT INTO plc_writes (action_id, workflow_id, action, plc_id, target,
-                       approved_by, value_before, value_written, status)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending')""",
-                req.action_id,
-                req.workflow_id,
+        if row is not None and row["status"] == "refused":
+            row = None  # never reached the PLC: this request starts afresh under the id
+        if row is not None:
+            if (row["action"], row["plc_id"], row["target"]) != (
                 req.action,
                 plc.id,
                 setpoint.name,
-                req.approved_by,
-                current,
-                req.value,
-            )
+            ) or not same_value(setpoint, row["value_written"], req.value):
+                # An id is one decision. Its audit row stays as it is.
+                log.error(
+                    "PLC write %s refused: the id already wrote %s (%s); asked for %s (%s)",
+                    req.action_id,
+                    row["value_written"],
+                    row["action"],
+                    req.value,
+                    req.action,
+                )
+                raise non_retryable(
+                    ACTION_ID_REUSED,
+                    f"{req.action_id} is already the write of {row['value_written']:g} "
+                    f"({row['action']} to {row['plc_id']}.{row['target']}); "
+                    f"refusing {req.value:g} ({req.action}) under the same id",
+                )
+            if row["status"] == "verified":
+                return self._result(row, req, plc, setpoint)
+            if row["status"] == "mismatch":
+                raise non_retryable(
+                    READ_BACK_MISMATCH, f"{req.action_id}: read-back already failed"
+                )
+        await self._check_approval(req, plc, setpoint)
+        driver = self._driver(plc)
+        activity.heartbeat("reading the value before")
+        try:
+            current = (await driver.read_points([setpoint]))[setpoint.name]
+        except PlcError as exc:
+            await self._audit(req, plc, setpoint, "failed", f"read before write: {exc}")
+            raise
+        first_attempt = row is None or row["value_before"] is None
+        already_written = False
+        if first_attempt:
+            await self._audit(req, plc, setpoint, "pending", None, value_before=current)
         else:
-            # A previous attempt died between write and read-back: if the value is already
-            # there the write landed, and writing it again would be a second write.
+            assert row is not None
+            # A previous attempt got as far as reading the value. If the value meant is
+            # there now, its write landed (and writing again would be a second write); if
+            # the value is neither that nor what it was, someone else changed it since.
             already_written = same_value(setpoint, current, req.value)
+            if not already_written and not same_value(setpoint, current, row["value_before"]):
+                await self._changed_since(req, plc, setpoint, row["value_before"], current)
         if not already_written:
             activity.heartbeat("writing")
-            await driver.write_point(setpoint, req.value)
+            try:
+                await driver.write_point(setpoint, req.value)
+            except PlcError as exc:
+                await self._audit(req, plc, setpoint, "failed", f"write: {exc}")
+                raise
         activity.heartbeat("reading back")
-        read_back = (await driver.read_points([setpoint]))[setpoint.name]
+        try:
+            read_back = (await driver.read_points([setpoint]))[setpoint.name]
+        except PlcError as exc:
+            await self._audit(req, plc, setpoint, "failed", f"read back: {exc}")
+            raise
         verified = same_value(setpoint, read_back, req.value)
         row = await self._pool.fetchrow(
             """UPDATE plc_writes SET value_read_back = $2, status = $3, completed_at = now()
@@ -151,19 +305,41 @@ class PlcWriteActivities:
                 setpoint.name,
                 read_back,
             )
-            await self._pool.execute(
-                """INSERT INTO notifications (dedup_key, channel, recipient, body, workflow_id)
-                   VALUES ($1, 'log', 'incident', $2, $3) ON CONFLICT DO NOTHING""",
-                f"incident/{req.action_id}",
+            await self._incident(
+                req,
                 f"PLC write incident: {req.action} wrote {req.value} to {plc.id}.{setpoint.name}"
                 f" but read back {read_back}. Check the machine before any further action.",
-                req.workflow_id,
             )
             raise non_retryable(
                 READ_BACK_MISMATCH,
                 f"{plc.id}.{setpoint.name}: wrote {req.value}, read back {read_back}",
             )
         return self._result(row, req, plc, setpoint)
+
+    async def _changed_since(
+        self, req: PlcWriteInput, plc: Plc, setpoint: Setpoint, before: float, now: float
+    ) -> None:
+        reason = (
+            f"{plc.id}.{setpoint.name} was {before:g} when this write was first tried and is "
+            f"{now:g} now: someone else changed it; not rewritten"
+        )
+        log.error("PLC write %s stopped: %s", req.action_id, reason)
+        await self._audit(req, plc, setpoint, "failed", f"{PLC_VALUE_CHANGED}: {reason}")
+        await self._incident(
+            req,
+            f"PLC write stopped: {req.action} was retried, but {reason}. "
+            "Decide again with the machine's current state.",
+        )
+        raise non_retryable(PLC_VALUE_CHANGED, reason)
+
+    async def _incident(self, req: PlcWriteInput, body: str) -> None:
+        await self._pool.execute(
+            """INSERT INTO notifications (dedup_key, channel, recipient, body, workflow_id)
+               VALUES ($1, 'log', 'incident', $2, $3) ON CONFLICT DO NOTHING""",
+            f"incident/{req.action_id}",
+            body,
+            req.workflow_id,
+        )
 
     @staticmethod
     def _result(

@@ -15,10 +15,19 @@ VALUE_OUT_OF_BOUNDS = "ValueOutOfBounds"
 APPROVAL_MISSING = "ApprovalMissing"
 READ_BACK_MISMATCH = "ReadBackMismatch"
 MALFORMED_REQUEST = "MalformedRequest"
+# The approval on record is older than its validity: a late write is a different decision.
+APPROVAL_EXPIRED = "ApprovalExpired"
+# A retry found the PLC value changed by someone else since the first attempt read it.
+PLC_VALUE_CHANGED = "PlcValueChanged"
+# An action id already audited for another action, target or value: one id, one write.
+ACTION_ID_REUSED = "ActionIdReused"
 PLC_SAFETY_ERRORS = (
     MALFORMED_REQUEST,
     ACTION_NOT_IN_CATALOG,
     VALUE_OUT_OF_BOUNDS,
     APPROVAL_MISSING,
+    APPROVAL_EXPIRED,
     READ_BACK_MISMATCH,
+    PLC_VALUE_CHANGED,
+    ACTION_ID_REUSED,
 )

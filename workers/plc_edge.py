@@ -23,7 +23,9 @@ ACTIVITIES: list[Callable[..., Any]] = [PlcWriteActivities.write_plc_setpoint]
 def build_worker(
     client: Client, pool: asyncpg.Pool, plant: Plant, settings: Settings
 ) -> tuple[Worker, PlcWriteActivities]:
-    writes = PlcWriteActivities(pool, plant, settings.approvers)
+    writes = PlcWriteActivities(
+        pool, plant, settings.approvers, approval_validity_s=settings.approval_validity_s
+    )
     worker = Worker(
         client,
         task_queue=settings.plc_task_queue,

@@ -2,18 +2,21 @@
 
 Workflow id `drift-{plc}-{metric}` with USE_EXISTING on start: a drift storm on one metric
 is one workflow. Approvals arrive as the `decide` update, validated against the pending
-request and the authorised approvers; the wait is a durable timer.
+request (its code is required) and the authorised approvers; the wait is a durable timer.
+The write is scheduled only after the approval is recorded (`close_approval`), since the
+edge checks that record, and only within the approval's validity.
 """
 
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, TimeoutType
+from temporalio.exceptions import TimeoutError as ActivityTimeoutError
 from temporalio.workflow import ParentClosePolicy
 
 from workflows.replies import replied_within
@@ -24,7 +27,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.notify import NotifyActivities
     from activities.planning import PlanningActivities
     from activities.plc_write import PlcWriteActivities
-    from factorylm.errors import PLC_SAFETY_ERRORS
+    from factorylm.errors import APPROVAL_EXPIRED, PLC_SAFETY_ERRORS
     from factorylm.models.agents import (
         WeaverInput,
         WeaverReport,
@@ -62,6 +65,7 @@ _PLC_RETRY = RetryPolicy(
     maximum_attempts=5,
     non_retryable_error_types=list(PLC_SAFETY_ERRORS),
 )
+_WINDOW_TIMEOUTS = (TimeoutType.SCHEDULE_TO_START, TimeoutType.SCHEDULE_TO_CLOSE)
 _PRIORITY = {"warning": WorkOrderPriority.LOW, "high": WorkOrderPriority.MEDIUM}
 # Agents advise; they must never hold up the safety response. A few attempts, then without them.
 _AGENT_TIMEOUT = timedelta(seconds=90)
@@ -81,6 +85,7 @@ class DriftResponseWorkflow:
         self._status = "started"
         self._pending: PendingApproval | None = None
         self._decision: ApprovalDecision | None = None
+        self._decided_at: datetime | None = None  # when the approval was given
         self._evidence: list[DriftAlert] = []
         self._summary = ""  # the agents' findings, for the people who are asked
         self._brief = ""
@@ -133,11 +138,17 @@ class DriftResponseWorkflow:
             else:
                 go_ahead = True
             if go_ahead:
-                write, outcome = await self._execute(proposal, approved_by, plan.plc_task_queue)
+                write, outcome = await self._execute(proposal, approved_by, plan)
                 if write is not None:
                     notes.append(
                         f"Wrote {write.value_written:g} to {write.plc_id}.{write.setpoint} "
                         f"(was {write.value_before}), read back {write.value_read_back:g}."
+                    )
+                elif outcome in ("approval_expired", "write_expired"):
+                    notes.append(
+                        f"Not written: the edge did not write it within "
+                        f"{plan.approval_validity_s / 60:g} min of the decision "
+                        f"({outcome.replace('_', ' ')}). Decide again if it is still needed."
                     )
                 else:
                     notes.append(f"Execution failed: {outcome}.")
@@ -328,12 +339,22 @@ class DriftResponseWorkflow:
         )
 
     async def _execute(
-        self, proposal: ActionProposal, approved_by: str | None, task_queue: str
+        self, proposal: ActionProposal, approved_by: str | None, plan: ResponsePlan
     ) -> tuple[PlcWriteResult | None, str]:
         if proposal.kind is not ActionKind.PLC_WRITE:
             return None, "completed"
         assert proposal.value is not None
         info = workflow.info()
+        # A decision is about the machine as it was when it was made: the write must happen
+        # within the approval's validity (an automatic one within as long of being decided),
+        # or not at all. Without the bound, a write queued while the edge worker is down runs
+        # whenever it comes back, hours later. The edge checks the same validity itself.
+        approval = proposal.policy is Policy.APPROVAL
+        since = workflow.now() - self._decided_at if approval and self._decided_at else None
+        window = plan.approval_validity_s - (since.total_seconds() if since else 0.0)
+        expired = "approval_expired" if approval else "write_expired"
+        if window <= 0:
+            return None, expired
         self._set_status(f"writing {proposal.action}")
         try:
             result: PlcWriteResult = await workflow.execute_activity_method(
@@ -345,7 +366,8 @@ class DriftResponseWorkflow:
                     value=proposal.value,
                     approved_by=approved_by,
                 ),
-                task_queue=task_queue,
+                task_queue=plan.plc_task_queue,
+                schedule_to_close_timeout=timedelta(seconds=window),
                 start_to_close_timeout=_SHORT,
                 # A dead edge worker is noticed in seconds; the retry then finds the audit row.
                 heartbeat_timeout=timedelta(seconds=5),
@@ -353,7 +375,13 @@ class DriftResponseWorkflow:
             )
         except ActivityError as err:
             cause = err.cause
+            # The server reports a window that ran out before any attempt started as
+            # schedule-to-start (it derives that deadline from schedule-to-close).
+            if isinstance(cause, ActivityTimeoutError) and cause.type in _WINDOW_TIMEOUTS:
+                return None, expired
             kind = cause.type if isinstance(cause, ApplicationError) and cause.type else "error"
+            if kind == APPROVAL_EXPIRED:
+                return None, "approval_expired"
             return None, f"write_failed:{kind}"
         return result, "completed"
 
@@ -367,6 +395,7 @@ class DriftResponseWorkflow:
     @workflow.update
     async def decide(self, decision: ApprovalDecision) -> str:
         self._decision = decision
+        self._decided_at = workflow.now()
         self._pending = None
         return "approved" if decision.approve else "denied"
 
@@ -377,7 +406,11 @@ class DriftResponseWorkflow:
             raise ValueError("no approval is pending for this workflow")
         if decision.approver not in pending.approvers:
             raise ValueError(f"{decision.approver} is not an authorised approver")
-        if decision.code is not None and decision.code != pending.code:
+        # The code is what ties a decision to the message the approver was sent: without
+        # it, anyone who reaches Temporal could decide in a configured approver's name.
+        if decision.code is None:
+            raise ValueError("a decision must carry the pending request's code")
+        if decision.code != pending.code:
             raise ValueError(f"code {decision.code} does not match the pending request")
 
     @workflow.signal

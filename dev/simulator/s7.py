@@ -10,6 +10,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from snap7.datatypes import S7Area, S7WordLen
 from snap7.server import Server
 from snap7.type import SrvArea
 
@@ -19,12 +20,46 @@ from factorylm.plant import Plc, Point, Protocol
 
 
 class _Snap7Server(Server):
-    """snap7's server, with a switch that makes it stop answering (a hung CPU)."""
+    """snap7's server, with a switch that makes it stop answering (a hung CPU), and bit
+    writes that change only their bit, as a CPU does."""
 
     def __init__(self) -> None:
         super().__init__(log=False)
         self.answering = threading.Event()
         self.answering.set()
+        self._bit = threading.local()  # the bit of the write request being served, if any
+
+    def _parse_address_specification(self, addr_spec: bytes) -> dict[str, Any]:
+        parsed: dict[str, Any] = super()._parse_address_specification(addr_spec)
+        # snap7's server keeps only the byte of a bit address (byte.bit in the last 3 bytes).
+        if parsed and parsed.get("word_len") == S7WordLen.BIT and len(addr_spec) >= 12:
+            parsed["bit"] = addr_spec[11] & 7
+        return parsed
+
+    def _handle_write_area(self, request: dict[str, Any], client_address: Any) -> bytes:
+        self._bit.value = request.get("parameters", {}).get("address_spec", {}).get("bit")
+        try:
+            response: bytes = super()._handle_write_area(request, client_address)
+            return response
+        finally:
+            self._bit.value = None
+
+    def _write_to_memory_area(
+        self, area: S7Area, db_number: int, start: int, write_data: bytearray
+    ) -> bool:
+        bit = getattr(self._bit, "value", None)
+        if bit is None:
+            written: bool = super()._write_to_memory_area(area, db_number, start, write_data)
+            return written
+        # snap7's server would store the bit's value (0 or 1) as the whole byte.
+        key = (area, db_number)
+        memory = self.memory_areas.get(key)
+        if memory is None or start >= len(memory) or not write_data:
+            return False
+        with self.area_locks[key]:
+            mask = 1 << bit
+            memory[start] = (memory[start] | mask) if write_data[0] & 1 else (memory[start] & ~mask)
+        return True
 
     def _process_request(self, request_data: bytes, client_address: Any) -> bytes | None:
         if not self.answering.is_set():

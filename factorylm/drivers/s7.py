@@ -1,7 +1,8 @@
 """Siemens S7 driver on python-snap7's client: one DB read per contiguous data-block area.
 
 snap7's client blocks, so every call runs on the PLC's own thread (`PlcThread`). Values are
-big-endian as the S7 stores them: REAL (4 bytes), DINT (4), INT (2), BOOL (one bit of a byte).
+big-endian as the S7 stores them: REAL (4 bytes), DINT (4), INT (2), BOOL (one bit of a byte,
+written as a single bit).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 
 import snap7
 from snap7.error import S7Error
+from snap7.type import Area, WordLen
 
 from factorylm.drivers import PlcError
 from factorylm.drivers.blocking import PlcThread
@@ -37,7 +39,8 @@ def decode(point: Point, data: bytes | bytearray) -> float:
 
 
 def encode(point: Point, value: float, current: int = 0) -> bytearray:
-    """Bytes to write at the point's offset; a bool is merged into the byte's current value."""
+    """Bytes for the point's offset; a bool is merged into the byte's current value (the
+    simulator keeps its memory this way; the driver writes a bool as a single bit)."""
     if point.type == "bool":
         assert point.bit is not None
         mask = 1 << point.bit
@@ -153,10 +156,20 @@ class S7Driver:
     def _write_blocking(self, point: Point, value: float) -> None:
         self._connect_blocking()
         assert point.db is not None and point.offset is not None
-        current = 0
         if point.type == "bool":
-            current = self._client.db_read(point.db, point.offset, 1)[0]
-        self._client.db_write(point.db, point.offset, encode(point, value, current))
+            assert point.bit is not None
+            # One bit, addressed DBX offset.bit: the CPU changes that bit alone. Reading the
+            # byte and writing it back would put back whatever its program changed in the
+            # other seven bits meanwhile.
+            self._client.write_area(
+                Area.DB,
+                point.db,
+                point.offset * 8 + point.bit,
+                bytearray([1 if value else 0]),
+                WordLen.Bit,
+            )
+            return
+        self._client.db_write(point.db, point.offset, encode(point, value))
 
     async def write_point(self, point: Point, value: float) -> None:
         try:

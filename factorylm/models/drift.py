@@ -103,6 +103,9 @@ class ResponsePlan(Model):
     proposal: ActionProposal | None
     approvers: list[str]
     approval_timeout_s: float
+    approval_validity_s: float = Field(
+        default=600.0, description="how long an approval may still be written after it is given"
+    )
     plc_task_queue: str = Field(description="the edge worker's queue, where PLC writes run")
     outcome_wait_s: float = Field(default=72 * 3600, description="how long to await the fix report")
 

@@ -132,7 +132,8 @@ async def test_bad_decisions_are_rejected_and_a_duplicate_has_no_effect(
     assert "does not match the pending request" in str(mismatch.value.cause)
     assert (
         await handle.execute_update(
-            DriftResponseWorkflow.decide, ApprovalDecision(approve=False, approver=APPROVER)
+            DriftResponseWorkflow.decide,
+            ApprovalDecision(approve=False, approver=APPROVER, code=request.code),
         )
         == "denied"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -69,8 +70,11 @@ async def test_driver_names_the_plc_when_it_is_offline(tmp_path: Path) -> None:
         await driver.read_points(list(plant.plcs[0].metrics))
 
 
-async def _write(acts: PlcWriteActivities, req: PlcWriteInput):  # type: ignore[no-untyped-def]
-    return await ActivityEnvironment().run(acts.write_plc_setpoint, req)
+async def _write(acts: PlcWriteActivities, req: PlcWriteInput, run_id: str = "run"):  # type: ignore[no-untyped-def]
+    env = ActivityEnvironment()
+    # As scheduled by the run the request names (the edge looks up that run's approval).
+    env.info = dataclasses.replace(env.info, workflow_id=req.workflow_id, workflow_run_id=run_id)
+    return await env.run(acts.write_plc_setpoint, req)
 
 
 async def test_write_is_verified_audited_and_idempotent(
@@ -116,6 +120,13 @@ async def test_retry_after_a_crash_between_write_and_read_back_does_not_write_tw
                    'whatsapp:+15550100001', 1, 0, 'pending')"""
     )
     await sim._write("motor_run", 0)
+    # The approval that run recorded before scheduling the write (close_approval).
+    await pool.execute(
+        """INSERT INTO approval_requests (workflow_id, run_id, code, recipient, action, status,
+               answered_by, answered_at)
+           VALUES ('wf-2', 'run', '1234', $1, 'shutdown_motor', 'approved', $1, now())""",
+        APPROVER,
+    )
     writes_seen: list[float] = []
     acts = PlcWriteActivities(pool, plant, [APPROVER])
     driver = acts._driver(plant.plcs[0])

@@ -191,7 +191,12 @@ async def test_no_generated_proposal_writes_outside_the_catalog(
     for address, values in writes:  # ...and only catalog values to catalog registers
         assert (address, values[0]) in allowed, (address, values)
     audited = await pool.fetch(
-        "SELECT action, value_written, status FROM plc_writes WHERE action_id LIKE 'prop-%'"
+        "SELECT action, value_written, status, value_read_back FROM plc_writes"
+        " WHERE action_id LIKE 'prop-%'"
     )
-    assert len(audited) == accepted and all(r["status"] == "verified" for r in audited)
+    written = [r for r in audited if r["status"] != "refused"]
+    assert len(written) == accepted and all(r["status"] == "verified" for r in written)
+    # Refusals after the catalog check (no approval on record) are audited, and never wrote.
+    refused_rows = [r for r in audited if r["status"] == "refused"]
+    assert refused_rows and all(r["value_read_back"] is None for r in refused_rows)
     assert {r["action"] for r in audited} <= {"reduce_motor_speed_to_60pct", "shutdown_motor"}
