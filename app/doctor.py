@@ -110,9 +110,21 @@ def _embedding(settings: Settings) -> Check:
     )
 
 
+def _sandbox() -> Check:
+    from factorylm.sandbox import SandboxUnavailable, check_available
+
+    try:
+        check_available()
+    except SandboxUnavailable as exc:
+        return Check("sandbox", False, str(exc), "make setup (installs bubblewrap)")
+    return Check("sandbox", True, "bubblewrap runs the Monkey's checks")
+
+
 async def run_checks(settings: Settings) -> list[Check]:
-    pg, tp = await asyncio.gather(_postgres(settings), _temporal(settings))
-    return [*pg, *tp, _embedding(settings)]
+    pg, tp, sandbox = await asyncio.gather(
+        _postgres(settings), _temporal(settings), asyncio.to_thread(_sandbox)
+    )
+    return [*pg, *tp, _embedding(settings), sandbox]
 
 
 def report(checks: list[Check]) -> tuple[str, int]:

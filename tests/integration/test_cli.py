@@ -37,6 +37,7 @@ def test_doctor_reports_every_part_ok(settings: Settings) -> None:
         "temporal ",
         "temporal-ui",
         "embedding-model",
+        "sandbox",
     ):
         assert any(line.startswith("ok") and part in line for line in result.stdout.splitlines()), (
             part
