@@ -372,7 +372,9 @@ class MonkeyActivities:
                     f"{card.name}\n\n{work.summary.strip()[:2000]}\n\n"
                     f"Trello card: {card.url or card.id}\nAttempt {number} by {self._who()}\n",
                 )
-            except (InvalidChange, GitError) as exc:
+            except (InvalidChange, GitError, OSError, UnicodeError) as exc:
+                # OSError: a file over a directory, a full disk; UnicodeError: text git cannot
+                # store. The model's answer is at fault, not the worker: a failed attempt.
                 reason = f"the change was not applied: {exc}"
                 return Attempt(False, f"FAIL `apply the change`: {tail(reason)}", tail(reason))
             results = self._run_checks(card.success_checks, worktree)

@@ -458,14 +458,16 @@ async def test_a_change_that_does_not_apply_is_a_failed_attempt_with_the_reason(
     rig.script.push(
         Reply(body={"summary": "patch", "diff": bad}),
         Reply(body=escape),  # refused by validation: the router asks for a repair
-        Reply(body={"summary": "patch", "diff": bad}),
+        Reply(
+            body={"summary": "a file over a directory", "files": [{"path": "src", "content": "x"}]}
+        ),
     )
     card = await rig.card("Plain task", ["Autonomous"], ["test -f out.txt"])
     handle = await rig.start(stop_when_idle=True)
     summary = await asyncio.wait_for(handle.result(), 60)
     assert summary.cards_blocked == 1 and rig.list_of(card) == "Blocked"
     comments = rig.trello.comments(card)
-    assert "the diff does not apply" in comments[0] and "the diff does not apply" in comments[1]
+    assert "the diff does not apply" in comments[0] and "Is a directory" in comments[1]
     repair = rig.script.requests[2]["messages"][0]["content"]
     assert "leaves the repository" in repair
     assert not (rig.remote.parent / "outside.txt").exists()
