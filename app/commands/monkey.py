@@ -43,9 +43,9 @@ def add_parsers(sub: SubParsers) -> None:
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
+    from factorylm.temporal_client import TemporalUnavailable
     from factorylm.trello.board import TrelloError
     from factorylm.trello.plan import PlanError
-    from factorylm.temporal_client import TemporalUnavailable
     from factorylm.worklog import WorkLogError
 
     try:
