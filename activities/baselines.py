@@ -25,6 +25,10 @@ WITH stats AS (
            count(DISTINCT time_bucket('1 minute', time)) AS minutes
     FROM samples s
     WHERE time >= $1 AND time < $2
+      -- A NaN or ±inf makes avg and stddev NaN for the whole window. The collector rejects
+      -- them, but rows written before it did (or by other tools) must not poison the
+      -- baseline; in PostgreSQL NaN sorts above every number, so this leaves out all three.
+      AND abs(value) < 'Infinity'::float8
       -- Normal is learned from normal operation: the minutes around a detected drift are
       -- left out, or every fault would widen the baseline until faults look normal.
       AND NOT EXISTS (

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable
 
 import asyncpg
+from pydantic import ValidationError
 
 from factorylm.channels import BASELINES_CHANNEL
 from factorylm.plant import Baseline
@@ -16,15 +17,26 @@ log = logging.getLogger(__name__)
 
 BaselineSink = Callable[[str, str, Baseline], None]
 
+# The latest usable baseline per metric. A row with a NaN or infinite mean or std (written
+# before samples were checked, or by hand) is passed over for the one before it. In
+# PostgreSQL NaN sorts above every number, so `< 'Infinity'` leaves out NaN and ±inf alike.
 _LATEST = """
 SELECT DISTINCT ON (plc_id, metric) plc_id, metric, mean, std
-FROM baselines ORDER BY plc_id, metric, computed_at DESC, id DESC
+FROM baselines
+WHERE abs(mean) < 'Infinity'::float8 AND std > 0 AND std < 'Infinity'::float8
+ORDER BY plc_id, metric, computed_at DESC, id DESC
 """
 
 
 async def load_latest(conn: asyncpg.Connection) -> dict[tuple[str, str], Baseline]:
-    rows = await conn.fetch(_LATEST)
-    return {(r["plc_id"], r["metric"]): Baseline(mean=r["mean"], std=r["std"]) for r in rows}
+    latest: dict[tuple[str, str], Baseline] = {}
+    for r in await conn.fetch(_LATEST):
+        try:
+            latest[(r["plc_id"], r["metric"])] = Baseline(mean=r["mean"], std=r["std"])
+        except ValidationError as exc:
+            # One bad row must not cost every other metric its baseline.
+            log.warning("baseline of %s/%s not usable: %s", r["plc_id"], r["metric"], exc)
+    return latest
 
 
 class BaselineLoader:

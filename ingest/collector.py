@@ -6,12 +6,18 @@ share a poll interval different phases, so 200 devices polled every second start
 it missed (counted in `missed`) instead of bursting to catch up. When the PLC fails, the
 collector closes the connection and retries with exponential backoff, coming back on its own
 phase; the manager hears about every failure and recovery through `on_change`.
+
+A value that is not a finite number (NaN or ±inf: a failed f32 sensor, a REAL the PLC never
+initialised) is not a sample. It is rejected here, where every protocol's decoded values
+arrive, and counted per metric as bad quality (`bad_samples`, shown in `collector_status`);
+one NaN in a rolling sum would otherwise keep that metric's drift NaN for good.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -52,6 +58,10 @@ class Collector:
         self.last_good: datetime | None = None
         self.last_error: str | None = None
         self.failing_since: datetime | None = None
+        # Non-finite values rejected, per metric, since start; and the metrics whose latest
+        # value was one (their episode is logged once, when it starts and when it ends).
+        self.bad_samples: dict[str, int] = {}
+        self._bad_now: set[str] = set()
         # How late each of the last cycles started against its slot (seconds); the jitter
         # benchmark reads it. Bounded small: a long-running ingest of 200 PLCs must not keep
         # hundreds of megabytes of history.
@@ -97,7 +107,12 @@ class Collector:
                 self.failing_since = None
                 self.last_good = when
                 self.cycles += 1
+                news = False
+                if self._bad_now or not all(map(math.isfinite, values.values())):
+                    values, news = self._reject_non_finite(values)
                 self._sink(self.plc, when, mono, values)
+                if news and not recovered:
+                    self._notify()
                 if recovered:
                     log.info("PLC %s answers", self.plc.id)
                     self._notify()
@@ -112,6 +127,31 @@ class Collector:
                 await asyncio.sleep(max(delay, 0))
         finally:
             await self._driver.close()
+
+    def _reject_non_finite(self, values: dict[str, float]) -> tuple[dict[str, float], bool]:
+        """The finite values, and whether a metric's quality changed (went bad or recovered)."""
+        good: dict[str, float] = {}
+        news = False
+        for name, value in values.items():
+            if math.isfinite(value):
+                good[name] = value
+                if name in self._bad_now:
+                    self._bad_now.discard(name)
+                    news = True
+                    log.info("PLC %s: %s has finite values again", self.plc.id, name)
+                continue
+            self.bad_samples[name] = self.bad_samples.get(name, 0) + 1
+            if name not in self._bad_now:
+                self._bad_now.add(name)
+                news = True
+                log.warning(
+                    "PLC %s: %s read %r, not a number it can measure: rejected, counted as "
+                    "bad quality (check the sensor)",
+                    self.plc.id,
+                    name,
+                    value,
+                )
+        return good, news
 
     def _failed(self, error: str, backoff: float) -> None:
         self.failures += 1

@@ -3,11 +3,16 @@
 drift = (window mean − baseline mean) / baseline std. An alarm needs |drift| above the
 threshold for at least the on-delay; it clears only below the hysteresis level, so a signal
 hovering at the threshold raises one alarm, not a stream of them.
+
+Only finite numbers enter a window and only finite baselines with a positive std are used:
+one NaN or ±inf in a running sum would make the metric's drift NaN for good (it would alarm
+once with σ = NaN, never clear, and never alarm for a real drift again).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -75,6 +80,19 @@ class DriftDetector:
     ) -> None:
         key = (plc_id, metric)
         window = self._windows.get(key)
+        if baseline is not None and not (
+            math.isfinite(baseline.mean) and math.isfinite(baseline.std) and baseline.std > 0
+        ):
+            log.warning(
+                "%s/%s: baseline %s/%s is not usable; keeping the current one",
+                plc_id,
+                metric,
+                baseline.mean,
+                baseline.std,
+            )
+            if window is not None:
+                return
+            baseline = None
         # A reload without a threshold keeps the metric's own override.
         limit = threshold or (window.threshold if window else self.config.threshold_sigma)
         if window is None:
@@ -88,6 +106,8 @@ class DriftDetector:
 
     def observe(self, plc_id: str, metric: str, t: float, value: float, when: datetime) -> None:
         """Feed one sample (t: monotonic seconds, when: its wall-clock timestamp)."""
+        if not math.isfinite(value):
+            return  # the collector rejects these; none may ever reach a window
         key = (plc_id, metric)
         window = self._windows.get(key)
         if window is None:

@@ -1,5 +1,6 @@
 """The collector manager: supervises one collector per PLC, keeps `collector_status`, and
-raises an alert when a PLC fails 3 times in a row.
+raises an alert when a PLC fails 3 times in a row. A metric whose values stop being finite
+numbers (rejected by its collector) is a state change too: its count is written at once.
 
 Isolation: every collector is its own task, blocking clients run on their PLC's own thread,
 and everything the manager does with the database runs in its own tasks, so a PLC that hangs
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import logging
 import socket
 import time
@@ -279,6 +281,7 @@ class CollectorManager:
                     "missed_cycles": c.missed,
                     "restarts": self.restarts[c.plc.id],
                     "failing_since": c.failing_since,
+                    "bad_samples": dict(c.bad_samples),
                 }
             )
         return out
@@ -338,8 +341,8 @@ class CollectorManager:
         await pool.executemany(
             """INSERT INTO collector_status (plc_id, vendor, protocol, state, poll_interval_ms,
                    last_good_at, consecutive_errors, last_error, cycles, missed_cycles, restarts,
-                   failing_since, updated_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                   failing_since, updated_at, bad_samples)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14::jsonb)
                ON CONFLICT (plc_id) DO UPDATE SET vendor = EXCLUDED.vendor,
                    protocol = EXCLUDED.protocol, state = EXCLUDED.state,
                    poll_interval_ms = EXCLUDED.poll_interval_ms,
@@ -347,7 +350,8 @@ class CollectorManager:
                    consecutive_errors = EXCLUDED.consecutive_errors,
                    last_error = EXCLUDED.last_error, cycles = EXCLUDED.cycles,
                    missed_cycles = EXCLUDED.missed_cycles, restarts = EXCLUDED.restarts,
-                   failing_since = EXCLUDED.failing_since, updated_at = EXCLUDED.updated_at
+                   failing_since = EXCLUDED.failing_since, updated_at = EXCLUDED.updated_at,
+                   bad_samples = EXCLUDED.bad_samples
                WHERE collector_status.updated_at <= EXCLUDED.updated_at""",
             [
                 (
@@ -364,6 +368,7 @@ class CollectorManager:
                     r["restarts"],
                     r["failing_since"],
                     observed,
+                    json.dumps(r["bad_samples"]),
                 )
                 for r in rows
             ],
