@@ -20,7 +20,7 @@ from factorylm.models.approvals import CloseApprovalInput, RequestApprovalInput
 from factorylm.models.messages import SendMessageInput, SendReportInput
 from factorylm.models.outcomes import CloseOutcomeInput, RequestOutcomeInput
 from factorylm.settings import Settings
-from factorylm.whatsapp import WhatsAppSender, in_session
+from factorylm.whatsapp import WHATSAPP_MAX_CHARS, WhatsAppSender, clip, fit_whatsapp, in_session
 
 log = logging.getLogger(__name__)
 
@@ -30,25 +30,30 @@ def dashboard_link(settings: Settings, workflow_id: str) -> str:
 
 
 def approval_text(req: RequestApprovalInput, link: str, graphs: str | None = None) -> str:
+    """The request as one WhatsApp message. Twilio refuses bodies over 1600 characters (and
+    the send would be retried forever with the approval timer never started), so the
+    agents' summary — unbounded LLM text — gives way; the link and the reply line never do."""
     p = req.proposal
     minutes = max(1, round(req.timeout_s / 60))
-    lines = [
+    head = [
         "FactoryLM approval needed"
         + (" (escalated: on-duty approver did not answer)" if req.escalation else ""),
-        req.alert.describe() + ".",
-        f"Proposed: {p.action} — {p.description}. Why: {p.reason}.",
+        clip(req.alert.describe() + ".", 300),
+        clip(f"Proposed: {p.action} — {p.description}. Why: {p.reason}.", 400),
     ]
-    if req.summary:
-        lines.append(req.summary)
+    tail = []
     if trace_id := req.alert.trace_context.get("trace_id"):
-        lines.append(f"Trace: {trace_id}")
+        tail.append(f"Trace: {trace_id}")
     if graphs:
-        lines.append(f"Graphs: {graphs}")
-    lines += [
+        tail.append(f"Graphs: {graphs}")
+    tail += [
         f"Details: {link}",
         f"Reply YES {req.code} to approve or NO {req.code} to deny (within {minutes} min).",
     ]
-    return "\n".join(lines)
+    room = WHATSAPP_MAX_CHARS - len("\n".join([*head, *tail])) - 1
+    if req.summary and room > 40:
+        head.append(clip(req.summary, room, more=" (more in Details)"))
+    return fit_whatsapp("\n".join([*head, *tail]), link)
 
 
 class NotifyActivities:
@@ -71,8 +76,9 @@ class NotifyActivities:
         self, to: str, body: str, template: dict[str, str] | None = None
     ) -> str | None:
         """Send one message; returns Twilio's message SID, or None on the log channel."""
+        body = fit_whatsapp(body)
         if self._whatsapp is None:
-            log.info("message to %s: %s", to, body.replace("\n", " | "))
+            log.info("message to %r: %r", to, body)
             return None
         sender = self._whatsapp
         if (
@@ -113,8 +119,9 @@ class NotifyActivities:
         sent = 0
         for recipient in req.recipients:
             row = await self._pool.fetchrow(
-                """INSERT INTO approval_requests (workflow_id, run_id, code, recipient, action)
-                   VALUES ($1, $2, $3, $4, $5)
+                """INSERT INTO approval_requests
+                       (workflow_id, run_id, code, recipient, action, expires_at)
+                   VALUES ($1, $2, $3, $4, $5, now() + $6 * interval '1 second')
                    ON CONFLICT (workflow_id, run_id, code, recipient)
                        DO UPDATE SET action = EXCLUDED.action
                    RETURNING id, message_sid""",
@@ -123,6 +130,7 @@ class NotifyActivities:
                 req.code,
                 recipient,
                 req.proposal.action,
+                req.timeout_s,
             )
             if row["message_sid"] is not None:
                 continue  # a retried activity: this person already has the request

@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import asyncpg
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from temporalio.client import Client
 
-from api.auth import BearerGuard
+from api.auth import READ, AccessGuard
 from api.budget import BudgetEndpoint
+from api.limits import DEFAULT_CAP, KIB, BodyLimit
 from api.operations import OperatorRoutes
 from api.photo_intake import PhotoIntake
 from api.photos import PhotoRoutes
@@ -17,25 +22,45 @@ from api.trello import WEBHOOK_PATH, TrelloWebhook
 from api.whatsapp import WhatsAppWebhook
 from api.whatsapp_photos import WhatsAppPhotos
 from api.work_log import WorkLogEndpoint
+from factorylm.api_tokens import TokenStore
 from factorylm.photos.store import photo_store_for
 from factorylm.settings import Settings
 
+PHOTO_FORM_OVERHEAD = 64 * KIB  # multipart boundaries and the form's small fields
+TRELLO_CAP = 2048 * KIB
+
+
+async def _http_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
 
 def create_app(settings: Settings, client: Client, pool: asyncpg.Pool) -> Starlette:
-    guard = BearerGuard(settings.api_token)
+    guard = AccessGuard(settings, TokenStore(pool))
     intake = PhotoIntake(settings, client, pool, photo_store_for(settings))
     whatsapp = WhatsAppWebhook(
         settings, client, pool, WhatsAppPhotos(settings, client, pool, intake)
     )
     trello = TrelloWebhook(settings, client)
     budget = BudgetEndpoint(settings, pool)
+    photo_cap = settings.photo_max_bytes + PHOTO_FORM_OVERHEAD
+
+    def cap_for(path: str) -> int:
+        if path == "/photos":
+            return photo_cap
+        if path == WEBHOOK_PATH:
+            return TRELLO_CAP  # Trello sends the card and board it acted on
+        return DEFAULT_CAP
+
     return Starlette(
+        middleware=[Middleware(BodyLimit, cap_for=cap_for)],
+        exception_handlers={HTTPException: _http_error},
         routes=[
             Route("/webhooks/twilio/whatsapp", whatsapp.handle, methods=["POST"]),
             Route(WEBHOOK_PATH, trello.handle, methods=["POST", "HEAD"]),
-            Route("/budget", guard(budget.handle)),
+            Route("/budget", guard(budget.handle, READ)),
             Route("/work-log", guard(WorkLogEndpoint(settings, client, pool).handle)),
             *OperatorRoutes(settings, client, pool).routes(guard),
             *PhotoRoutes(settings, pool, intake).routes(guard),
-        ]
+        ],
     )

@@ -7,11 +7,13 @@ webhook; both end in the workflow's `decide` update.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import re
 
 import asyncpg
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -19,12 +21,27 @@ from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.cmms import work_order_label
-from api.auth import BearerGuard
+from api.auth import APPROVE, READ, AccessGuard, client_of
 from factorylm.models.approvals import ApprovalDecision
 from factorylm.settings import Settings
 from workflows.drift_response import DriftResponseWorkflow
 
 log = logging.getLogger(__name__)
+
+# A decision waits for the workflow's worker to accept it; a dead worker must not hold the
+# request (and, through it, the API's shutdown) forever.
+UPDATE_TIMEOUT_S = 10.0
+
+# WO- and up to 18 ASCII digits: below int64's range, and no "²" that str.isdigit() accepts.
+_WORK_ORDER_ID = re.compile(r"^(?:WO-)?(?P<digits>[0-9]{1,18})$")
+
+
+class ApprovalBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    approve: bool
+    code: str = Field(pattern=r"^[0-9]{4}$", description="the code in the request message")
+    approver: str | None = None  # optional; must be the token's own approver when given
 
 
 def error(status: int, message: str) -> JSONResponse:
@@ -38,38 +55,63 @@ class OperatorRoutes:
         self._pool = pool
 
     async def health(self, request: Request) -> JSONResponse:
+        """Unauthenticated (for load balancers): it says what is down, never why — the error
+        text (hosts, users, versions) goes to the log for the operator."""
         parts: dict[str, str] = {}
         try:
             await self._pool.fetchval("SELECT 1")
             parts["database"] = "ok"
-        except (OSError, asyncpg.PostgresError) as exc:
-            parts["database"] = f"error: {exc}"
+        except Exception as exc:  # any failure is "unreachable" to a load balancer
+            log.warning("health: database unreachable: %s", exc)
+            parts["database"] = "unreachable"
         try:
             await self._client.service_client.check_health()
             parts["temporal"] = "ok"
         except RPCError as exc:
-            parts["temporal"] = f"error: {exc}"
+            log.warning("health: Temporal unreachable: %s", exc)
+            parts["temporal"] = "unreachable"
         ok = all(v == "ok" for v in parts.values())
         return JSONResponse({"status": "ok" if ok else "degraded", **parts}, 200 if ok else 503)
 
     async def approve(self, request: Request) -> JSONResponse:
+        """The decision is made as the approver the token is bound to, never as whoever the
+        body names, and only with the request's code (what the approver was sent)."""
         workflow_id = request.path_params["workflow_id"]
+        client = client_of(request)
         try:
-            body = json.loads(await request.body() or b"{}")
-            decision = ApprovalDecision.model_validate(body)
+            body = ApprovalBody.model_validate(json.loads(await request.body() or b"{}"))
         except json.JSONDecodeError as exc:
             return error(400, f"body is not JSON: {exc.msg}")
         except ValidationError as exc:
             fields = ", ".join(".".join(map(str, e["loc"])) + ": " + e["msg"] for e in exc.errors())
-            return error(422, f"expected {{approve: bool, approver: str, code?: str}}; {fields}")
-        if decision.approver not in self._settings.approvers:
+            return error(422, f'expected {{approve: bool, code: "1234"}}; {fields}')
+        approver = client.approver
+        if approver is None:
+            return error(403, f"token {client.name!r} is not bound to an approver")
+        if body.approver is not None and body.approver != approver:
             log.warning(
-                "refused decision from unauthorised %s on %s", decision.approver, workflow_id
+                "token %r (approver %r) tried to decide as %r on %r",
+                client.name,
+                approver,
+                body.approver,
+                workflow_id,
             )
-            return error(403, f"{decision.approver} is not an authorised approver")
+            return error(403, f"this token decides as {approver}, not as {body.approver}")
+        if approver not in self._settings.approvers:
+            log.warning("refused decision from unauthorised %r on %r", approver, workflow_id)
+            return error(403, f"{approver} is not an authorised approver")
+        decision = ApprovalDecision(approve=body.approve, approver=approver, code=body.code)
         handle = self._client.get_workflow_handle(workflow_id)
         try:
-            outcome = await handle.execute_update(DriftResponseWorkflow.decide, decision)
+            outcome = await asyncio.wait_for(
+                handle.execute_update(DriftResponseWorkflow.decide, decision), UPDATE_TIMEOUT_S
+            )
+        except TimeoutError:
+            return error(
+                504,
+                f"{workflow_id} did not answer within {UPDATE_TIMEOUT_S:g} s (its worker may be "
+                "down); the decision may still arrive: check the workflow before sending it again",
+            )
         except WorkflowUpdateFailedError as exc:
             reason = str(exc.cause) if exc.cause else str(exc)
             return error(409, reason)
@@ -77,14 +119,15 @@ class OperatorRoutes:
             if exc.status == RPCStatusCode.NOT_FOUND:
                 return error(404, f"no running workflow {workflow_id}")
             raise
-        log.info("%s %s %s", decision.approver, outcome, workflow_id)
+        log.info("%r %s %r", decision.approver, outcome, workflow_id)
         return JSONResponse({"workflow_id": workflow_id, "decision": outcome})
 
     async def work_order(self, request: Request) -> JSONResponse:
         label = request.path_params["wo_id"]
-        digits = label.removeprefix("WO-")
-        if not digits.isdigit():
-            return error(400, f"work order ids look like WO-000123, not {label!r}")
+        match = _WORK_ORDER_ID.match(label)
+        if match is None:
+            return error(400, f"work order ids look like WO-000123, not {label[:40]!r}")
+        digits = match["digits"]
         row = await self._pool.fetchrow("SELECT * FROM work_orders WHERE id = $1", int(digits))
         if row is None:
             return error(404, f"no work order {label}")
@@ -133,11 +176,11 @@ class OperatorRoutes:
             {"collectors": [plain(r) for r in rows], "writers": [plain(w) for w in writers]}
         )
 
-    def routes(self, guard: BearerGuard) -> list[Route]:
+    def routes(self, guard: AccessGuard) -> list[Route]:
         return [
             Route("/health", self.health),
-            Route("/collectors", guard(self.collectors)),
-            Route("/baselines", guard(self.baselines)),
-            Route("/approvals/{workflow_id}", guard(self.approve), methods=["POST"]),
-            Route("/work-orders/{wo_id}", guard(self.work_order)),
+            Route("/collectors", guard(self.collectors, READ)),
+            Route("/baselines", guard(self.baselines, READ)),
+            Route("/approvals/{workflow_id}", guard(self.approve, APPROVE), methods=["POST"]),
+            Route("/work-orders/{wo_id}", guard(self.work_order, READ)),
         ]

@@ -20,7 +20,7 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError
 
 from factorylm.models.photos import PhotoIntakeInput, PhotoSource
-from factorylm.photos.images import check_image
+from factorylm.photos.images import check_image, limit_decodes
 from factorylm.photos.store import PhotoStore
 from factorylm.settings import Settings
 from workflows.photo_intake import PhotoIntakeWorkflow
@@ -59,6 +59,7 @@ class PhotoIntake:
         self._client = client
         self._pool = pool
         self.store = store
+        limit_decodes(settings.photo_decode_concurrency)
 
     async def accept(
         self,
@@ -71,7 +72,9 @@ class PhotoIntake:
         dedup: str | None = None,
     ) -> Accepted:
         """Raise PhotoRejected (415/413) or IntakeUnavailable; otherwise the photo is safe."""
-        checked = await asyncio.to_thread(check_image, data, self._settings.photo_max_bytes)
+        checked = await asyncio.to_thread(
+            check_image, data, self._settings.photo_max_bytes, self._settings.photo_max_pixels
+        )
         photo_id = new_photo_id(dedup)
         workflow_id = photo_workflow_id(photo_id)
         ref = await self.store.put(photo_id, data, checked.content_type)

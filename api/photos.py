@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from api.auth import BearerGuard
+from api.auth import READ, UPLOAD, AccessGuard
 from api.photo_intake import IntakeUnavailable, PhotoIntake
 from factorylm.models.photos import PhotoRef, PhotoSource
 from factorylm.photos.images import PhotoRejected, too_large
@@ -74,6 +74,12 @@ class PhotoRoutes:
             reply_to = str(form.get("reply_to") or "").strip() or None
         if len(data) > limit:
             return _error(413, str(too_large(len(data), limit)))
+        if reply_to is not None and reply_to in settings.approvers:
+            # An approver's next free text would be taken as this photo's answer: an upload
+            # must not be able to steer what an approver's message means.
+            return _error(
+                422, "reply_to may not name an approver; leave it empty or name the sender"
+            )
         try:
             accepted = await self._intake.accept(
                 data, source=PhotoSource.UPLOAD, asset_id=asset_id, note=note, sender=reply_to
@@ -127,10 +133,10 @@ class PhotoRoutes:
         )
         return JSONResponse({"asset_id": asset_id, "photos": [_photo_json(r) for r in rows]})
 
-    def routes(self, guard: BearerGuard) -> list[Route]:
+    def routes(self, guard: AccessGuard) -> list[Route]:
         return [
-            Route("/photos", guard(self.upload), methods=["POST"]),
-            Route("/photos/{photo_id}", guard(self.show)),
-            Route("/photos/{photo_id}/image", guard(self.image)),
-            Route("/assets/{asset_id}/photos", guard(self.asset_history)),
+            Route("/photos", guard(self.upload, UPLOAD), methods=["POST"]),
+            Route("/photos/{photo_id}", guard(self.show, READ)),
+            Route("/photos/{photo_id}/image", guard(self.image, READ)),
+            Route("/assets/{asset_id}/photos", guard(self.asset_history, READ)),
         ]

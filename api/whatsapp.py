@@ -11,6 +11,7 @@ TwiML telling the person what happened.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 from urllib.parse import parse_qsl
@@ -27,6 +28,7 @@ from temporalio.client import (
 from temporalio.service import RPCError, RPCStatusCode
 from twilio.twiml.messaging_response import MessagingResponse
 
+from api.operations import UPDATE_TIMEOUT_S
 from factorylm.models.approvals import ApprovalDecision
 from factorylm.settings import Settings, reveal
 from factorylm.whatsapp import Reply, parse_reply, signature_ok
@@ -80,25 +82,50 @@ class WhatsAppWebhook:
             log.warning("refused a WhatsApp webhook with a bad signature from %s", request.client)
             return Response("invalid signature", status_code=403)
         sender = form.get("From", "")
+        # Each message is acted on once: Twilio's MessageSid is covered by the signature, so a
+        # captured request replayed later (or a re-delivery) finds its first answer here.
+        sid = form.get("MessageSid", "")
+        if not sid:
+            return Response("MessageSid missing", status_code=400)
+        first = await self._pool.fetchrow(
+            """INSERT INTO inbound_messages (message_sid, sender) VALUES ($1, $2)
+               ON CONFLICT (message_sid) DO NOTHING RETURNING message_sid""",
+            sid,
+            sender,
+        )
+        if first is None:
+            answer = await self._pool.fetchval(
+                "SELECT answer FROM inbound_messages WHERE message_sid = $1", sid
+            )
+            log.warning("WhatsApp message %r delivered again; not acted on twice", sid)
+            return twiml(answer or "This message was already received. Nothing more was done.")
+        text = await self._answer(sender, form)
+        await self._pool.execute(
+            "UPDATE inbound_messages SET answer = $2 WHERE message_sid = $1", sid, text
+        )
+        return twiml(text)
+
+    async def _answer(self, sender: str, form: dict[str, str]) -> str:
+        settings = self._settings
         await self._pool.execute(
             """INSERT INTO whatsapp_sessions (number, last_inbound_at) VALUES ($1, now())
                ON CONFLICT (number) DO UPDATE SET last_inbound_at = now()""",
             sender,
         )
         if sender not in settings.approvers:
-            log.warning("ignored WhatsApp message from unauthorised %s", sender)
-            return twiml("This number is not authorised for FactoryLM. Nothing was done.")
+            log.warning("ignored WhatsApp message from unauthorised %r", sender)
+            return "This number is not authorised for FactoryLM. Nothing was done."
         if self._photos is not None and (form.get("NumMedia", "0") or "0") != "0":
-            return twiml(await self._photos.media_message(sender, form))
+            return await self._photos.media_message(sender, form)
         body = form.get("Body", "")
         reply = parse_reply(body)
         if reply is not None:
-            return twiml(await self._decide(sender, reply))
+            return await self._decide(sender, reply)
         if self._photos is not None:
             answered = await self._photos.asset_answer(sender, body)
             if answered is not None:
-                return twiml(answered)
-        return twiml(await self._outcome(sender, body))
+                return answered
+        return await self._outcome(sender, body)
 
     async def _decide(self, sender: str, reply: Reply) -> str:
         if reply.code:
@@ -114,14 +141,22 @@ class WhatsAppWebhook:
                     return f"Request {reply.code} is no longer open ({rows[0]['status']}). Nothing was done."
                 return f"No request with code {reply.code} was sent to you. Nothing was done."
         else:
+            # A plain yes/no names no request: it counts only for one sent to this number
+            # less than its timeout ago, so an old "yes" cannot approve a later request.
             pending = await self._still_open(
                 await self._pool.fetch(
-                    "SELECT * FROM approval_requests WHERE recipient = $1 AND status = 'pending'",
+                    """SELECT * FROM approval_requests
+                       WHERE recipient = $1 AND status = 'pending'
+                         AND coalesce(expires_at, requested_at + $2 * interval '1 second') > now()""",
                     sender,
+                    self._settings.approval_timeout_s,
                 )
             )
             if not pending:
-                return "No request is waiting for your answer. Nothing was done."
+                return (
+                    "No request is waiting for your answer right now. Nothing was done. "
+                    "To answer an older request, reply YES <code> or NO <code>."
+                )
             if len(pending) > 1:
                 codes = ", ".join(f"{r['code']} ({r['action']})" for r in pending)
                 return f"Several requests are waiting: {codes}. Reply YES <code> or NO <code>."
@@ -129,7 +164,15 @@ class WhatsAppWebhook:
         decision = ApprovalDecision(approve=reply.approve, approver=sender, code=row["code"])
         handle = _run_of(self._client, row)
         try:
-            result = await handle.execute_update(DriftResponseWorkflow.decide, decision)
+            result = await asyncio.wait_for(
+                handle.execute_update(DriftResponseWorkflow.decide, decision), UPDATE_TIMEOUT_S
+            )
+        except TimeoutError:
+            log.warning("decision for %r not confirmed in time", row["workflow_id"])
+            return (
+                f"FactoryLM could not confirm your answer to request {row['code']} (its workers "
+                "are not answering). If the request still shows as waiting, reply again."
+            )
         except WorkflowUpdateFailedError as exc:
             reason = str(exc.cause) if exc.cause else "refused"
             return f"Request {row['code']} was not changed: {reason}. Nothing was done."
@@ -137,7 +180,7 @@ class WhatsAppWebhook:
             if exc.status != RPCStatusCode.NOT_FOUND:
                 raise
             return f"Request {row['code']} is no longer open. Nothing was done."
-        log.info("%s %s %s via WhatsApp", sender, result, row["workflow_id"])
+        log.info("%r %s %r via WhatsApp", sender, result, row["workflow_id"])
         if result == "approved":
             return f"Approved: {row['action']} runs now (request {row['code']}). You will get the result."
         return f"Denied: {row['action']} will not run (request {row['code']}). A work order records it."

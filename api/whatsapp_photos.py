@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import asyncpg
@@ -10,6 +11,7 @@ import httpx
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from api.operations import UPDATE_TIMEOUT_S
 from api.photo_intake import IntakeUnavailable, PhotoIntake
 from factorylm.models.photos import AssetAnswer, PhotoSource
 from factorylm.photos.images import PhotoRejected
@@ -91,7 +93,11 @@ class WhatsAppPhotos:
         handle = self._client.get_workflow_handle(row["workflow_id"])
         answer = AssetAnswer(asset_id=text.strip() or "?", answered_by=sender)
         try:
-            asset = await handle.execute_update(PhotoIntakeWorkflow.provide_asset, answer)
+            asset = await asyncio.wait_for(
+                handle.execute_update(PhotoIntakeWorkflow.provide_asset, answer), UPDATE_TIMEOUT_S
+            )
+        except TimeoutError:
+            return f"Photo {row['photo_id']}: FactoryLM could not confirm that now; send it again."
         except WorkflowUpdateFailedError as exc:
             reason = str(exc.cause) if exc.cause else "refused"
             return f"Photo {row['photo_id']}: {reason}. Reply with the asset tag."

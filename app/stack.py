@@ -17,7 +17,7 @@ from api.app import create_app
 from api.serving import AppServer
 from factorylm.db.pool import create_pool, prepare_database
 from factorylm.plant import Plant
-from factorylm.settings import Settings
+from factorylm.settings import Settings, SettingsError, unsafe_listener
 from ingest.drift import DriftConfig
 from ingest.service import IngestService
 from temporal.schedules import ensure_schedules
@@ -52,6 +52,10 @@ class Stack:
     _closers: list[PlcWriteActivities] = field(default_factory=list)
 
     async def start(self) -> None:
+        # Before anything starts: an API reachable from elsewhere with a default secret.
+        problem = unsafe_listener(self.settings) if self.run_api else None
+        if problem:
+            raise SettingsError(f"refusing to start the API: {problem}")
         await prepare_database(self.settings)
         self.pool = await create_pool(self.settings)
         if self.run_agents_worker:

@@ -6,8 +6,10 @@ at start with the variable's name and the expected form instead of deep inside a
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import quote
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -32,7 +34,7 @@ class Settings(BaseSettings):
     pg_host: str = "127.0.0.1"
     pg_port: int = Field(default=54329, ge=1, le=65535)
     pg_user: str = "postgres"
-    pg_password: str = ""
+    pg_password: SecretStr | None = None
     pg_database: str = "factorylm"
 
     # Temporal.
@@ -40,6 +42,17 @@ class Settings(BaseSettings):
     temporal_namespace: str = "factorylm"
     temporal_ui_port: int = Field(default=8233, ge=1, le=65535)
     temporal_version: str = "1.5.1"
+    # Client security for a Temporal server outside this machine (docs/security.md): mTLS
+    # (the server's CA, this client's certificate and key) and/or an API key. Empty: plain
+    # TCP, as the embedded dev server on loopback speaks.
+    temporal_tls_ca: Path | None = None
+    temporal_tls_cert: Path | None = None
+    temporal_tls_key: Path | None = None
+    temporal_tls_server_name: str = ""
+    temporal_api_key: SecretStr | None = None
+    # Payload encryption (AES-256-GCM): "KEYID:BASE64KEY" pairs, comma-separated; the first
+    # encrypts, every one decrypts, so keys rotate by putting a new one first.
+    payload_keys: SecretStr | None = None
     task_queue: str = "factorylm-agents"
     plc_task_queue: str = "factorylm-plc-edge"
 
@@ -49,13 +62,18 @@ class Settings(BaseSettings):
     # API.
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)
-    api_token: str = "dev-token-change-me"
+    # A bootstrap admin token (optional): per-client tokens are made with `factorylm tokens`.
+    api_token: SecretStr | None = None
     public_url: str = "http://127.0.0.1:8000"
 
     # Photo intake (docs/photos.md). Photos are stored outside Temporal; empty dir: state_dir/photos.
     photo_store: Literal["filesystem", "s3"] = "filesystem"
     photo_dir: Path | None = None
     photo_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    # Decoded size: a 48-megapixel phone photo fits; a decompression bomb does not.
+    photo_max_pixels: int = Field(default=50_000_000, ge=1_000_000)
+    # Photos decoded at once (each can take hundreds of MB while decoding).
+    photo_decode_concurrency: int = Field(default=2, ge=1)
     # How long a photo of an unidentified machine waits for "which machine is this?".
     photo_asset_wait_s: float = Field(default=3600.0, gt=0)
     # Gemini attempts per photo before Claude is asked; below this confidence a person reviews.
@@ -81,9 +99,8 @@ class Settings(BaseSettings):
 
     # People allowed to approve risky actions, as channel addresses ("whatsapp:+15551230001").
     # The order is the escalation order: the first is on duty, the second the backup.
-    approvers: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["whatsapp:+15550100001"]
-    )
+    # None by default: a plant names its own people (the demo uses a fictional 555-01xx number).
+    approvers: Annotated[list[str], NoDecode] = Field(default_factory=list)
     approval_timeout_s: float = Field(default=300.0, gt=0)
     # How long a given approval may still be acted on: after it the edge refuses the write
     # (an approved shutdown must not run hours later, when the edge worker comes back).
@@ -184,6 +201,13 @@ class Settings(BaseSettings):
         "trello_app_secret",
         "twilio_auth_token",
         "atlas_password",
+        "pg_password",
+        "api_token",
+        "temporal_api_key",
+        "payload_keys",
+        "temporal_tls_ca",
+        "temporal_tls_cert",
+        "temporal_tls_key",
         mode="before",
     )
     @classmethod
@@ -224,7 +248,8 @@ class Settings(BaseSettings):
         return self.dsn_for(self.pg_database)
 
     def dsn_for(self, database: str) -> str:
-        auth = self.pg_user + (f":{self.pg_password}" if self.pg_password else "")
+        password = reveal(self.pg_password)
+        auth = self.pg_user + (f":{quote(password, safe='')}" if password else "")
         return f"postgresql://{auth}@{self.pg_host}:{self.pg_port}/{database}"
 
     @property
@@ -257,3 +282,41 @@ def reveal(secret: SecretStr | None) -> str:
     """A secret setting's value where a client library needs it ("" when it is unset).
     Secrets stay SecretStr everywhere else, so settings printed or logged never show them."""
     return secret.get_secret_value() if secret is not None else ""
+
+
+# Values that were ever shipped as defaults or examples: never accepted off loopback.
+KNOWN_DEFAULT_SECRETS = frozenset({"dev-token-change-me", "change-me", "changeme", "secret"})
+MIN_SECRET_LENGTH = 24
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a hostname or 0.0.0.0: reachable from elsewhere
+
+
+def unsafe_listener(settings: Settings) -> str | None:
+    """Why the API must not listen on its configured address, or None. Off loopback, every
+    secret it authenticates with must be set and must not be a default."""
+    if is_loopback(settings.api_host):
+        return None
+    where = f"FACTORYLM_API_HOST={settings.api_host} is reachable from other machines"
+    token = reveal(settings.api_token)
+    if settings.api_token is not None and (
+        token.lower() in KNOWN_DEFAULT_SECRETS or len(token) < MIN_SECRET_LENGTH
+    ):
+        return (
+            f"{where}, and FACTORYLM_API_TOKEN is a default or short secret: set a random one "
+            f"of at least {MIN_SECRET_LENGTH} characters, or leave it empty and make per-client "
+            "tokens with `factorylm tokens add`"
+        )
+    for name, secret in (
+        ("FACTORYLM_TWILIO_AUTH_TOKEN", settings.twilio_auth_token),
+        ("FACTORYLM_TRELLO_APP_SECRET", settings.trello_app_secret),
+    ):
+        if secret is not None and reveal(secret).lower() in KNOWN_DEFAULT_SECRETS:
+            return f"{where}, and {name} is a default value: set the real one"
+    return None

@@ -18,12 +18,36 @@ from twilio.rest import Client
 from factorylm.settings import Settings, reveal
 
 SESSION_WINDOW = timedelta(hours=24)
+# Twilio refuses a WhatsApp body longer than this (error 21617).
+WHATSAPP_MAX_CHARS = 1600
 
+
+def clip(text: str, limit: int, *, more: str = "…") -> str:
+    """At most `limit` characters, cut at a word where one is near, marked as cut."""
+    if len(text) <= limit:
+        return text
+    cut = text[: max(0, limit - len(more))]
+    space = cut.rfind(" ")
+    if space > len(cut) - 40:
+        cut = cut[:space]
+    return cut.rstrip() + more
+
+
+def fit_whatsapp(body: str, link: str | None = None) -> str:
+    """A body Twilio accepts: cut to the limit, ending with where to read the rest."""
+    if len(body) <= WHATSAPP_MAX_CHARS:
+        return body
+    end = f" … (cut; full text: {link})" if link else " … (cut)"
+    return body[: WHATSAPP_MAX_CHARS - len(end)] + end
+
+
+# "ok" is not among the words: people send it as an acknowledgement ("ok, on my way"), and an
+# acknowledgement must never approve a PLC write.
 _REPLY = re.compile(
-    r"^\s*(?P<word>yes|y|approve|approved|ok|no|n|deny|denied|reject)\b[\s:#-]*(?P<code>\d{4})?\s*[.!]*\s*$",
+    r"^\s*(?P<word>yes|y|approve|approved|no|n|deny|denied|reject)\b[\s:#-]*(?P<code>\d{4})?\s*[.!]*\s*$",
     re.IGNORECASE,
 )
-_YES = {"yes", "y", "approve", "approved", "ok"}
+_YES = {"yes", "y", "approve", "approved"}
 
 
 @dataclass(frozen=True)

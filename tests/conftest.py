@@ -8,12 +8,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
+from pydantic import SecretStr
 from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
@@ -56,6 +58,9 @@ def base_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
         api_port=free_port(),
         temporal_ui_port=free_port(),
         approval_timeout_s=60.0,
+        # The tests' bootstrap admin token and approver (the product ships neither).
+        api_token=SecretStr(f"test-bootstrap-{secrets.token_urlsafe(24)}"),
+        approvers=["whatsapp:+15550100001"],
     )
 
 

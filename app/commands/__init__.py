@@ -25,7 +25,12 @@ else:  # argparse's class is generic only in typeshed
     SubParsers = argparse._SubParsersAction
 
 ENTRY_POINT_GROUP = "factorylm.commands"
-PRODUCT_COMMANDS = ("app.commands.services", "app.commands.agents", "app.commands.monkey")
+PRODUCT_COMMANDS = (
+    "app.commands.services",
+    "app.commands.tokens",
+    "app.commands.agents",
+    "app.commands.monkey",
+)
 
 
 @dataclass(frozen=True)

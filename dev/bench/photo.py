@@ -26,7 +26,7 @@ from factorylm.models.photos import PhotoIntakeResult, VisionFinding
 from factorylm.models.work_orders import OpenWorkOrderInput
 from factorylm.photos.images import check_image
 from factorylm.photos.vision import SYSTEM, GeminiVision, Image
-from factorylm.settings import Settings
+from factorylm.settings import Settings, reveal
 
 FINDING = {
     "equipment_type": "induction motor",
@@ -58,7 +58,7 @@ async def photo_to_workorder_p99_ms(settings: Settings, rounds: int = 30) -> dic
             pool = demo.stack.pool
             assert pool is not None
             s = demo.settings
-            auth = {"Authorization": f"Bearer {s.api_token}"}
+            auth = {"Authorization": f"Bearer {reveal(s.api_token)}"}
             async with httpx.AsyncClient(base_url=s.api_url, timeout=30) as http:
                 for _ in range(rounds):
                     t0 = time.perf_counter()

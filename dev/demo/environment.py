@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from dataclasses import dataclass, field
 
@@ -22,7 +23,7 @@ from dev.fakes.twilio import FakeTwilio
 from dev.simulator.peer import SimulatedPeer
 from dev.simulator.plant import PlantSimulator
 from factorylm.plant import Plant, load_plant
-from factorylm.settings import PROJECT_ROOT, Settings
+from factorylm.settings import PROJECT_ROOT, Settings, reveal
 from factorylm.temporal_client import connect
 from factorylm.whatsapp import WhatsAppSender
 from temporal.devserver import DevServer
@@ -106,6 +107,10 @@ class Demo:
             f"Temporal Web UI: {settings.temporal_ui_url}/namespaces/{settings.temporal_namespace}/workflows"
         )
         say(f"API: {settings.api_url} (try {settings.api_url}/health)")
+        say(
+            "API admin token for this run: "
+            f"{reveal(settings.api_token)} (per-client tokens: factorylm tokens add)"
+        )
 
     async def _sample_manuals(self) -> None:
         """The Manual Hunter needs manuals: the demo plant's are ingested once (and again when
@@ -153,7 +158,14 @@ class Demo:
 def demo_settings(settings: Settings) -> Settings:
     """The demo's drift window is short so the scenario answers in seconds, not minutes; the
     on-delay lets the window fill with the fault, so the alarm carries its full magnitude."""
-    quick = {"drift_window_s": 1.0, "drift_on_delay_s": 1.0}
+    quick: dict[str, object] = {
+        "drift_window_s": 1.0,
+        "drift_on_delay_s": 1.0,
+        # A fictional number (555-01xx) plays the on-duty approver; the demo answers for it.
+        "approvers": ["whatsapp:+15550100001"],
+        # The API listens on loopback; this run's admin token is printed at start.
+        "api_token": SecretStr(secrets.token_urlsafe(24)),
+    }
     return settings.model_copy(
         update={k: v for k, v in quick.items() if k not in settings.model_fields_set}
     )

@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw
 from api.photo_intake import photo_workflow_id
 from dev.demo.environment import Demo
 from factorylm.models.photos import PhotoIntakeResult
+from factorylm.settings import reveal
 
 ASSET = "conveyor-1"
 
@@ -45,7 +46,7 @@ async def run_photo_scenario(demo: Demo, say: Any) -> dict[str, Any]:
             "/photos",
             files={"image": ("conveyor-1-scorch.jpg", photo, "image/jpeg")},
             data={"asset_id": ASSET, "note": "burn mark on the drive motor housing"},
-            headers={"Authorization": f"Bearer {settings.api_token}"},
+            headers={"Authorization": f"Bearer {reveal(settings.api_token)}"},
         )
         response.raise_for_status()
         photo_id = response.json()["photo_id"]
@@ -56,7 +57,8 @@ async def run_photo_scenario(demo: Demo, say: Any) -> dict[str, Any]:
         result: PhotoIntakeResult = await asyncio.wait_for(handle.result(), timeout=60)
         say(f"workflow {handle.id}: {result.summary}")
         history = await http.get(
-            f"/assets/{ASSET}/photos", headers={"Authorization": f"Bearer {settings.api_token}"}
+            f"/assets/{ASSET}/photos",
+            headers={"Authorization": f"Bearer {reveal(settings.api_token)}"},
         )
         count = len(history.json()["photos"])
     say(

@@ -64,6 +64,15 @@ class FakeTwilio:
             return JSONResponse(
                 {"code": 21211, "message": f"Invalid 'To' Phone Number: {to}", "status": 400}, 400
             )
+        if len(body) > 1600:  # as Twilio answers: the send fails, nothing is delivered
+            return JSONResponse(
+                {
+                    "code": 21617,
+                    "message": "The concatenated message body exceeds the 1600 character limit.",
+                    "status": 400,
+                },
+                400,
+            )
         if not body and not content_sid:
             return JSONResponse(
                 {"code": 21602, "message": "Message body is required.", "status": 400}, 400

@@ -5,6 +5,7 @@ not discovered later by the vision model."""
 from __future__ import annotations
 
 import io
+import threading
 import warnings
 from dataclasses import dataclass
 
@@ -49,7 +50,18 @@ def too_large(size: int, limit: int) -> PhotoTooLarge:
     )
 
 
-def check_image(data: bytes, max_bytes: int) -> CheckedImage:
+# A photo is decoded whole (hundreds of MB for a large one): a few at a time per process, so
+# a burst of uploads queues instead of exhausting memory.
+_DECODING = threading.BoundedSemaphore(2)
+
+
+def limit_decodes(concurrent: int) -> None:
+    """How many images this process decodes at once (FACTORYLM_PHOTO_DECODE_CONCURRENCY)."""
+    global _DECODING
+    _DECODING = threading.BoundedSemaphore(concurrent)
+
+
+def check_image(data: bytes, max_bytes: int, max_pixels: int = 50_000_000) -> CheckedImage:
     """Raise PhotoRejected with a reason a technician can act on; blocking (decodes)."""
     if len(data) > max_bytes:
         raise too_large(len(data), max_bytes)
@@ -64,12 +76,21 @@ def check_image(data: bytes, max_bytes: int) -> CheckedImage:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
-                image.verify()  # checksums and structure
-            with Image.open(io.BytesIO(data)) as image:
-                image.load()  # every pixel: catches a photo cut off in transfer
+                # The header's size, before any pixel is decoded: a small file can declare
+                # a huge image (a decompression bomb).
                 width, height = image.size
+                if width * height > max_pixels:
+                    raise PhotoTooLarge(
+                        f"the image is {width}×{height} ({width * height / 1e6:.0f} megapixels);"
+                        f" the limit is {max_pixels / 1e6:.0f} — send it at a lower resolution"
+                    )
+                image.verify()  # checksums and structure
+            with _DECODING, Image.open(io.BytesIO(data)) as image:
+                image.load()  # every pixel: catches a photo cut off in transfer
+    except PhotoRejected:
+        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise PhotoRejected(f"the image has too many pixels to analyse ({exc})") from exc
+        raise PhotoTooLarge(f"the image has too many pixels to analyse ({exc})") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise PhotoRejected(
             f"the {kind} image is corrupt or incomplete ({exc}); take or send it again"

@@ -17,7 +17,7 @@ from dev.fakes.server import LocalServer
 from dev.fakes.twilio import FakeTwilio
 from factorylm.budget import BudgetLedger, Limits
 from factorylm.models.monkey import BUDGET_EXCEEDED, BudgetRefusal, CheckBudgetInput
-from factorylm.settings import Settings
+from factorylm.settings import Settings, reveal
 from helpers import free_port
 
 ENGINEER = "whatsapp:+15550100001"
@@ -130,7 +130,9 @@ async def test_get_budget(clean: asyncpg.Pool, settings: Settings) -> None:
     try:
         async with httpx.AsyncClient(base_url=server.url) as http:
             assert (await http.get("/budget")).status_code == 401
-            response = await http.get("/budget", headers={"authorization": f"Bearer {s.api_token}"})
+            response = await http.get(
+                "/budget", headers={"authorization": f"Bearer {reveal(s.api_token)}"}
+            )
     finally:
         await server.stop()
     assert response.status_code == 200

@@ -20,7 +20,7 @@ from temporalio.client import Client
 from api.app import create_app
 from dev.simulator.plant import PlantSimulator
 from factorylm.plant import Plant, Plc
-from factorylm.settings import Settings
+from factorylm.settings import Settings, reveal
 from helpers import SwitchableProxy, free_port, plant_with_free_ports, until
 from ingest.collector import Collector
 from ingest.manager import CollectorAlert, CollectorManager
@@ -140,7 +140,7 @@ async def test_vanishing_plc_alerts_once_reconnects_and_never_slows_the_other(
         ) as http:
             assert (await http.get("/collectors")).status_code == 401
             response = await http.get(
-                "/collectors", headers={"Authorization": f"Bearer {settings.api_token}"}
+                "/collectors", headers={"Authorization": f"Bearer {reveal(settings.api_token)}"}
             )
         assert response.status_code == 200
         listed = {c["plc_id"]: c for c in response.json()["collectors"]}

@@ -28,7 +28,7 @@ from dev.fakes.scripted import Reply, Script
 from dev.fakes.server import LocalServer
 from dev.fakes.twilio import FakeTwilio, post_inbound
 from factorylm.models.photos import PhotoIntakeResult
-from factorylm.settings import Settings
+from factorylm.settings import Settings, reveal
 from factorylm.waiting import wait_for
 from helpers import free_port, plant_with_free_ports
 
@@ -60,12 +60,12 @@ class PhotoRig:
 
     @property
     def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.settings.api_token}"}
+        return {"Authorization": f"Bearer {reveal(self.settings.api_token)}"}
 
     async def upload(
         self, data: bytes, filename: str = "photo.jpg", token: str | None = None, **fields: str
     ) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {token or self.settings.api_token}"}
+        headers = {"Authorization": f"Bearer {token or reveal(self.settings.api_token)}"}
         async with httpx.AsyncClient(base_url=self.settings.api_url, timeout=30) as http:
             return await http.post(
                 "/photos",
