@@ -7,6 +7,7 @@ import asyncpg
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -14,7 +15,9 @@ from temporalio.client import Client
 
 from api.auth import READ, AccessGuard
 from api.budget import BudgetEndpoint
+from api.codec import CodecRoutes
 from api.limits import DEFAULT_CAP, KIB, BodyLimit
+from api.openapi import openapi
 from api.operations import OperatorRoutes
 from api.photo_intake import PhotoIntake
 from api.photos import PhotoRoutes
@@ -25,6 +28,7 @@ from api.work_log import WorkLogEndpoint
 from factorylm.api_tokens import TokenStore
 from factorylm.photos.store import photo_store_for
 from factorylm.settings import Settings
+from factorylm.temporal_client import payload_codec
 
 PHOTO_FORM_OVERHEAD = 64 * KIB  # multipart boundaries and the form's small fields
 TRELLO_CAP = 2048 * KIB
@@ -53,14 +57,26 @@ def create_app(settings: Settings, client: Client, pool: asyncpg.Pool) -> Starle
         return DEFAULT_CAP
 
     return Starlette(
-        middleware=[Middleware(BodyLimit, cap_for=cap_for)],
+        middleware=[
+            Middleware(BodyLimit, cap_for=cap_for),
+            # The Web UI calls the codec endpoint from its own origin, with the token.
+            Middleware(
+                CORSMiddleware,
+                allow_origins=[settings.temporal_ui_url],
+                allow_methods=["POST"],
+                allow_headers=["authorization", "content-type", "x-namespace"],
+                allow_credentials=True,
+            ),
+        ],
         exception_handlers={HTTPException: _http_error},
         routes=[
             Route("/webhooks/twilio/whatsapp", whatsapp.handle, methods=["POST"]),
             Route(WEBHOOK_PATH, trello.handle, methods=["POST", "HEAD"]),
+            Route("/openapi.json", openapi),
             Route("/budget", guard(budget.handle, READ)),
             Route("/work-log", guard(WorkLogEndpoint(settings, client, pool).handle)),
             *OperatorRoutes(settings, client, pool).routes(guard),
             *PhotoRoutes(settings, pool, intake).routes(guard),
+            *CodecRoutes(payload_codec(settings)).routes(guard),
         ],
     )

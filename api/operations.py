@@ -82,6 +82,8 @@ class OperatorRoutes:
             body = ApprovalBody.model_validate(json.loads(await request.body() or b"{}"))
         except json.JSONDecodeError as exc:
             return error(400, f"body is not JSON: {exc.msg}")
+        except UnicodeDecodeError:
+            return error(400, "body is not JSON: not UTF-8 text")
         except ValidationError as exc:
             fields = ", ".join(".".join(map(str, e["loc"])) + ": " + e["msg"] for e in exc.errors())
             return error(422, f'expected {{approve: bool, code: "1234"}}; {fields}')

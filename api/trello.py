@@ -49,7 +49,7 @@ class TrelloWebhook:
             return JSONResponse({"error": "invalid signature"}, status_code=403)
         try:
             action = json.loads(body).get("action") or {}
-        except (json.JSONDecodeError, AttributeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
             return JSONResponse({"error": "body is not a Trello action"}, status_code=400)
         kind = str(action.get("type", ""))
         if kind not in _WAKING_ACTIONS:

@@ -1,0 +1,216 @@
+"""GET /openapi.json: the API as OpenAPI 3.0, for integrators and for the schemathesis run in
+the tests that throws generated requests at every operation and wants no 5xx back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+_ERROR = {
+    "description": "refused, with the reason",
+    "content": {
+        "application/json": {
+            "schema": {"type": "object", "properties": {"error": {"type": "string"}}}
+        }
+    },
+}
+_JSON = {"description": "ok", "content": {"application/json": {"schema": {"type": "object"}}}}
+_GUARDED = {"401": _ERROR, "403": _ERROR}
+
+
+def _read(summary: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "get": {
+            "summary": summary + " (viewer, approver or admin token)",
+            "security": [{"bearer": []}],
+            "responses": {"200": _JSON, **_GUARDED, "400": _ERROR, "404": _ERROR},
+            **extra,
+        }
+    }
+
+
+def _path_param(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema}
+
+
+_PAYLOADS = {
+    "type": "object",
+    "required": ["payloads"],
+    "properties": {
+        "payloads": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "data": {"type": "string"},
+                },
+            },
+        }
+    },
+}
+
+
+def _codec(summary: str) -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": summary + " (viewer token; for the Temporal Web UI)",
+            "security": [{"bearer": []}],
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _PAYLOADS}},
+            },
+            "responses": {
+                "200": _JSON,
+                **_GUARDED,
+                "400": _ERROR,
+                "404": _ERROR,
+                "413": _ERROR,
+                "422": _ERROR,
+            },
+        }
+    }
+
+
+SPEC: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {
+        "title": "FactoryLM API",
+        "version": "1",
+        "description": "Operator endpoints (bearer tokens with roles, made with "
+        "`factorylm tokens add`) and the Twilio and Trello webhooks (signed by their senders).",
+    },
+    "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    "paths": {
+        "/health": {
+            "get": {
+                "summary": "what is up (unauthenticated, for load balancers)",
+                "responses": {"200": _JSON, "503": _JSON},
+            }
+        },
+        "/collectors": _read("collector and writer status per PLC"),
+        "/baselines": _read("the latest baseline per PLC and metric"),
+        "/budget": _read("LLM token budgets and use"),
+        "/work-log": _read(
+            "every agent's work",
+            parameters=[
+                _query("agent", {"type": "string"}),
+                _query("since", {"type": "string"}),
+                _query("until", {"type": "string"}),
+                _query("outcome", {"type": "string"}),
+                _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
+            ],
+        ),
+        "/work-orders/{wo_id}": _read("one work order", parameters=[_path_param("wo_id")]),
+        "/photos/{photo_id}": _read("one photo's record", parameters=[_path_param("photo_id")]),
+        "/photos/{photo_id}/image": _read("one photo", parameters=[_path_param("photo_id")]),
+        "/assets/{asset_id}/photos": _read(
+            "an asset's photo history", parameters=[_path_param("asset_id")]
+        ),
+        "/approvals/{workflow_id}": {
+            "post": {
+                "summary": "approve or deny a pending request as the token's approver",
+                "security": [{"bearer": []}],
+                "parameters": [_path_param("workflow_id")],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["approve", "code"],
+                                "properties": {
+                                    "approve": {"type": "boolean"},
+                                    "code": {"type": "string", "pattern": "^[0-9]{4}$"},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _JSON,
+                    **_GUARDED,
+                    "400": _ERROR,
+                    "404": _ERROR,
+                    "409": _ERROR,
+                    "422": _ERROR,
+                },
+            }
+        },
+        "/photos": {
+            "post": {
+                "summary": "upload an equipment photo (uploader or admin token)",
+                "security": [{"bearer": []}],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "multipart/form-data": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["image"],
+                                "properties": {
+                                    "image": {"type": "string", "format": "binary"},
+                                    "asset_id": {"type": "string"},
+                                    "note": {"type": "string"},
+                                    "reply_to": {"type": "string"},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "202": _JSON,
+                    **_GUARDED,
+                    "413": _ERROR,
+                    "415": _ERROR,
+                    "422": _ERROR,
+                },
+            }
+        },
+        "/codec/decode": _codec("decode Temporal payloads"),
+        "/codec/encode": _codec("encode Temporal payloads"),
+        "/webhooks/twilio/whatsapp": {
+            "post": {
+                "summary": "inbound WhatsApp messages (Twilio-signed)",
+                "requestBody": {
+                    "content": {
+                        "application/x-www-form-urlencoded": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "MessageSid": {"type": "string"},
+                                    "From": {"type": "string"},
+                                    "Body": {"type": "string"},
+                                },
+                            }
+                        }
+                    }
+                },
+                "responses": {
+                    "200": {"description": "TwiML"},
+                    "400": _ERROR,
+                    "403": _ERROR,
+                    "413": _ERROR,
+                    "503": {"description": "not configured"},
+                },
+            }
+        },
+        "/webhooks/trello": {
+            "post": {
+                "summary": "board events (Trello-signed)",
+                "requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}},
+                "responses": {"200": _JSON, "400": _ERROR, "403": _ERROR, "413": _ERROR},
+            }
+        },
+    },
+}
+
+
+async def openapi(_request: Request) -> JSONResponse:
+    return JSONResponse(SPEC)
