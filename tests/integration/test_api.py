@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from api_rig import APPROVER, ApiRig, api_rig
 from temporalio.client import Client
 
+from api_rig import APPROVER, ApiRig, api_rig
 from factorylm.api_tokens import Role
 from factorylm.settings import Settings
 

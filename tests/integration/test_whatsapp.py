@@ -8,11 +8,11 @@ import uuid
 from typing import Any
 
 import httpx
-from whatsapp_rig import BACKUP, ON_DUTY, Rig, code_in, rig
 
 from app.stack import Stack
 from dev.fakes.twilio import sign
 from helpers import make_alert
+from whatsapp_rig import BACKUP, ON_DUTY, Rig, code_in, rig
 from workflows.drift_response import DriftResponseWorkflow
 from workflows.outcome_followup import OutcomeFollowUpWorkflow
 
