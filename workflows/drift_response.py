@@ -345,10 +345,10 @@ class DriftResponseWorkflow:
             return None, "completed"
         assert proposal.value is not None
         info = workflow.info()
-        # A decision is about the machine as it was when it was made: the write must happen
-        # within the approval's validity (an automatic one within as long of being decided),
-        # or not at all. Without the bound, a write queued while the edge worker is down runs
-        # whenever it comes back, hours later. The edge checks the same validity itself.
+        # A decision is about the machine as it was when it was made: the write happens
+        # within the approval's validity (an automatic write within as long of being
+        # planned) or not at all. Without the bound, a write queued while the edge worker is
+        # down runs whenever it comes back, hours later. The edge checks the validity too.
         approval = proposal.policy is Policy.APPROVAL
         since = workflow.now() - self._decided_at if approval and self._decided_at else None
         window = plan.approval_validity_s - (since.total_seconds() if since else 0.0)

@@ -177,14 +177,18 @@ async def test_non_finite_rows_already_in_samples_do_not_poison_the_baseline(
             records=[(end - i * step, plc_id, "level", v) for i, v in enumerate(values)],
             columns=("time", "plc_id", "metric", "value"),
         )
-    report = await ActivityEnvironment().run(
-        BaselineActivities(pool).compute_baselines,
-        ComputeBaselinesInput(
-            run_key=f"nan-{plc_id}",
-            window_start=end - timedelta(hours=2),
-            window_end=end + timedelta(seconds=1),
-        ),
-    )
+    try:
+        report = await ActivityEnvironment().run(
+            BaselineActivities(pool).compute_baselines,
+            ComputeBaselinesInput(
+                run_key=f"nan-{plc_id}",
+                window_start=end - timedelta(hours=2),
+                window_end=end + timedelta(seconds=1),
+            ),
+        )
+    finally:
+        # Other tests (and GET /baselines) share this database: take the bad rows away.
+        await pool.execute("DELETE FROM samples WHERE plc_id = $1", plc_id)
     mine = [b for b in report.baselines if b.plc_id == plc_id]
     assert len(mine) == 1, report.skipped
     baseline = mine[0]
@@ -242,3 +246,5 @@ async def test_a_nan_baseline_row_does_not_stop_the_baseline_reload(
         assert loaded["pressure"] == Baseline(mean=3.0, std=0.1)
     finally:
         await loader.stop()
+        # Other tests (and GET /baselines) share this database: take the bad rows away.
+        await pool.execute("DELETE FROM baselines WHERE plc_id = $1", plc_id)
