@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 
 import asyncpg
@@ -42,6 +43,10 @@ class ApprovalBody(BaseModel):
     approve: bool
     code: str = Field(pattern=r"^[0-9]{4}$", description="the code in the request message")
     approver: str | None = None  # optional; must be the token's own approver when given
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
 
 
 def error(status: int, message: str) -> JSONResponse:
@@ -155,7 +160,10 @@ class OperatorRoutes:
             {
                 "baselines": [
                     {
-                        **{k: r[k] for k in ("plc_id", "metric", "mean", "std", "p95", "p99")},
+                        "plc_id": r["plc_id"],
+                        "metric": r["metric"],
+                        # JSON has no NaN: a non-finite statistic is shown as null.
+                        **{k: _finite(r[k]) for k in ("mean", "std", "p95", "p99")},
                         "sample_count": r["sample_count"],
                         "window_start": r["window_start"].isoformat(),
                         "window_end": r["window_end"].isoformat(),

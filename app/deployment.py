@@ -128,6 +128,8 @@ SETTINGS: typing.Mapping[Process, frozenset[str]] = MappingProxyType(
             "twilio_auth_token",
             "trello_app_secret",
             "monkey_workflow_id",
+            # api/app.py admits the Web UI's origin (temporal_ui_url) to the codec endpoint.
+            "temporal_ui_port",
         ),
         # `factorylm db migrate` and `factorylm tokens`, which checks approvers' identities.
         Process.MIGRATE: POSTGRES | _fields("approvers"),

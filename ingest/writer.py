@@ -79,7 +79,13 @@ class BatchWriter:
             try:
                 await asyncio.wait_for(self._task, timeout_s)
             except TimeoutError:
-                log.error("writer stopped with %d samples unwritten", len(self._buffer))
+                # Whatever is still buffered is gone with the process: count it as dropped,
+                # where the operator looks for loss, not only in a log line.
+                lost = len(self._buffer)
+                self._buffer.clear()
+                self.dropped += lost
+                _DROPPED.add(lost)
+                log.error("writer stopped with %d samples unwritten: counted as dropped", lost)
         if self._conn is not None:
             await self._conn.close()
             self._conn = None

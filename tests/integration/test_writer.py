@@ -86,3 +86,17 @@ async def test_full_buffer_drops_the_oldest_and_counts_them(settings: Settings) 
     assert kept[0][1:] == ("writer-c", "vibration", 150.0)  # the 150 oldest went first
     assert kept[-1][1:] == ("writer-d", "vibration", 549.0)
     writer._task.cancel()  # type: ignore[union-attr]  # no database will ever come back here
+
+
+async def test_samples_still_buffered_when_stop_times_out_are_counted_as_dropped(
+    settings: Settings,
+) -> None:
+    """A stop that runs out of time (compose's stop grace, a database still down) loses what
+    is buffered; the loss is counted where every other loss is, not only logged."""
+    dead = settings.model_copy(update={"pg_port": free_port()})
+    writer = BatchWriter(dead.pg_dsn, max_rows=100, max_delay_s=0.05, buffer_rows=1000)
+    writer.start()
+    writer.add(samples("writer-e", 240))
+    await until("the writer to notice the outage", lambda: writer.last_error is not None)
+    await writer.stop(timeout_s=0.2)
+    assert writer.dropped == 240 and writer.pending == 0

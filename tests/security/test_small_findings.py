@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -85,3 +86,23 @@ async def test_user_text_reaches_the_log_escaped(
         await rig.reply(forged, "hello")
     lines = [r.getMessage() for r in caplog.records if "unauthorised" in r.getMessage()]
     assert lines and all("\n" not in line for line in lines)
+
+
+async def test_a_non_finite_baseline_is_shown_as_null_not_a_500(api: ApiRig) -> None:
+    assert api.stack.pool is not None
+    plc = f"nan-plc-{uuid.uuid4().hex[:6]}"
+    await api.stack.pool.execute(
+        """INSERT INTO baselines (run_key, plc_id, metric, mean, std, p95, p99, sample_count,
+                                  window_start, window_end)
+           VALUES ('test-nan', $1, 'vibration', 'NaN', 'Infinity', 1, 2, 10, now(), now())""",
+        plc,
+    )
+    try:
+        token = await api.token(Role.VIEWER)
+        async with api.http(token) as http:
+            response = await http.get("/baselines")
+        assert response.status_code == 200
+        row = next(b for b in response.json()["baselines"] if b["plc_id"] == plc)
+        assert row["mean"] is None and row["std"] is None and row["p95"] == 1
+    finally:
+        await api.stack.pool.execute("DELETE FROM baselines WHERE plc_id = $1", plc)
