@@ -14,12 +14,12 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from pydantic import SecretStr
 from temporalio.client import Client
 from temporalio.worker import Worker
 
 from api.app import create_app
 from dev.fakes.server import LocalServer
+from factorylm.api_tokens import Role, TokenStore
 from factorylm.models.health import HealthMonitorInput
 from factorylm.models.monkey import MonkeyReportInput
 from factorylm.settings import Settings
@@ -27,11 +27,6 @@ from helpers import free_port, until
 from workers.agents import monkey_activities
 from workflows.health import HealthMonitorWorkflow
 from workflows.monkey import MonkeyReportWorkflow
-
-
-def _token(settings: Settings) -> str:
-    token: Any = settings.api_token
-    return token.get_secret_value() if isinstance(token, SecretStr) else str(token)
 
 
 async def _card(
@@ -98,7 +93,11 @@ async def test_the_work_log_lists_every_agents_work_with_filters(
         id=health_id,
         task_queue=f"{queue}-idle",
     )
-    auth = {"authorization": f"Bearer {_token(settings)}"}
+    # The Workflow Tracker is for reading: a viewer's token is enough, an uploader's is not.
+    tokens = TokenStore(pool)
+    viewer = await tokens.add(f"viewer-{tag}", Role.VIEWER, approvers=[])
+    uploader = await tokens.add(f"uploader-{tag}", Role.UPLOADER, approvers=[])
+    auth = {"authorization": f"Bearer {viewer}"}
 
     async def items(**params: str) -> list[dict[str, Any]]:
         response = await api.get("/work-log", params={"limit": "1000", **params}, headers=auth)
@@ -135,6 +134,8 @@ async def test_the_work_log_lists_every_agents_work_with_filters(
     bad = await api.get("/work-log", params={"agent": "nobody"}, headers=auth)
     assert bad.status_code == 400 and "known: baseline" in bad.json()["error"]
     assert (await api.get("/work-log")).status_code == 401
+    other = await api.get("/work-log", headers={"authorization": f"Bearer {uploader}"})
+    assert other.status_code == 403
     await client.get_workflow_handle(health_id).terminate("test over")
 
 
