@@ -4,6 +4,10 @@
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 WORKDIR /app
+# git and bubblewrap: the Monkey clones and commits, and runs card checks in a sandbox
+# (docs/monkey.md); prlimit and setpriv come with util-linux.
+RUN apt-get update && apt-get install -y --no-install-recommends git bubblewrap \
+    && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml README.md ./
 COPY factorylm ./factorylm
 COPY workflows ./workflows
