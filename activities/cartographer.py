@@ -151,7 +151,7 @@ class Cartographer:
     async def repo_map(self, commit: str) -> RepoMap:
         row = await self._pool.fetchrow(
             "SELECT files FROM monkey_repo_maps WHERE repo = $1 AND commit_sha = $2",
-            self._workspace.remote,
+            self._workspace.shown,
             commit,
         )
         if row is not None:
@@ -160,7 +160,7 @@ class Cartographer:
         await self._pool.execute(
             """INSERT INTO monkey_repo_maps (repo, commit_sha, files) VALUES ($1, $2, $3)
                ON CONFLICT (repo, commit_sha) DO NOTHING""",
-            self._workspace.remote,
+            self._workspace.shown,
             commit,
             json.dumps(files),
         )

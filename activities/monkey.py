@@ -231,7 +231,7 @@ class MonkeyActivities:
             earlier = ws.remote_branch(branch)
             previous = ws.branch_change(base, earlier) if earlier and earlier != base else ""
             return Workspace(
-                repo=ws.remote,
+                repo=ws.shown,
                 branch=branch,
                 base_branch=ws.base,
                 base_commit=base,
@@ -242,7 +242,7 @@ class MonkeyActivities:
             return await asyncio.to_thread(prepare)
         except WorkspaceUnusable as exc:
             return Workspace(
-                repo=ws.remote, branch=branch, base_branch=ws.base, base_commit="", problem=str(exc)
+                repo=ws.shown, branch=branch, base_branch=ws.base, base_commit="", problem=str(exc)
             )
 
     @activity.defn(name="monkey_execute_card")

@@ -37,6 +37,14 @@ _FORBIDDEN_MODES = re.compile(
 )
 
 
+_USERINFO = re.compile(r"(://)[^/@\s]+@")
+
+
+def redact(text: str) -> str:
+    """A URL's user and password (https://user:token@host/...) never reach a report."""
+    return _USERINFO.sub(r"\1***@", text)
+
+
 class GitError(RuntimeError):
     """A git command failed; the message has the command and git's own words."""
 
@@ -113,6 +121,7 @@ class Applied:
 class GitWorkspace:
     def __init__(self, remote: str, base_branch: str, root: Path) -> None:
         self.remote = remote
+        self.shown = redact(remote)  # what comments, histories and the database see
         self.base = base_branch
         self.root = root
         self.git_dir = root / "repo.git"
@@ -150,7 +159,7 @@ class GitWorkspace:
         except subprocess.TimeoutExpired as exc:
             raise GitError(f"git {args[0]} timed out after {_GIT_TIMEOUT_S:g} s") from exc
         if done.returncode != 0:
-            words = (done.stderr or done.stdout).strip()[-2000:]
+            words = redact((done.stderr or done.stdout).strip()[-2000:])
             raise GitError(f"git {' '.join(args[:3])} failed: {words}")
         return done.stdout
 
@@ -194,7 +203,7 @@ class GitWorkspace:
             return self.rev(f"refs/remotes/origin/{self.base}")
         except GitError as exc:
             raise WorkspaceUnusable(
-                f"the repository {self.remote} has no branch {self.base!r} "
+                f"the repository {self.shown} has no branch {self.base!r} "
                 "(FACTORYLM_MONKEY_BASE_BRANCH)"
             ) from exc
 

@@ -147,7 +147,7 @@ async def _map(settings: Settings, card_text: str) -> int:
         )
     finally:
         await pool.close()
-    print(f"{workspace.remote} {settings.monkey_base_branch} at {commit} ({context.files} files"
+    print(f"{workspace.shown} {settings.monkey_base_branch} at {commit} ({context.files} files"
           f"{', cached' if context.cached else ''})")  # fmt: skip
     print(context.map_text)
     if card_text:

@@ -3,10 +3,22 @@ repository, reaches into .git, makes a symlink, is binary or too large, or is no
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from activities.monkey import card_prompt
-from activities.monkey_workspace import InvalidChange, branch_name, validate_change
+from activities.monkey_workspace import (
+    GitError,
+    GitWorkspace,
+    InvalidChange,
+    branch_name,
+    redact,
+    validate_change,
+)
 from factorylm.models.monkey import CardWork, FileChange, RelevantFile, RepoContext, SprintCard
 
 DIFF = "--- a/src/app.py\n+++ b/src/app.py\n@@ -1 +1 @@\n-x = 1\n+x = 2\n"
@@ -76,3 +88,15 @@ def test_a_retry_prompt_carries_the_diff_the_failure_and_the_files() -> None:
         "different approach",
     ):
         assert part in prompt, part
+
+
+def test_a_remote_urls_credentials_never_reach_a_message() -> None:
+    assert redact("https://bot:s3cret@git.example/plant.git") == "https://***@git.example/plant.git"
+    root = Path(tempfile.mkdtemp(prefix="factorylm-redact-test-"))
+    os.chmod(root, 0o755)  # reachable by the sandbox uid, so the clone is what fails
+    workspace = GitWorkspace("https://bot:s3cret@127.0.0.1:9/plant.git", "main", root / "ws")
+    assert "s3cret" not in workspace.shown
+    with pytest.raises(GitError) as failed:
+        workspace.ensure_clone()  # nothing listens on port 9: git's own error, redacted
+    shutil.rmtree(root)
+    assert "git fetch" in str(failed.value) and "s3cret" not in str(failed.value)
