@@ -146,3 +146,32 @@ async def test_the_upload_endpoint_answers_a_pixel_bomb_with_413(rig: ApiRig) ->
             files={"image": ("b.png", io.BytesIO(_png_bomb(9_000, 8_000)), "image/png")},
         )
     assert response.status_code == 413 and "megapixels" in response.json()["error"]
+
+
+def test_decodes_beyond_the_concurrency_limit_wait_their_turn() -> None:
+    """A burst of uploads queues for the decoder instead of decoding all at once."""
+    import threading
+
+    from factorylm.photos import images
+
+    out = io.BytesIO()
+    from PIL import Image
+
+    Image.new("RGB", (320, 240), (10, 120, 10)).save(out, "PNG")
+    photo = out.getvalue()
+    images.limit_decodes(1)
+    try:
+        done = threading.Event()
+        with images._DECODING:  # the one decode slot is taken
+
+            def decode() -> None:
+                check_image(photo, MIB)
+                done.set()
+
+            worker = threading.Thread(target=decode)
+            worker.start()
+            assert not done.wait(0.5), "decoded while the only slot was taken"
+        assert done.wait(10), "never decoded once the slot was free"
+        worker.join()
+    finally:
+        images.limit_decodes(2)
