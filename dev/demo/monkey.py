@@ -243,6 +243,16 @@ async def run_monkey_scenario(demo: Demo, say: Callable[[str], None]) -> dict[st
         for name in LISTS:
             for card in trello.cards_in(board.board_id, name):
                 say(f"  {name:15} {card['name']}")
+        attempts = await pool.fetch(
+            """SELECT card_name, attempt, status, diff_stat FROM monkey_runs
+               WHERE workflow_id = $1 ORDER BY card_name, attempt""",
+            handle.id,
+        )
+        for row in attempts:
+            stat = row["diff_stat"].strip().splitlines()[-1:] or ["no change"]
+            say(
+                f"  attempt {row['attempt']} on {row['card_name']!r}: {row['status']} ({stat[0].strip()})"
+            )
         branches: list[dict[str, Any]] = []
         for b in summary.branches:
             # Passed means: every check exited 0 on this commit, and the remote has it.
