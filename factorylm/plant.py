@@ -64,9 +64,47 @@ class Point(_Strict):
         return 2 if self.type in ("u32", "i32", "f32") else 1
 
 
+class Cusum(_Strict):
+    """Two-sided CUSUM on the sample in baseline-σ units: reference k (half the shift it is
+    tuned to find, in σ) and decision interval h (in σ). Larger h: fewer false alarms, later
+    detection."""
+
+    k: float = Field(default=0.5, ge=0)
+    h: float = Field(default=5.0, gt=0)
+
+
+class Ewma(_Strict):
+    """EWMA of the sample in baseline-σ units: weight λ of the newest sample, alarm at L times
+    the EWMA's own standard deviation. Small λ: long memory, sees slow ramps and small shifts."""
+
+    lam: float = Field(default=0.2, gt=0, le=1, alias="lambda")
+    width: float = Field(default=3.0, gt=0, alias="L")
+
+
+class Stuck(_Strict):
+    """A flat line: the value has stayed within tolerance_sigma·σ for after_s seconds, although
+    its baseline says it varies."""
+
+    after_s: float = Field(gt=0)
+    tolerance_sigma: float = Field(default=0.0, ge=0)
+
+
 class Metric(Point):
     baseline: Baseline | None = None
     drift_threshold_sigma: float | None = Field(default=None, gt=0)
+    # Further detectors beside the windowed mean; each is off unless the plant file sets it.
+    cusum: Cusum | None = None
+    ewma: Ewma | None = None
+    stuck: Stuck | None = None
+    # Hard limits in the metric's unit, whatever the baseline (e.g. a temperature never > 90).
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _limits(self) -> Metric:
+        if self.min is not None and self.max is not None and self.min >= self.max:
+            raise ValueError(f"min ({self.min}) must be below max ({self.max})")
+        return self
 
 
 class Setpoint(Point):
@@ -125,6 +163,13 @@ class Plc(_Strict):
             problem = spec.check_point(point)
             if problem:
                 raise ValueError(f"point {point.name!r}: {problem}")
+        for metric in self.metrics:
+            # Shorter than one poll it would call every unchanged pair of samples stuck.
+            if metric.stuck and metric.stuck.after_s * 1000 < self.poll_interval_ms:
+                raise ValueError(
+                    f"metrics[{metric.name}].stuck.after_s: {metric.stuck.after_s:g} s is "
+                    f"shorter than poll_interval_ms ({self.poll_interval_ms} ms)"
+                )
         return self
 
     @property

@@ -1,8 +1,13 @@
-"""Streaming drift detection: a rolling time window per PLC·metric, O(1) per sample.
+"""Streaming drift detection per PLC·metric, O(1) per sample.
 
-drift = (window mean − baseline mean) / baseline std. An alarm needs |drift| above the
-threshold for at least the on-delay; it clears only below the hysteresis level, so a signal
-hovering at the threshold raises one alarm, not a stream of them.
+Always on: a rolling time window, drift = (window mean − baseline mean) / baseline std. An
+alarm needs |drift| above the threshold for at least the on-delay; it clears only below the
+hysteresis level, so a signal hovering at the threshold raises one alarm, not a stream of them.
+
+Per metric, when the plant file turns them on (see docs/drift.md): a two-sided CUSUM for
+abrupt shifts, an EWMA for ramps and small persistent shifts, a flat-line (stuck) detector,
+and hard min/max limits. Each detector latches: it alarms once, then stays quiet until its own
+clear condition, so a sustained fault is one alarm per detector.
 
 Only finite numbers enter a window and only finite baselines with a positive std are used:
 one NaN or ±inf in a running sum would make the metric's drift NaN for good (it would alarm
@@ -18,8 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from factorylm.models.drift import DriftAlert
-from factorylm.plant import Baseline
+from factorylm.models.drift import Detection, DriftAlert
+from factorylm.plant import Baseline, Metric, Plant
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +38,131 @@ class DriftConfig:
     min_samples: int = 3
 
 
+class CusumDetector:
+    """Two-sided tabular CUSUM on standardised samples z = (x − mean) / σ.
+
+    hi = max(0, hi + z − k) and lo = max(0, lo − z − k); an alarm when either exceeds h. Before
+    the first alarm this is exactly the textbook chart whose run lengths the unit test checks.
+    After an alarm the alarmed sum is clamped at h, so once the fault is gone it drains back
+    to 0 within about h / k samples, and it clears there; unclamped, an hour's 6σ fault would
+    leave a sum that takes hours to drain.
+    """
+
+    __slots__ = ("alarmed", "h", "hi", "k", "lo", "n_hi", "n_lo")
+
+    def __init__(self, k: float, h: float) -> None:
+        self.k, self.h = k, h
+        self.reset()
+
+    def reset(self) -> None:
+        self.hi = self.lo = 0.0
+        self.n_hi = self.n_lo = 0  # samples since each sum was last 0: for the shift estimate
+        self.alarmed = 0  # +1 / -1 while latched on that side
+
+    def update(self, z: float) -> int:
+        """Feed one sample; +1 or -1 when an alarm starts on that side, else 0."""
+        self.hi = max(0.0, self.hi + z - self.k)
+        self.lo = max(0.0, self.lo - z - self.k)
+        self.n_hi = self.n_hi + 1 if self.hi > 0 else 0
+        self.n_lo = self.n_lo + 1 if self.lo > 0 else 0
+        if self.alarmed:
+            if self.alarmed > 0:
+                self.hi = min(self.hi, self.h)
+                if self.hi == 0:
+                    self.alarmed = 0
+            else:
+                self.lo = min(self.lo, self.h)
+                if self.lo == 0:
+                    self.alarmed = 0
+            return 0
+        if self.hi > self.h:
+            self.alarmed = 1
+        elif self.lo > self.h:
+            self.alarmed = -1
+        return self.alarmed
+
+    def shift(self) -> float:
+        """The shift since the sum last left 0, in σ: k + S / N (the usual CUSUM estimate)."""
+        if self.alarmed < 0 or (self.alarmed == 0 and self.lo > self.hi):
+            return -(self.k + self.lo / max(self.n_lo, 1))
+        return self.k + self.hi / max(self.n_hi, 1)
+
+
+class EwmaDetector:
+    """EWMA of standardised samples, e = λz + (1 − λ)e, started at 0 (the baseline mean).
+
+    Its limit is L times the EWMA's exact standard deviation, σ_e² = λ/(2−λ)·(1 − (1−λ)^{2n}),
+    which is narrow for the first samples and widens to the asymptote, so the chart is as
+    sensitive right after a start or a baseline change as it is later. It clears when |e| is
+    back under `clear` of the limit.
+    """
+
+    __slots__ = ("alarmed", "clear", "decay", "e", "lam", "width")
+
+    def __init__(self, lam: float, width: float, clear: float) -> None:
+        self.lam, self.width, self.clear = lam, width, clear
+        self.reset()
+
+    def reset(self) -> None:
+        self.e = 0.0
+        self.decay = 1.0  # (1 − λ)^{2n}, kept as a running product: O(1)
+        self.alarmed = False
+
+    def limit(self) -> float:
+        return self.width * math.sqrt(self.lam / (2 - self.lam) * (1 - self.decay))
+
+    def update(self, z: float) -> bool:
+        """Feed one sample; True when an alarm starts."""
+        self.e = self.lam * z + (1 - self.lam) * self.e
+        self.decay *= (1 - self.lam) ** 2
+        limit = self.limit()
+        if self.alarmed:
+            if abs(self.e) < self.clear * limit:
+                self.alarmed = False
+            return False
+        if abs(self.e) > limit:
+            self.alarmed = True
+            return True
+        return False
+
+
+class StuckDetector:
+    """A flat line: every sample for after_s seconds within tolerance·σ of each other.
+
+    O(1): the run's running min and max; a sample that widens them past the tolerance starts
+    a new run at itself. Clears when the value moves again.
+    """
+
+    __slots__ = ("after_s", "alarmed", "hi", "lo", "since", "tolerance")
+
+    def __init__(self, after_s: float, tolerance_sigma: float) -> None:
+        self.after_s, self.tolerance = after_s, tolerance_sigma
+        self.reset()
+
+    def reset(self) -> None:
+        self.since: float | None = None
+        self.lo = self.hi = 0.0
+        self.alarmed = False
+
+    def update(self, t: float, value: float, std: float) -> bool:
+        if self.since is None:
+            self.since, self.lo, self.hi = t, value, value
+            return False
+        lo, hi = min(self.lo, value), max(self.hi, value)
+        if hi - lo > self.tolerance * std:
+            self.since, self.lo, self.hi = t, value, value
+            self.alarmed = False
+            return False
+        self.lo, self.hi = lo, hi
+        if not self.alarmed and t - self.since >= self.after_s:
+            self.alarmed = True
+            return True
+        return False
+
+    def flat_for(self, t: float) -> float:
+        return 0.0 if self.since is None else t - self.since
+
+
 @dataclass
 class _Window:
     baseline: Baseline | None
@@ -42,6 +172,12 @@ class _Window:
     alarmed: bool = False
     above_since: float | None = None
     sigma: float = 0.0
+    cusum: CusumDetector | None = None
+    ewma: EwmaDetector | None = None
+    stuck: StuckDetector | None = None
+    low: float | None = None
+    high: float | None = None
+    limit_alarmed: bool = False
 
     def add(self, t: float, value: float, window_s: float) -> None:
         self.points.append((t, value))
@@ -53,6 +189,22 @@ class _Window:
     @property
     def mean(self) -> float:
         return self.total / len(self.points)
+
+    def reset_statistics(self) -> None:
+        """CUSUM, EWMA and flat-line state are in σ of the old baseline: start them again."""
+        for detector in (self.cusum, self.ewma, self.stuck):
+            if detector is not None:
+                detector.reset()
+
+    @property
+    def any_alarmed(self) -> bool:
+        return (
+            self.alarmed
+            or self.limit_alarmed
+            or bool(self.cusum and self.cusum.alarmed)
+            or bool(self.ewma and self.ewma.alarmed)
+            or bool(self.stuck and self.stuck.alarmed)
+        )
 
 
 AlarmHandler = Callable[[DriftAlert], None]
@@ -74,6 +226,32 @@ class DriftDetector:
         self._units = units or {}
         self._warned_no_baseline: set[tuple[str, str]] = set()
         self.alarms_raised = 0
+
+    def _window(self, key: tuple[str, str]) -> _Window:
+        window = self._windows.get(key)
+        if window is None:
+            window = self._windows[key] = _Window(None, self.config.threshold_sigma)
+        return window
+
+    def configure(self, plc_id: str, metric: Metric) -> None:
+        """Turn on the detectors the plant file sets for this metric (the window is always on)."""
+        window = self._window((plc_id, metric.name))
+        window.cusum = CusumDetector(metric.cusum.k, metric.cusum.h) if metric.cusum else None
+        clear = self.config.clear_sigma / self.config.threshold_sigma
+        window.ewma = (
+            EwmaDetector(metric.ewma.lam, metric.ewma.width, clear) if metric.ewma else None
+        )
+        window.stuck = (
+            StuckDetector(metric.stuck.after_s, metric.stuck.tolerance_sigma)
+            if metric.stuck
+            else None
+        )
+        window.low, window.high = metric.min, metric.max
+
+    def configure_plant(self, plant: Plant) -> None:
+        for plc in plant.plcs:
+            for metric in plc.metrics:
+                self.configure(plc.id, metric)
 
     def set_baseline(
         self, plc_id: str, metric: str, baseline: Baseline | None, threshold: float | None = None
@@ -98,27 +276,83 @@ class DriftDetector:
         if window is None:
             self._windows[key] = _Window(baseline=baseline, threshold=limit)
         else:
+            if window.baseline != baseline:
+                window.reset_statistics()
             window.baseline, window.threshold = baseline, limit
 
     def alarmed(self, plc_id: str, metric: str) -> bool:
         window = self._windows.get((plc_id, metric))
-        return window is not None and window.alarmed
+        return window is not None and window.any_alarmed
 
     def observe(self, plc_id: str, metric: str, t: float, value: float, when: datetime) -> None:
         """Feed one sample (t: monotonic seconds, when: its wall-clock timestamp)."""
         if not math.isfinite(value):
-            return  # the collector rejects these; none may ever reach a window
+            return  # the collector rejects these; none may ever reach a window or detector
         key = (plc_id, metric)
-        window = self._windows.get(key)
-        if window is None:
-            window = self._windows[key] = _Window(None, self.config.threshold_sigma)
+        window = self._window(key)
         window.add(t, value, self.config.window_s)
+        # Hard limits need no baseline: a limit is a limit from the first sample.
+        self._check_limits(plc_id, metric, window, value, when)
         base = window.baseline
         if base is None:
             if key not in self._warned_no_baseline:
                 self._warned_no_baseline.add(key)
-                log.info("%s/%s has no baseline yet: it cannot alarm", plc_id, metric)
+                log.info("%s/%s has no baseline yet: it cannot alarm on drift", plc_id, metric)
             return
+        z = (value - base.mean) / base.std
+        if window.cusum is not None and window.cusum.update(z):
+            c = window.cusum
+            side, total = ("upper", c.hi) if c.alarmed > 0 else ("lower", c.lo)
+            shift = c.shift()
+            self._raise(
+                plc_id, metric, window, when, shift, "cusum",
+                f"{side} CUSUM {total:.2f} > h = {c.h:g} (k = {c.k:g}); "
+                f"estimated shift {shift:+.1f}σ",
+            )  # fmt: skip
+        if window.ewma is not None and window.ewma.update(z):
+            e = window.ewma
+            self._raise(
+                plc_id, metric, window, when, e.e, "ewma",
+                f"EWMA {e.e:+.2f}σ beyond ±{e.limit():.2f}σ (λ = {e.lam:g}, L = {e.width:g})",
+            )  # fmt: skip
+        if window.stuck is not None and window.stuck.update(t, value, base.std):
+            st = window.stuck
+            self._raise(
+                plc_id, metric, window, when, z, "stuck",
+                f"flat at {value:.6g} for {st.flat_for(t):.1f} s (≥ {st.after_s:g} s, "
+                f"tolerance {st.tolerance:g}σ) although its baseline σ is {base.std:.3g}",
+            )  # fmt: skip
+        self._check_window(plc_id, metric, window, t, when)
+
+    def _check_limits(
+        self, plc_id: str, metric: str, window: _Window, value: float, when: datetime
+    ) -> None:
+        if window.low is None and window.high is None:
+            return
+        outside = ""
+        if window.high is not None and value > window.high:
+            outside = f"above max {window.high:g}"
+        elif window.low is not None and value < window.low:
+            outside = f"below min {window.low:g}"
+        if not outside:
+            window.limit_alarmed = False
+            return
+        if window.limit_alarmed:
+            return
+        window.limit_alarmed = True
+        base = window.baseline
+        sigma = (value - base.mean) / base.std if base else 0.0
+        unit = self._units.get((plc_id, metric), "")
+        self._raise(
+            plc_id, metric, window, when, sigma, "limit",
+            f"{value:.6g}{unit and ' '}{unit} {outside} (hard limit from the plant file)",
+        )  # fmt: skip
+
+    def _check_window(
+        self, plc_id: str, metric: str, window: _Window, t: float, when: datetime
+    ) -> None:
+        base = window.baseline
+        assert base is not None
         if len(window.points) < self.config.min_samples:
             return
         sigma = (window.mean - base.mean) / base.std
@@ -138,12 +372,39 @@ class DriftDetector:
         if t - window.above_since < self.config.on_delay_s:
             return
         window.alarmed = True
-        self.alarms_raised += 1
-        self._on_alarm(self._alert(plc_id, metric, window, when))
+        self._raise(
+            plc_id, metric, window, when, sigma, "window",
+            f"{self.config.window_s:g} s mean {sigma:+.2f}σ beyond ±{window.threshold:g}σ",
+        )  # fmt: skip
 
-    def _alert(self, plc_id: str, metric: str, window: _Window, when: datetime) -> DriftAlert:
+    def _raise(
+        self,
+        plc_id: str,
+        metric: str,
+        window: _Window,
+        when: datetime,
+        sigma: float,
+        detector: str,
+        reason: str,
+    ) -> None:
+        self.alarms_raised += 1
+        log.info("%s/%s: %s alarm: %s", plc_id, metric, detector, reason)
+        self._on_alarm(
+            self._alert(plc_id, metric, window, when, sigma, Detection.model_validate(
+                {"detector": detector, "reason": reason}
+            ))
+        )  # fmt: skip
+
+    def _alert(
+        self,
+        plc_id: str,
+        metric: str,
+        window: _Window,
+        when: datetime,
+        sigma: float,
+        detection: Detection,
+    ) -> DriftAlert:
         base = window.baseline
-        assert base is not None
         related = {
             other: round(w.sigma, 2)
             for (p, other), w in self._windows.items()
@@ -154,13 +415,15 @@ class DriftDetector:
             vendor=self._vendors.get(plc_id, "unknown"),
             metric=metric,
             unit=self._units.get((plc_id, metric), ""),
-            sigma=round(window.sigma, 3),
+            sigma=round(sigma, 3),
             window_mean=window.mean,
             window_count=len(window.points),
             window_seconds=self.config.window_s,
-            baseline_mean=base.mean,
-            baseline_std=base.std,
+            # A hard limit can fire before any baseline exists: then both read 0.
+            baseline_mean=base.mean if base else 0.0,
+            baseline_std=base.std if base else 0.0,
             sample_time=when,
             detected_at=datetime.now(UTC),
             related=related,
+            detection=detection,
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import Field
 
@@ -26,6 +27,13 @@ class Severity(StrEnum):
         return cls.WARNING
 
 
+class Detection(Model):
+    """Which detector raised an alarm and why, in words a person can check against the data."""
+
+    detector: Literal["window", "cusum", "ewma", "stuck", "limit"]
+    reason: str
+
+
 class DriftAlert(Model):
     """A metric on one PLC has moved away from its baseline."""
 
@@ -45,6 +53,8 @@ class DriftAlert(Model):
         default_factory=dict, description="other drifting metrics on the same PLC: name -> sigma"
     )
     trace_context: dict[str, str] = Field(default_factory=dict)
+    # Optional with a default: alerts recorded before detectors had names still load.
+    detection: Detection | None = None
 
     @property
     def severity(self) -> Severity:
@@ -60,6 +70,11 @@ class DriftAlert(Model):
             f"over {self.window_seconds:g} s: mean {self.window_mean:.3g}{self.unit and ' '}"
             f"{self.unit} vs baseline {self.baseline_mean:.3g} ± {self.baseline_std:.2g}"
         )
+        if self.detection is not None and self.detection.detector != "window":
+            text = (
+                f"{self.metric} on {self.plc_id} ({self.vendor}): {self.detection.detector} "
+                f"alarm, {self.detection.reason}"
+            )
         if self.related:
             rel = ", ".join(f"{m} {s:+.1f}σ" for m, s in sorted(self.related.items()))
             text += f"; related: {rel}"
