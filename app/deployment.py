@@ -239,6 +239,7 @@ ROLES: tuple[DatabaseRole, ...] = (
             "samples": W,  # COPY
             "collector_status": RIU,
             "ingest_writer_status": RIU,
+            "alarm_outbox": RIU,  # drift alarms, saved before their workflow is started
             "notifications": W,  # collector alerts, deduplicated by key
             "baselines": R,  # the detector's baselines
         },

@@ -282,7 +282,7 @@ async def test_grafana_reads_its_dashboards_tables_only(granted: dict[str, Setti
         await _denied(conn, "INSERT INTO work_orders (external_key, title) VALUES ('k', 't')")
 
 
-async def test_the_ingest_role_writes_samples_into_a_new_chunk_and_its_status(
+async def test_the_ingest_role_writes_samples_into_a_new_chunk_its_status_and_alarm_outbox(
     granted: dict[str, Settings], owner: Settings
 ) -> None:
     ingest = granted[ROLE_OF[Process.INGEST].name]
@@ -314,6 +314,25 @@ async def test_the_ingest_role_writes_samples_into_a_new_chunk_and_its_status(
             f"collector-{plc}",
         )
         await conn.fetch("SELECT * FROM baselines LIMIT 1")
+        # The alarm outbox (ingest/outbox.py): save, scan, mark attempted and delivered, and
+        # the counters on the status row.
+        outbox_id = await conn.fetchval(
+            """INSERT INTO alarm_outbox (workflow_id, detected_at, alert) VALUES ($1, now(), '{}')
+               ON CONFLICT (workflow_id, detected_at) DO NOTHING RETURNING id""",
+            f"drift-{plc}-vibration",
+        )
+        await conn.fetch("SELECT id, alert FROM alarm_outbox WHERE delivered_at IS NULL")
+        await conn.execute(
+            "UPDATE alarm_outbox SET attempts = attempts + 1, delivered_at = now() WHERE id = $1",
+            outbox_id,
+        )
+        await conn.execute(
+            """INSERT INTO ingest_writer_status (host, alarms_pending) VALUES ($1, 0)
+               ON CONFLICT (host) DO UPDATE SET alarms_pending = EXCLUDED.alarms_pending""",
+            plc,
+        )
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute("DELETE FROM alarm_outbox WHERE id = $1", outbox_id)
 
 
 async def _approved_request(owner: Settings, workflow_id: str) -> int:
