@@ -12,10 +12,12 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 
 from opentelemetry import trace
 from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
+from temporalio.service import RPCError, RPCStatusCode
 
 from factorylm import tracing
 from factorylm.models.drift import DriftAlert
@@ -23,6 +25,9 @@ from factorylm.temporal_client import METRIC, PLC_ID, SEVERITY
 from workflows.drift_response import DriftResponseWorkflow
 
 log = logging.getLogger(__name__)
+
+# The memo key naming the outbox row that started a workflow (ingest/outbox.py).
+ALARM_MEMO = "factorylm.alarm"
 
 
 @dataclass(frozen=True)
@@ -94,37 +99,59 @@ class WorkflowStarter:
         key = alert.workflow_id
         self._last_call[key] = time.monotonic()
         self.calls += 1
+        try:
+            await self.deliver(alert)
+        except Exception:
+            log.exception("could not start or signal the workflow for %s", key)
+
+    async def deliver(
+        self, alert: DriftAlert, *, alarm_key: str | None = None, rpc_timeout_s: float | None = None
+    ) -> Started:
+        """Signal-with-start one alarm; raises when Temporal did not take it (the outbox,
+        ingest/outbox.py, retries). `alarm_key` goes into the memo of a workflow this call
+        starts, so a later attempt can tell that an earlier one did start it."""
         t0 = time.perf_counter()
         attributes: dict[str, str | float] = {
             "plc.id": alert.plc_id,
             "metric": alert.metric,
             "drift.sigma": alert.sigma,
         }
-        try:
-            # The workflow start carries this span's context: its spans and every activity's
-            # join the alarm's trace, whose id travels in the alert to messages and work orders.
-            with self._tracer.start_as_current_span("drift.alarm", attributes=attributes):
-                trace_id = tracing.current_trace_id()
-                if trace_id:
-                    alert = alert.model_copy(update={"trace_context": {"trace_id": trace_id}})
-                handle = await self._client.start_workflow(
-                    DriftResponseWorkflow.run,
-                    alert,
-                    id=key,
-                    task_queue=self._task_queue,
-                    id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                    start_signal="add_evidence",
-                    start_signal_args=[alert],
-                    search_attributes=_attributes(alert),
-                    static_summary=alert.describe(),
-                )
-        except Exception:
-            log.exception("could not start or signal the workflow for %s", key)
-            return
-        self.started.append(
-            Started(handle.id, handle.result_run_id or "", alert, time.perf_counter() - t0)
-        )
+        # The workflow start carries this span's context: its spans and every activity's
+        # join the alarm's trace, whose id travels in the alert to messages and work orders.
+        with self._tracer.start_as_current_span("drift.alarm", attributes=attributes):
+            trace_id = tracing.current_trace_id()
+            if trace_id:
+                alert = alert.model_copy(update={"trace_context": {"trace_id": trace_id}})
+            handle = await self._client.start_workflow(
+                DriftResponseWorkflow.run,
+                alert,
+                id=alert.workflow_id,
+                task_queue=self._task_queue,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                start_signal="add_evidence",
+                start_signal_args=[alert],
+                search_attributes=_attributes(alert),
+                static_summary=alert.describe(),
+                memo={ALARM_MEMO: alarm_key} if alarm_key else None,
+                rpc_timeout=timedelta(seconds=rpc_timeout_s) if rpc_timeout_s else None,
+            )
+        started = Started(handle.id, handle.result_run_id or "", alert, time.perf_counter() - t0)
+        self.started.append(started)
         log.info("drift alarm %s -> workflow %s", alert.describe(), handle.id)
+        return started
+
+    async def started_by(self, alarm_key: str, workflow_id: str) -> str | None:
+        """The run id of the workflow `alarm_key` started, if an earlier attempt did start one
+        (open or closed); None when it did not or no such workflow exists."""
+        try:
+            desc = await self._client.get_workflow_handle(workflow_id).describe()
+        except RPCError as exc:
+            if exc.status is RPCStatusCode.NOT_FOUND:
+                return None
+            raise
+        if await desc.memo_value(ALARM_MEMO, default=None) == alarm_key:
+            return desc.run_id
+        return None
 
     async def drain(self) -> None:
         """Send what is held now (shutdown must not lose evidence), then wait for the calls."""

@@ -14,6 +14,7 @@ from ingest.baselines import BaselineLoader
 from ingest.commands import CommandListener
 from ingest.drift import DriftConfig, DriftDetector
 from ingest.manager import CollectorManager, Notifier
+from ingest.outbox import AlarmOutbox, OutboxConfig
 from ingest.writer import BatchWriter
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ class IngestService:
         *,
         drift: DriftConfig | None = None,
         notifier: Notifier | None = None,
+        outbox: OutboxConfig | None = None,
     ) -> None:
         self.writer = BatchWriter(
             settings.pg_dsn,
@@ -36,9 +38,12 @@ class IngestService:
             buffer_rows=settings.buffer_max_rows,
         )
         self.starter = WorkflowStarter(client, settings.task_queue)
+        # Alarms reach Temporal only through the outbox: saved in PostgreSQL first, then
+        # delivered and retried until Temporal has them (ingest/outbox.py).
+        self.outbox = AlarmOutbox(settings.pg_dsn, self.starter, config=outbox)
         self.detector = DriftDetector(
             drift or DriftConfig(),
-            self.starter,
+            self.outbox,
             vendors={p.id: p.vendor for p in plant.plcs},
             units={(p.id, m.name): m.unit for p in plant.plcs for m in p.metrics},
         )
@@ -47,6 +52,7 @@ class IngestService:
                 self.detector.set_baseline(
                     plc.id, metric.name, metric.baseline, metric.drift_threshold_sigma
                 )
+        self.detector.configure_plant(plant)  # CUSUM, EWMA, stuck, limits: where the file sets them
         # Computed baselines (the baseline workflow) replace the plant file's starting values.
         self.baselines = BaselineLoader(settings.pg_dsn, self.detector.set_baseline)
         # The manager supervises one collector per PLC and alerts after repeated failures.
@@ -63,6 +69,7 @@ class IngestService:
 
     async def start(self) -> None:
         await self.baselines.start()
+        self.outbox.start()  # delivers what a previous ingest left pending, too
         self.writer.start()
         await self.manager.start()
         await self.commands.start()
@@ -72,7 +79,7 @@ class IngestService:
         """Stop polling, then flush every accepted sample before returning."""
         await self.commands.stop()
         await self.manager.stop()
-        await self.starter.drain()
+        await self.outbox.stop()  # undelivered alarms stay in the outbox for the next start
         await self.baselines.stop()
         await self.writer.stop()
         await self.manager.close()  # records the writer's final counters
