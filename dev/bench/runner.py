@@ -80,12 +80,14 @@ def _registry() -> dict[str, Bench]:
     from dev.bench.drift import drift_storm_workflows, drift_to_workflow_p99_ms
     from dev.bench.ingest import ingest_end_to_end, poll_cycle
     from dev.bench.memory import embed_throughput, similarity_top5_p99_ms
+    from dev.bench.outage import alarm_outage
     from dev.bench.photo import photo_to_workorder_p99_ms
 
     return {
         "ingest_writer": ingest_writer,
         "drift_to_workflow_p99_ms": drift_to_workflow_p99_ms,
         "drift_storm_workflows": drift_storm_workflows,
+        "alarm_outage": alarm_outage,
         "poll_cycle": poll_cycle,
         "ingest_end_to_end": ingest_end_to_end,
         "approval_to_write_p99_ms": approval_to_write_p99_ms,
