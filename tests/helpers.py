@@ -41,6 +41,34 @@ def plant_with_free_ports(tmp_path: Path) -> tuple[Plant, Path]:
     return Plant.model_validate(raw), path
 
 
+# A tank's three f32 registers with their starting baselines (ingest and outbox tests).
+TANK_METRICS: list[dict[str, Any]] = [
+    {"name": "level", "register": 0, "type": "f32", "baseline": {"mean": 50.0, "std": 1.0}},
+    {"name": "pressure", "register": 2, "type": "f32", "baseline": {"mean": 3.0, "std": 0.1}},
+    {"name": "temp", "register": 4, "type": "f32", "baseline": {"mean": 20.0, "std": 0.5}},
+]
+
+
+def modbus_plant(plc_ids: list[str], metrics: list[dict[str, Any]]) -> Plant:
+    """Simulated Modbus TCP PLCs polled every 50 ms, each on a free port, each serving the same
+    `metrics` (plant-file entries: name, register, type, baseline, detectors)."""
+    return Plant.model_validate(
+        {
+            "plcs": [
+                {
+                    "id": plc_id,
+                    "vendor": "generic_modbus",
+                    "protocol": "modbus_tcp",
+                    "port": free_port(),
+                    "poll_interval_ms": 50,
+                    "metrics": metrics,
+                }
+                for plc_id in plc_ids
+            ]
+        }
+    )
+
+
 def make_alert(
     sigma: float, metric: str = "vibration", plc: str = "conveyor-1", *, std: float = 1.0
 ) -> DriftAlert:

@@ -31,7 +31,7 @@ from factorylm.models.drift import drift_workflow_id
 from factorylm.plant import Plant
 from factorylm.settings import Settings
 from factorylm.temporal_client import connect
-from helpers import SwitchableProxy, free_port, make_alert, until
+from helpers import TANK_METRICS, SwitchableProxy, make_alert, modbus_plant, until
 from ingest.drift import DriftConfig
 from ingest.outbox import AlarmOutbox, OutboxConfig, alarm_key
 from ingest.service import IngestService
@@ -44,28 +44,7 @@ FAST = OutboxConfig(backoff_initial_s=0.2, backoff_max_s=1.0, rpc_timeout_s=1.0)
 
 def plant(n_plcs: int) -> Plant:
     tag = uuid.uuid4().hex[:6]
-    return Plant.model_validate(
-        {
-            "plcs": [
-                {
-                    "id": f"outbox-{tag}-{i}",
-                    "vendor": "generic_modbus",
-                    "protocol": "modbus_tcp",
-                    "port": free_port(),
-                    "poll_interval_ms": 50,
-                    "metrics": [
-                        {"name": "level", "register": 0, "type": "f32",
-                         "baseline": {"mean": 50.0, "std": 1.0}},
-                        {"name": "pressure", "register": 2, "type": "f32",
-                         "baseline": {"mean": 3.0, "std": 0.1}},
-                        {"name": "temp", "register": 4, "type": "f32",
-                         "baseline": {"mean": 20.0, "std": 0.5}},
-                    ],
-                }
-                for i in range(n_plcs)
-            ]
-        }
-    )  # fmt: skip
+    return modbus_plant([f"outbox-{tag}-{i}" for i in range(n_plcs)], TANK_METRICS)
 
 
 @dataclass

@@ -17,32 +17,22 @@ from dev.simulator.modbus import SimulatedModbusPlc
 from dev.simulator.signals import FaultKind
 from factorylm.plant import Plant
 from factorylm.settings import Settings
-from helpers import free_port, until
+from helpers import modbus_plant, until
 from ingest.alerts import Started
 from ingest.drift import DriftConfig
 from ingest.service import IngestService
 
 
 def kiln_plant(plc_id: str) -> Plant:
-    return Plant.model_validate(
-        {
-            "plcs": [
-                {
-                    "id": plc_id,
-                    "vendor": "generic_modbus",
-                    "protocol": "modbus_tcp",
-                    "port": free_port(),
-                    "poll_interval_ms": 50,
-                    "metrics": [
-                        {"name": "vibration", "register": 0, "type": "f32",
-                         "baseline": {"mean": 5.0, "std": 1.0}, "cusum": {"k": 0.5, "h": 5}},
-                        # 4σ above its mean: normal noise (0.6σ) never gets there, a 6σ step does.
-                        {"name": "temp", "register": 2, "type": "f32",
-                         "baseline": {"mean": 80.0, "std": 2.5}, "max": 90.0},
-                    ],
-                }
-            ]
-        }
+    return modbus_plant(
+        [plc_id],
+        [
+            {"name": "vibration", "register": 0, "type": "f32",
+             "baseline": {"mean": 5.0, "std": 1.0}, "cusum": {"k": 0.5, "h": 5}},
+            # 4σ above its mean: normal noise (0.6σ) never gets there, a 6σ step does.
+            {"name": "temp", "register": 2, "type": "f32",
+             "baseline": {"mean": 80.0, "std": 2.5}, "max": 90.0},
+        ],
     )  # fmt: skip
 
 

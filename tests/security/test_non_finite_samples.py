@@ -31,34 +31,14 @@ from factorylm.channels import BASELINES_CHANNEL
 from factorylm.models.baselines import ComputeBaselinesInput
 from factorylm.plant import Baseline, Plant
 from factorylm.settings import Settings
-from helpers import free_port, until
+from helpers import TANK_METRICS, modbus_plant, until
 from ingest.baselines import BaselineLoader
 from ingest.drift import DriftConfig, DriftDetector
 from ingest.service import IngestService
 
 
 def tank_plant(plc_id: str) -> Plant:
-    return Plant.model_validate(
-        {
-            "plcs": [
-                {
-                    "id": plc_id,
-                    "vendor": "generic_modbus",
-                    "protocol": "modbus_tcp",
-                    "port": free_port(),
-                    "poll_interval_ms": 50,
-                    "metrics": [
-                        {"name": "level", "register": 0, "type": "f32",
-                         "baseline": {"mean": 50.0, "std": 1.0}},
-                        {"name": "pressure", "register": 2, "type": "f32",
-                         "baseline": {"mean": 3.0, "std": 0.1}},
-                        {"name": "temp", "register": 4, "type": "f32",
-                         "baseline": {"mean": 20.0, "std": 0.5}},
-                    ],
-                }
-            ]
-        }
-    )  # fmt: skip
+    return modbus_plant([plc_id], TANK_METRICS)
 
 
 @pytest.fixture
