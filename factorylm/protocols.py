@@ -50,6 +50,10 @@ class ProtocolSpec:
     needs_serial_port: bool = False
     # A protocol's own rule for a point, as the error to show, or None.
     check_point: Callable[[PointAddress], str | None] = lambda _point: None
+    # A push protocol's collector as "module:Class" (an ingest.collector.CollectorBase with
+    # Collector's constructor), which receives what the peer sends instead of polling; None:
+    # the polling Collector calls the driver's read_points every poll_interval_ms.
+    collector: str | None = None
 
 
 MODBUS_TYPES = frozenset({"u16", "i16", "u32", "i32", "f32"})

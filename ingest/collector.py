@@ -16,6 +16,7 @@ one NaN in a rolling sum would otherwise keep that metric's drift NaN for good.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import math
 import time
@@ -25,6 +26,7 @@ from datetime import UTC, datetime
 
 from factorylm.drivers import PlcDriver, PlcError, driver_for
 from factorylm.plant import Plc
+from factorylm.protocols import PROTOCOLS
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,16 @@ LATENESS_KEPT = 4096  # cycles: 6.8 min at 100 ms, 68 min at 1 s
 SampleSink = Callable[[Plc, datetime, float, dict[str, float]], None]
 
 
-class Collector:
+class CollectorBase:
+    """What the manager reads of every collector, polling or push, and the one quality path.
+
+    A push collector (a protocol whose ProtocolSpec names a `collector`) subclasses this with
+    the same constructor as Collector, implements `run()` (connect, receive until cancelled,
+    reconnect with backoff on its own, close on the way out) and reports through `_deliver`
+    (good values, non-finite ones rejected here), `_bad` (a value the peer itself marks as bad
+    quality) and `_failed` (the connection is down). docs/extending.md has the contract.
+    """
+
     def __init__(
         self,
         plc: Plc,
@@ -41,12 +52,11 @@ class Collector:
         *,
         driver: PlcDriver | None = None,
         max_backoff_s: float = 30.0,
-        on_change: Callable[[Collector], None] | None = None,
+        on_change: Callable[[CollectorBase], None] | None = None,
         phase_s: float = 0.0,
     ) -> None:
         self.plc = plc
         self._sink = sink
-        self._driver = driver or driver_for(plc)
         self._period = plc.poll_interval_ms / 1000
         self._max_backoff_s = max_backoff_s
         self._on_change = on_change
@@ -75,58 +85,27 @@ class Collector:
     def phase_s(self) -> float:
         return self._phase_s
 
-    def _next_slot(self, now: float) -> float:
-        """The first slot of this collector's cadence at or after `now`."""
-        offset = (now - self._phase_s) % self._period
-        return now if offset == 0 else now - offset + self._period
-
     async def run(self) -> None:
-        backoff = self._period
-        next_at = self._next_slot(time.monotonic())
-        try:
-            await asyncio.sleep(next_at - time.monotonic())
-            while True:
-                _raise_if_cancelling()
-                mono = time.monotonic()
-                self.lateness.append(mono - next_at)
-                try:
-                    values = await self._driver.read_points(list(self.plc.metrics))
-                    when = datetime.now(UTC)
-                except PlcError as exc:
-                    _raise_if_cancelling()
-                    self._failed(str(exc), backoff)
-                    await self._driver.close()
-                    next_at = self._next_slot(time.monotonic() + backoff)
-                    await asyncio.sleep(next_at - time.monotonic())
-                    backoff = min(backoff * 2, self._max_backoff_s)
-                    continue
-                backoff = self._period
-                # The first good sample is news too: the status goes from starting to ok.
-                recovered = self.consecutive_errors > 0 or self.cycles == 0
-                self.consecutive_errors = 0
-                self.failing_since = None
-                self.last_good = when
-                self.cycles += 1
-                news = False
-                if self._bad_now or not all(map(math.isfinite, values.values())):
-                    values, news = self._reject_non_finite(values)
-                self._sink(self.plc, when, mono, values)
-                if news and not recovered:
-                    self._notify()
-                if recovered:
-                    log.info("PLC %s answers", self.plc.id)
-                    self._notify()
-                next_at += self._period
-                delay = next_at - time.monotonic()
-                if delay < 0:
-                    # Keep the cadence rather than bursting to catch up.
-                    skipped = int(-delay // self._period) + 1
-                    self.missed += skipped
-                    next_at += skipped * self._period
-                    delay = next_at - time.monotonic()
-                await asyncio.sleep(max(delay, 0))
-        finally:
-            await self._driver.close()
+        raise NotImplementedError
+
+    def _deliver(self, when: datetime, mono: float, values: dict[str, float]) -> None:
+        """Hand one set of good values, read or received at `when`, to the sink: a delivery
+        is a cycle, it ends a failure episode, and non-finite values are counted, not sent."""
+        # The first good sample is news too: the status goes from starting to ok.
+        recovered = self.consecutive_errors > 0 or self.cycles == 0
+        self.consecutive_errors = 0
+        self.failing_since = None
+        self.last_good = when
+        self.cycles += 1
+        news = False
+        if self._bad_now or not all(map(math.isfinite, values.values())):
+            values, news = self._reject_non_finite(values)
+        self._sink(self.plc, when, mono, values)
+        if news and not recovered:
+            self._notify()
+        if recovered:
+            log.info("PLC %s answers", self.plc.id)
+            self._notify()
 
     def _reject_non_finite(self, values: dict[str, float]) -> tuple[dict[str, float], bool]:
         """The finite values, and whether a metric's quality changed (went bad or recovered)."""
@@ -138,7 +117,7 @@ class Collector:
                 if name in self._bad_now:
                     self._bad_now.discard(name)
                     news = True
-                    log.info("PLC %s: %s has finite values again", self.plc.id, name)
+                    log.info("PLC %s: %s has good values again", self.plc.id, name)
                 continue
             self.bad_samples[name] = self.bad_samples.get(name, 0) + 1
             if name not in self._bad_now:
@@ -165,6 +144,100 @@ class Collector:
     def _notify(self) -> None:
         if self._on_change is not None:
             self._on_change(self)
+
+    def _bad(self, name: str, why: str) -> None:
+        """One value of metric `name` that the peer marked as not good (a status code, a
+        type the plant file does not expect): counted as bad quality, not a sample; logged
+        once per episode, which ends at the metric's next good value."""
+        self.bad_samples[name] = self.bad_samples.get(name, 0) + 1
+        if name not in self._bad_now:
+            self._bad_now.add(name)
+            log.warning("PLC %s: %s: %s; counted as bad quality", self.plc.id, name, why)
+            self._notify()
+
+
+class Collector(CollectorBase):
+    """The polling collector every protocol without a push collector of its own uses."""
+
+    def __init__(
+        self,
+        plc: Plc,
+        sink: SampleSink,
+        *,
+        driver: PlcDriver | None = None,
+        max_backoff_s: float = 30.0,
+        on_change: Callable[[CollectorBase], None] | None = None,
+        phase_s: float = 0.0,
+    ) -> None:
+        super().__init__(
+            plc, sink, max_backoff_s=max_backoff_s, on_change=on_change, phase_s=phase_s
+        )
+        self._driver = driver or driver_for(plc)
+
+    def _next_slot(self, now: float) -> float:
+        """The first slot of this collector's cadence at or after `now`."""
+        offset = (now - self._phase_s) % self._period
+        return now if offset == 0 else now - offset + self._period
+
+    async def run(self) -> None:
+        backoff = self._period
+        next_at = self._next_slot(time.monotonic())
+        try:
+            await asyncio.sleep(next_at - time.monotonic())
+            while True:
+                _raise_if_cancelling()
+                mono = time.monotonic()
+                self.lateness.append(mono - next_at)
+                try:
+                    values = await self._driver.read_points(list(self.plc.metrics))
+                    when = datetime.now(UTC)
+                except PlcError as exc:
+                    _raise_if_cancelling()
+                    self._failed(str(exc), backoff)
+                    await self._driver.close()
+                    next_at = self._next_slot(time.monotonic() + backoff)
+                    await asyncio.sleep(next_at - time.monotonic())
+                    backoff = min(backoff * 2, self._max_backoff_s)
+                    continue
+                backoff = self._period
+                self._deliver(when, mono, values)
+                next_at += self._period
+                delay = next_at - time.monotonic()
+                if delay < 0:
+                    # Keep the cadence rather than bursting to catch up.
+                    skipped = int(-delay // self._period) + 1
+                    self.missed += skipped
+                    next_at += skipped * self._period
+                    delay = next_at - time.monotonic()
+                await asyncio.sleep(max(delay, 0))
+        finally:
+            await self._driver.close()
+
+
+def collector_for(
+    plc: Plc,
+    sink: SampleSink,
+    *,
+    driver: PlcDriver | None = None,
+    max_backoff_s: float = 30.0,
+    on_change: Callable[[CollectorBase], None] | None = None,
+    phase_s: float = 0.0,
+) -> CollectorBase:
+    """The collector of the PLC's protocol: its push collector when the protocol registry
+    names one (imported when first needed, like the drivers), else the polling Collector."""
+    path = PROTOCOLS[plc.protocol].collector
+    cls: type[CollectorBase] = Collector
+    if path is not None:
+        module, _, name = path.partition(":")
+        cls = getattr(importlib.import_module(module), name)
+    return cls(
+        plc,
+        sink,
+        driver=driver,
+        max_backoff_s=max_backoff_s,
+        on_change=on_change,
+        phase_s=phase_s,
+    )
 
 
 def _raise_if_cancelling() -> None:

@@ -24,7 +24,7 @@ import asyncpg
 
 from factorylm.drivers import PlcDriver
 from factorylm.plant import Plant
-from ingest.collector import Collector, SampleSink
+from ingest.collector import CollectorBase, SampleSink, collector_for
 from ingest.writer import BatchWriter
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class CollectorAlert:
 Notifier = Callable[[CollectorAlert], Awaitable[None] | None]
 
 
-def _alert_for(collector: Collector) -> CollectorAlert:
+def _alert_for(collector: CollectorBase) -> CollectorAlert:
     plc = collector.plc
     since = collector.failing_since or datetime.now(UTC)
     where = plc.serial_port if plc.serial_port else f"{plc.host}:{plc.tcp_port}"
@@ -117,8 +117,9 @@ class CollectorManager:
         self._alert_after = alert_after
         self._host = socket.gethostname()
         phases = spread_phases(plant)
-        self.collectors: list[Collector] = [
-            Collector(
+        # Polling or push, whichever the PLC's protocol uses (factorylm.protocols).
+        self.collectors: list[CollectorBase] = [
+            collector_for(
                 plc,
                 sink,
                 driver=(drivers or {}).get(plc.id),
@@ -188,7 +189,7 @@ class CollectorManager:
             await self._pool.close()
             self._pool = None
 
-    async def _supervise(self, collector: Collector) -> None:
+    async def _supervise(self, collector: CollectorBase) -> None:
         """Run a collector; if it ever dies of something unexpected, restart it with backoff."""
         backoff = 1.0
         while True:
@@ -210,7 +211,7 @@ class CollectorManager:
                 backoff = min(backoff * 2, 60.0)
 
     # -- failures and alerts --------------------------------------------------------------------
-    def _on_change(self, collector: Collector) -> None:
+    def _on_change(self, collector: CollectorBase) -> None:
         if collector.consecutive_errors == 0:
             self._spawn(self._write_one(collector))
             return
@@ -229,7 +230,7 @@ class CollectorManager:
         self._side_tasks.add(task)
         task.add_done_callback(self._side_tasks.discard)
 
-    async def _raise(self, alert: CollectorAlert, collector: Collector) -> None:
+    async def _raise(self, alert: CollectorAlert, collector: CollectorBase) -> None:
         try:
             pool = await self._get_pool()
             await pool.execute(
@@ -252,7 +253,7 @@ class CollectorManager:
                 log.exception("the notifier failed for the alert on %s", alert.plc_id)
 
     # -- health and status ----------------------------------------------------------------------
-    def state(self, collector: Collector) -> str:
+    def state(self, collector: CollectorBase) -> str:
         if collector.consecutive_errors > 0:
             return "failing"
         if collector.last_good is None:
@@ -304,7 +305,7 @@ class CollectorManager:
             self._pool = await asyncpg.create_pool(self._dsn, min_size=0, max_size=2, timeout=5)
         return self._pool
 
-    async def _write_one(self, collector: Collector) -> None:
+    async def _write_one(self, collector: CollectorBase) -> None:
         try:
             await self._upsert([r for r in self.status() if r["plc_id"] == collector.plc.id])
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:

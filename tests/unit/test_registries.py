@@ -29,6 +29,15 @@ def test_every_protocol_has_a_driver_and_a_simulated_peer(protocol: Protocol) ->
     assert callable(getattr(peer, "start", None))
 
 
+@pytest.mark.parametrize("protocol", [p for p in Protocol if PROTOCOLS[p].collector])
+def test_every_push_collector_resolves_to_a_collector_base(protocol: Protocol) -> None:
+    from ingest.collector import Collector, CollectorBase
+
+    cls = _resolve(PROTOCOLS[protocol].collector or "")
+    assert isinstance(cls, type) and issubclass(cls, CollectorBase), cls
+    assert cls is not Collector and cls.run is not CollectorBase.run, cls
+
+
 def test_every_demo_scenario_resolves_to_a_coroutine_function() -> None:
     import inspect
 
