@@ -81,6 +81,7 @@ SETTINGS: typing.Mapping[Process, frozenset[str]] = MappingProxyType(
         | _prefixed("atlas_")
         | _prefixed("baseline_")
         | _prefixed("monkey_")
+        | _fields("raw_retention_days", "rollup_lookback_minutes", "lifecycle_every_s")
         | _prefixed("embedding_")
         | _fields(
             "task_queue",
@@ -263,12 +264,15 @@ ROLES: tuple[DatabaseRole, ...] = (
         {
             **_MIGRATIONS,
             "samples": R,
+            "samples_1m": R,  # long-window queries; written by the lifecycle functions
+            "data_lifecycle": R,
             "drift_events": RIU,
             "baselines": RI,
             "collector_status": R,
             "plc_writes": R,  # daily summary, health
             "work_orders": RI,
             "cmms_links": RI,
+            "cmms_assets": RI,  # FactoryLM asset ids and the Atlas assets they became
             "notifications": RI,
             "approval_requests": RIU,
             "outcome_requests": RIU,
@@ -302,6 +306,7 @@ ROLES: tuple[DatabaseRole, ...] = (
             "asset_questions": R,
             "photos": RI,
             "work_orders": R,
+            "cmms_links": R,  # GET /work-orders/ATLAS-<id>: what was sent to Atlas
             "baselines": R,
             "collector_status": R,
             "ingest_writer_status": R,
@@ -317,6 +322,7 @@ ROLES: tuple[DatabaseRole, ...] = (
         "GRAFANA_DB_PASSWORD",
         {
             "samples": R,
+            "samples_1m": R,  # long ranges
             "baselines": R,
             "collector_status": R,
             "drift_events": R,

@@ -54,6 +54,39 @@ async def _postgres(settings: Settings) -> list[Check]:
     return checks
 
 
+async def _lifecycle(settings: Settings) -> Check:
+    """Which TimescaleDB edition, so which lifecycle is in use, and how far the rollups reach."""
+    try:
+        conn = await asyncpg.connect(settings.pg_dsn, timeout=3)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        return Check(
+            "lifecycle", False, f"database {settings.pg_database}: {exc}", "factorylm db start"
+        )
+    try:
+        edition = await conn.fetchval("SELECT current_setting('timescaledb.license', true)")
+        state = (
+            await conn.fetchrow("SELECT rolled_up_to, dropped_before FROM data_lifecycle")
+            if await conn.fetchval("SELECT to_regclass('data_lifecycle') IS NOT NULL")
+            else None
+        )
+    finally:
+        await conn.close()
+    if state is None:
+        return Check("lifecycle", False, "data_lifecycle table missing", "factorylm db migrate")
+    mode = (
+        "rollup job + compression of raw chunks older than 1 day"
+        if edition == "timescale"
+        else "rollup job (no compression: not in the Apache-2 edition)"
+    )
+    reach = state["rolled_up_to"] or "nothing rolled up yet"
+    return Check(
+        "lifecycle",
+        True,
+        f"TimescaleDB {edition} edition: {mode}; raw kept {settings.raw_retention_days:g} d; "
+        f"rolled up to {reach}",
+    )
+
+
 async def _temporal(settings: Settings) -> list[Check]:
     checks = []
     binary = cli_path(settings)
@@ -124,7 +157,8 @@ async def run_checks(settings: Settings) -> list[Check]:
     pg, tp, sandbox = await asyncio.gather(
         _postgres(settings), _temporal(settings), asyncio.to_thread(_sandbox)
     )
-    return [*pg, *tp, _embedding(settings), sandbox]
+    lifecycle = await _lifecycle(settings) if pg[0].ok else None
+    return [*pg, *([lifecycle] if lifecycle else []), *tp, _embedding(settings), sandbox]
 
 
 def report(checks: list[Check]) -> tuple[str, int]:

@@ -88,6 +88,11 @@ class Settings(BaseSettings):
     twilio_api_base_url: str = ""
     # Content template (approved by WhatsApp) used outside the 24-hour session window.
     twilio_approval_template_sid: str = ""
+    # An SMS-capable Twilio number ("+1555…"): a WhatsApp message that fails goes to the
+    # person's SMS number from it (docs/approvals.md). Empty: no SMS fallback.
+    twilio_sms_from: str = ""
+    # One Twilio API call's limit: a call that times out may still have been sent (counted).
+    twilio_timeout_s: float = Field(default=10.0, gt=0, le=120)
     # How long the workflow waits for the technician's outcome reply after the work order.
     outcome_wait_hours: float = Field(default=72.0, gt=0)
 
@@ -96,12 +101,18 @@ class Settings(BaseSettings):
     atlas_url: str = ""
     atlas_email: str = ""
     atlas_password: SecretStr | None = None
+    # A FactoryLM asset (PLC id) with no Atlas asset of that name: create one (true) or open the
+    # work order without an asset (false, the default: assets are usually curated in Atlas).
+    atlas_create_assets: bool = False
 
     # People allowed to approve risky actions, as channel addresses ("whatsapp:+15551230001").
     # The order is the escalation order: the first is on duty, the second the backup.
     # None by default: a plant names its own people (the demo uses a fictional 555-01xx number).
     approvers: Annotated[list[str], NoDecode] = Field(default_factory=list)
     approval_timeout_s: float = Field(default=300.0, gt=0)
+    # On-call roster and escalation chains (factorylm/roster.py, docs/approvals.md), a YAML
+    # file kept beside the plant file; unset: the approvers above are the roster.
+    roster_file: Path | None = None
     # How long a given approval may still be acted on: after it the edge refuses the write
     # (an approved shutdown must not run hours later, when the edge worker comes back).
     approval_validity_s: float = Field(default=600.0, gt=0)
@@ -116,6 +127,13 @@ class Settings(BaseSettings):
     baseline_every_s: float = Field(default=3600.0, ge=10)
     baseline_window_hours: float = Field(default=48.0, gt=0)
     baseline_min_samples: int = Field(default=100, ge=2)
+
+    # Data lifecycle (a Temporal Schedule): raw samples are rolled up into 1-minute rows, kept
+    # for years, and dropped by day-chunks after `raw_retention_days`. At 10 000 samples/s a
+    # day of raw samples is ~0.9 billion rows, so retention is what keeps the disk bounded.
+    raw_retention_days: float = Field(default=14.0, ge=1.0)
+    rollup_lookback_minutes: int = Field(default=120, ge=0)
+    lifecycle_every_s: float = Field(default=900.0, ge=60)
 
     # Operations: the health monitor's period, the daily summary's local time and zone.
     health_every_s: float = Field(default=300.0, ge=10)
@@ -214,7 +232,7 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
-    @field_validator("photo_dir", mode="before")
+    @field_validator("photo_dir", "roster_file", mode="before")
     @classmethod
     def _empty_is_state_dir(cls, value: object) -> object:
         return None if value == "" else value

@@ -22,10 +22,12 @@ from temporalio.client import (
 
 from factorylm.models.baselines import BaselineWorkflowInput
 from factorylm.models.health import DailySummaryInput, HealthMonitorInput
+from factorylm.models.lifecycle import DataLifecycleInput
 from factorylm.models.monkey import MonkeyReportInput
 from factorylm.settings import Settings
 from workflows.baseline import BaselineWorkflow
 from workflows.health import DailySummaryWorkflow, HealthMonitorWorkflow
+from workflows.lifecycle import DataLifecycleWorkflow
 from workflows.monkey import MonkeyReportWorkflow
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,7 @@ BASELINE_SCHEDULE_ID = "baselines"
 HEALTH_SCHEDULE_ID = "health-monitor"
 DAILY_SUMMARY_SCHEDULE_ID = "daily-summary"
 MONKEY_REPORT_SCHEDULE_ID = "monkey-report"
+LIFECYCLE_SCHEDULE_ID = "data-lifecycle"
 
 
 def baseline_schedule(settings: Settings) -> Schedule:
@@ -114,12 +117,32 @@ def monkey_report_schedule(settings: Settings) -> Schedule:
     )
 
 
+def lifecycle_schedule(settings: Settings) -> Schedule:
+    return Schedule(
+        action=ScheduleActionStartWorkflow(
+            DataLifecycleWorkflow.run,
+            DataLifecycleInput(
+                raw_retention_days=settings.raw_retention_days,
+                lookback_minutes=settings.rollup_lookback_minutes,
+            ),
+            id="data-lifecycle",
+            task_queue=settings.task_queue,
+        ),
+        spec=ScheduleSpec(
+            intervals=[ScheduleIntervalSpec(every=timedelta(seconds=settings.lifecycle_every_s))]
+        ),
+        # A long first rollup over weeks of history is never stacked under the next one.
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+    )
+
+
 def schedules(settings: Settings) -> dict[str, Schedule]:
     return {
         BASELINE_SCHEDULE_ID: baseline_schedule(settings),
         HEALTH_SCHEDULE_ID: health_schedule(settings),
         DAILY_SUMMARY_SCHEDULE_ID: daily_summary_schedule(settings),
         MONKEY_REPORT_SCHEDULE_ID: monkey_report_schedule(settings),
+        LIFECYCLE_SCHEDULE_ID: lifecycle_schedule(settings),
     }
 
 

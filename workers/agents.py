@@ -20,6 +20,7 @@ from activities.cartographer import CartographerActivities
 from activities.cmms import CmmsActivities
 from activities.events import EventActivities
 from activities.health import HealthActivities
+from activities.lifecycle import LifecycleActivities
 from activities.monkey import MonkeyActivities, cartographer_for
 from activities.notify import NotifyActivities
 from activities.photos import PhotoActivities
@@ -36,6 +37,7 @@ from workflows.baseline import BaselineWorkflow
 from workflows.conductor import ROUTES
 from workflows.drift_response import DriftResponseWorkflow
 from workflows.health import DailySummaryWorkflow, HealthMonitorWorkflow
+from workflows.lifecycle import DataLifecycleWorkflow
 from workflows.monkey import MonkeyReportWorkflow, MonkeyWorkflow
 from workflows.outcome_followup import OutcomeFollowUpWorkflow
 from workflows.photo_intake import PhotoIntakeWorkflow
@@ -49,6 +51,7 @@ WORKFLOWS: list[type] = [
     MonkeyWorkflow,
     MonkeyReportWorkflow,
     PhotoIntakeWorkflow,
+    DataLifecycleWorkflow,
 ]
 
 # The Monkey's own (it also sends messages through NotifyActivities.send_message).
@@ -84,6 +87,9 @@ ACTIVITIES: list[Callable[..., Any]] = [
     HealthActivities.update_incidents,
     HealthActivities.restart_collectors,
     HealthActivities.daily_summary,
+    # data lifecycle
+    LifecycleActivities.roll_up_samples,
+    LifecycleActivities.drop_raw_samples,
     *MONKEY_ACTIVITIES,
     # photos
     PhotoActivities.analyse_photo,
@@ -111,6 +117,7 @@ def instances(client: Client, pool: asyncpg.Pool, plant: Plant, settings: Settin
         NotifyActivities(pool, settings),
         OutcomeActivities(memory, router),
         BaselineActivities(pool),
+        LifecycleActivities(pool),
         # The health checks ask Temporal itself (task-queue pollers, schedules): the client.
         HealthActivities(pool, client, plant, settings.temporal_namespace),
         MonkeyActivities(pool, settings),

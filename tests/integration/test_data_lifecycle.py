@@ -1,0 +1,210 @@
+"""Raw samples rolled up into 1-minute rows and dropped after retention (migration 0022,
+activities/lifecycle.py, workflows/lifecycle.py), in a database of its own: the rollup watermark
+and drop_chunks are database-wide, so other tests' samples stay out of it."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.lifecycle import LifecycleActivities
+from app.deployment import apply_grants
+from factorylm.db.pool import create_pool, prepare_database
+from factorylm.db.rollups import BASELINE_FROM_RAW, BASELINE_FROM_ROLLUPS
+from factorylm.models.lifecycle import DataLifecycleInput, DataLifecycleResult
+from factorylm.settings import Settings
+from workers.registry import bind
+from workflows.lifecycle import DataLifecycleWorkflow
+
+# Whole minutes well in the past: a minute is rolled up only once it is over.
+T0 = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+async def lifecycle_db(settings: Settings) -> AsyncIterator[Settings]:
+    own = settings.model_copy(update={"pg_database": f"{settings.pg_database}_lc"})
+    await prepare_database(own)
+    yield own
+    conn = await asyncpg.connect(settings.dsn_for("postgres"))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{own.pg_database}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def _insert(conn: asyncpg.Connection, rows: list[tuple[datetime, str, str, float]]) -> None:
+    await conn.copy_records_to_table(
+        "samples", records=rows, columns=["time", "plc_id", "metric", "value"]
+    )
+
+
+async def _roll_up(conn: asyncpg.Connection, lookback_min: int = 120) -> datetime | None:
+    watermark: datetime | None = None
+    while True:
+        nxt = await conn.fetchval(
+            "SELECT factorylm_roll_up_samples(now(), $1, INTERVAL '6 hours')",
+            timedelta(minutes=lookback_min),
+        )
+        if nxt is None or nxt == watermark:
+            return watermark
+        watermark = nxt
+
+
+async def test_a_minute_rollup_holds_its_count_mean_spread_extremes_and_last_value(
+    lifecycle_db: Settings,
+) -> None:
+    conn = await asyncpg.connect(lifecycle_db.pg_dsn)
+    try:
+        # Minute 1: 1, 2, 3, 4 (last 4); minute 2: 10, 20 (last 20), written out of order.
+        s = timedelta(seconds=1)
+        await _insert(
+            conn,
+            [
+                (T0 + 3 * s, "lc-a", "m", 4.0),
+                (T0, "lc-a", "m", 1.0),
+                (T0 + s, "lc-a", "m", 2.0),
+                (T0 + 2 * s, "lc-a", "m", 3.0),
+                (T0 + timedelta(minutes=1, seconds=30), "lc-a", "m", 20.0),
+                (T0 + timedelta(minutes=1), "lc-a", "m", 10.0),
+            ],
+        )
+        await _roll_up(conn)
+        rows = await conn.fetch(
+            "SELECT bucket, samples, mean, m2, min, max, last FROM samples_1m "
+            "WHERE plc_id = 'lc-a' ORDER BY bucket"
+        )
+        assert [tuple(r) for r in rows] == [
+            (T0, 4, 2.5, pytest.approx(5.0), 1.0, 4.0, 4.0),
+            (T0 + timedelta(minutes=1), 2, 15.0, pytest.approx(50.0), 10.0, 20.0, 20.0),
+        ]
+        # Over both minutes: mean 40/6, sample std sqrt(263.333/5) = 7.2572, worked by hand.
+        window = (T0, T0 + timedelta(minutes=2))
+        (rolled,) = await conn.fetch(BASELINE_FROM_ROLLUPS, *window)
+        assert rolled["n"] == 6
+        assert rolled["mean"] == pytest.approx(6.666667, abs=1e-6)
+        assert rolled["std"] == pytest.approx(7.2572, abs=1e-4)
+        (raw,) = await conn.fetch(BASELINE_FROM_RAW, *window)
+        assert rolled["std"] == pytest.approx(raw["std"], rel=1e-12)
+    finally:
+        await conn.close()
+
+
+async def test_a_late_sample_within_the_lookback_lands_in_its_minute(
+    lifecycle_db: Settings,
+) -> None:
+    conn = await asyncpg.connect(lifecycle_db.pg_dsn)
+    try:
+        await _insert(conn, [(T0, "lc-b", "m", 1.0), (T0 + timedelta(hours=1), "lc-b", "m", 5.0)])
+        await _roll_up(conn)
+        # A store-and-forward backlog arrives for the first minute after it was rolled up.
+        await _insert(conn, [(T0 + timedelta(seconds=10), "lc-b", "m", 3.0)])
+        await _roll_up(conn, lookback_min=24 * 60 * 365)
+        first = await conn.fetchrow(
+            "SELECT samples, mean, last FROM samples_1m WHERE plc_id = 'lc-b' AND bucket = $1", T0
+        )
+        assert tuple(first) == (2, 2.0, 3.0)
+    finally:
+        await conn.close()
+
+
+async def test_raw_chunks_go_after_retention_only_once_rolled_up_and_never_under_a_day(
+    lifecycle_db: Settings,
+) -> None:
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    conn = await asyncpg.connect(lifecycle_db.pg_dsn)
+    try:
+        ages = {"20d": timedelta(days=20), "16d": timedelta(days=16), "2d": timedelta(days=2)}
+        ages["12h"] = timedelta(hours=12)
+        await _insert(conn, [(now - age, "lc-c", name, 1.0) for name, age in ages.items()])
+
+        async def metrics_left() -> set[str]:
+            return {r["metric"] for r in await conn.fetch("SELECT metric FROM samples")}
+
+        # Nothing rolled up yet: nothing may go, whatever the retention.
+        assert await conn.fetchval("SELECT factorylm_drop_raw_samples('1 day', '0')") == 0
+        assert await metrics_left() == set(ages)
+
+        await _roll_up(conn)
+        dropped = await conn.fetchval("SELECT factorylm_drop_raw_samples('14 days', '2 hours')")
+        assert dropped == 2
+        assert await metrics_left() == {"2d", "12h"}
+        # Their minutes are still in the rollups.
+        kept = {r["metric"] for r in await conn.fetch("SELECT metric FROM samples_1m")}
+        assert kept == set(ages)
+
+        # An hour's retention is taken as the one-day minimum: the 12-hour-old sample stays.
+        await conn.fetchval("SELECT factorylm_drop_raw_samples('1 hour', '0')")
+        assert await metrics_left() == {"12h"}
+    finally:
+        await conn.close()
+
+
+async def test_only_the_agents_role_runs_the_lifecycle_and_it_cannot_drop_chunks_itself(
+    lifecycle_db: Settings,
+) -> None:
+    conn = await asyncpg.connect(lifecycle_db.pg_dsn)
+    try:
+        await apply_grants(conn)
+        async with conn.transaction():
+            await conn.execute("SET LOCAL ROLE factorylm_agents")
+            await conn.fetchval("SELECT factorylm_roll_up_samples(now(), '0', '1 hour')")
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.execute("SELECT drop_chunks('samples', older_than => now())")
+        for role in ("factorylm_api", "factorylm_ingest", "factorylm_edge", "grafana_reader"):
+            async with conn.transaction():
+                await conn.execute(f"SET LOCAL ROLE {role}")
+                with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                    await conn.fetchval("SELECT factorylm_drop_raw_samples('1 day', '0')")
+    finally:
+        await conn.close()
+
+
+async def test_the_lifecycle_workflow_rolls_up_then_drops_through_temporal(
+    lifecycle_db: Settings, client: Client
+) -> None:
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    conn = await asyncpg.connect(lifecycle_db.pg_dsn)
+    try:
+        # Three weeks of one sample an hour: the first run rolls up in many bounded steps.
+        hours = 21 * 24
+        await _insert(
+            conn, [(now - timedelta(hours=h), "lc-d", "m", float(h)) for h in range(1, hours)]
+        )
+    finally:
+        await conn.close()
+    pool = await create_pool(lifecycle_db, max_size=2)
+    queue = f"lifecycle-{uuid.uuid4().hex[:8]}"
+    try:
+        async with Worker(
+            client,
+            task_queue=queue,
+            workflows=[DataLifecycleWorkflow],
+            activities=bind(
+                [LifecycleActivities.roll_up_samples, LifecycleActivities.drop_raw_samples],
+                [LifecycleActivities(pool)],
+            ),
+        ):
+            result: DataLifecycleResult = await client.execute_workflow(
+                DataLifecycleWorkflow.run,
+                DataLifecycleInput(raw_retention_days=14),
+                id=f"data-lifecycle-{queue}",
+                task_queue=queue,
+            )
+        # 3 weeks in steps of at most 6 h: at least 84 steps; the watermark stops a minute short
+        # of now.
+        assert result.rollup_steps >= 84
+        assert result.rolled_up_to is not None and now - result.rolled_up_to < timedelta(minutes=2)
+        assert result.chunks_dropped >= 5
+        async with pool.acquire() as c:
+            oldest = await c.fetchval("SELECT min(time) FROM samples")
+            rolled = await c.fetchval("SELECT count(*) FROM samples_1m WHERE plc_id = 'lc-d'")
+        assert timedelta(days=14) <= now - oldest < timedelta(days=16)
+        assert rolled == hours - 1
+    finally:
+        await pool.close()
