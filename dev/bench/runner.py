@@ -79,6 +79,7 @@ def _registry() -> dict[str, Bench]:
     from dev.bench.approval import approval_to_write_p99_ms, fault_to_whatsapp_s
     from dev.bench.drift import drift_storm_workflows, drift_to_workflow_p99_ms
     from dev.bench.ingest import ingest_end_to_end, poll_cycle
+    from dev.bench.lifecycle import lifecycle
     from dev.bench.memory import embed_throughput, similarity_top5_p99_ms
     from dev.bench.outage import alarm_outage
     from dev.bench.photo import photo_to_workorder_p99_ms
@@ -95,6 +96,7 @@ def _registry() -> dict[str, Bench]:
         "photo_to_workorder_p99_ms": photo_to_workorder_p99_ms,
         "similarity_top5_p99_ms": similarity_top5_p99_ms,
         "embed_throughput": embed_throughput,
+        "lifecycle": lifecycle,
     }
 
 
