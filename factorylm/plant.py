@@ -58,6 +58,17 @@ class Point(_Strict):
     bit: int | None = Field(default=None, ge=0, le=7)  # for an S7 bool: DBX offset.bit
     # Logix
     tag: str | None = None
+    # Sparkplug B: the metric's name on the edge node ("Motor/Speed"); the point's name if unset
+    metric: str | None = Field(default=None, min_length=1, max_length=256)
+    # MQTT JSON: the topic a value arrives on and where it is in the message ("data.temp";
+    # numbers index lists: "readings.0.value")
+    topic: str | None = Field(default=None, min_length=1, max_length=512)
+    json_path: str | None = Field(default=None, min_length=1, max_length=256)
+
+    @property
+    def sparkplug_name(self) -> str:
+        return self.metric or self.name
+
 
     @property
     def register_count(self) -> int:
@@ -137,6 +148,19 @@ class Plc(_Strict):
     bytesize: Literal[7, 8] = 8
     stopbits: Literal[1, 2] = 1
     timeout_ms: int = Field(default=1000, ge=10)
+    # MQTT (sparkplug_b, mqtt_json): the broker is host:port. Sparkplug ids of the edge node
+    # (and of its device, when the metrics are a device's).
+    group: str | None = Field(default=None, pattern=r"^[^/+#]+$")
+    edge_node: str | None = Field(default=None, pattern=r"^[^/+#]+$")
+    device: str | None = Field(default=None, pattern=r"^[^/+#]+$")
+    username: str | None = None
+    # The password is a secret: the plant file names the environment variable that holds it.
+    password_env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]*$")
+    tls: bool = False
+    ca_file: str | None = None  # the CA that signed the broker's certificate (system CAs if unset)
+    # How long a broker may keep this client's session (and its queued QoS 1 messages) while
+    # the ingest is disconnected.
+    session_expiry_s: int = Field(default=3600, ge=0)
     metrics: list[Metric] = Field(min_length=1)
     setpoints: list[Setpoint] = Field(default_factory=list)
 
@@ -147,6 +171,9 @@ class Plc(_Strict):
         if dupes:
             raise ValueError(f"point names must be unique, repeated: {', '.join(dupes)}")
         spec = PROTOCOLS[self.protocol]
+        plc_problem = spec.check_plc(self)
+        if plc_problem:
+            raise ValueError(plc_problem)
         if spec.needs_serial_port and not self.serial_port:
             raise ValueError(f"a {self.protocol} PLC needs serial_port (e.g. /dev/ttyUSB0)")
         for point in [*self.metrics, *self.setpoints]:

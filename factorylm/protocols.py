@@ -20,6 +20,8 @@ class Protocol(StrEnum):
     MODBUS_RTU = "modbus_rtu"
     S7 = "s7"
     LOGIX = "logix"
+    SPARKPLUG_B = "sparkplug_b"  # an MQTT Sparkplug B edge node (or one of its devices)
+    MQTT_JSON = "mqtt_json"  # plain JSON messages on MQTT topics
 
 
 class PointAddress(TypingProtocol):
@@ -37,6 +39,10 @@ class PointAddress(TypingProtocol):
     def bit(self) -> int | None: ...
     @property
     def tag(self) -> str | None: ...
+    @property
+    def topic(self) -> str | None: ...
+    @property
+    def json_path(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,9 @@ class ProtocolSpec:
     needs_serial_port: bool = False
     # A protocol's own rule for a point, as the error to show, or None.
     check_point: Callable[[PointAddress], str | None] = lambda _point: None
+    # A protocol's rule for the PLC entry itself (e.g. a Sparkplug group and edge node), as the
+    # error to show, or None. It gets the factorylm.plant.Plc.
+    check_plc: Callable[[object], str | None] = lambda _plc: None
     # A push protocol's collector as "module:Class" (an ingest.collector.CollectorBase with
     # Collector's constructor), which receives what the peer sends instead of polling; None:
     # the polling Collector calls the driver's read_points every poll_interval_ms.
@@ -75,6 +84,20 @@ def _s7_bool_bit(point: PointAddress) -> str | None:
 def _logix_address(point: PointAddress) -> str | None:
     return "tag" if not point.tag else None
 
+
+def _json_address(point: PointAddress) -> str | None:
+    return "topic and json_path" if not point.topic or not point.json_path else None
+
+
+def _sparkplug_node(plc: object) -> str | None:
+    if not getattr(plc, "group", None) or not getattr(plc, "edge_node", None):
+        return "a sparkplug_b PLC needs group and edge_node (its Sparkplug group and node ids)"
+    return None
+
+
+# Sparkplug metrics carry their own datatype (from the birth); `type` is only what a write
+# encodes when no birth has declared one. JSON values are numbers or booleans.
+MQTT_TYPES = PLC_TYPES | MODBUS_TYPES
 
 PROTOCOLS: dict[Protocol, ProtocolSpec] = {
     Protocol.MODBUS_TCP: ProtocolSpec(
@@ -102,6 +125,23 @@ PROTOCOLS: dict[Protocol, ProtocolSpec] = {
         PLC_TYPES,
         _logix_address,
         "factorylm.drivers.logix:LogixDriver",
+    ),
+    Protocol.SPARKPLUG_B: ProtocolSpec(
+        "MQTT Sparkplug B",
+        1883,
+        MQTT_TYPES,
+        lambda _point: None,  # the metric name defaults to the point's name
+        "factorylm.drivers.mqtt:SparkplugDriver",
+        check_plc=_sparkplug_node,
+        collector="ingest.mqtt_collector:SparkplugCollector",
+    ),
+    Protocol.MQTT_JSON: ProtocolSpec(
+        "MQTT JSON",
+        1883,
+        MQTT_TYPES,
+        _json_address,
+        "factorylm.drivers.mqtt:MqttJsonDriver",
+        collector="ingest.mqtt_collector:MqttJsonCollector",
     ),
 }
 

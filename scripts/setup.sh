@@ -27,6 +27,13 @@ if ! command -v bwrap >/dev/null 2>&1; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get install -y -qq --no-install-recommends bubblewrap >/dev/null
 fi
+# Mosquitto is the MQTT broker of the demo, the tests and the benchmarks (dev/mosquitto.py runs
+# it as a child process with its own config; Debian's package starts no service here).
+if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+  log "installing mosquitto"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get install -y -qq --no-install-recommends mosquitto >/dev/null
+fi
 TEMPORAL_BIN=$(bash temporal/install.sh)
 log "temporal CLI: $TEMPORAL_BIN"
 COMPOSE_BIN=$(bash scripts/install-compose.sh); log "compose renderer: $COMPOSE_BIN"  # renders docker-compose.yml in the tests
