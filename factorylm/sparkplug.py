@@ -355,6 +355,9 @@ class NodeSession:
         return self.aliases.get((device, metric.alias))
 
     def death(self) -> None:
+        # The next birth may assign the aliases afresh: none of the old ones holds meanwhile.
         self.born = False
         self.seq = None
         self.online_devices.clear()
+        self.aliases.clear()
+        self.datatypes.clear()

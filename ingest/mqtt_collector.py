@@ -39,7 +39,8 @@ from ingest.collector import CollectorBase, SampleSink
 
 log = logging.getLogger(__name__)
 
-REBIRTH_EVERY_S = 2.0  # at most one rebirth request per edge node in this time
+# At most one rebirth request per edge node in this time, unless a birth answered the last.
+REBIRTH_EVERY_S = 2.0
 PAYLOAD_ISSUE = "(payload)"  # the bad_samples key of messages that name no metric we can tell
 
 
@@ -200,6 +201,7 @@ class SparkplugCollector(_MqttCollector):
             return
         if kind is sp.MessageType.NBIRTH:
             session.birth(None, message)
+            self._last_rebirth = -math.inf  # the birth answers any request: the next may go
             if self.device is None:
                 self._take(parsed, message, mono)
             else:
