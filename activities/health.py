@@ -13,6 +13,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 
 from factorylm import tracing
+from factorylm.alarms import alarm_kpis
 from factorylm.channels import RESTART_CHANNEL
 from factorylm.models.health import (
     CheckResult,
@@ -252,6 +253,7 @@ class HealthActivities:
             tokens=int(usage["tokens"]),
             cost_usd=float(usage["cost"]),
             collector_uptime_pct=round(uptime, 1),
+            alarms=await alarm_kpis(self._pool, since, until, flood_alarms=req.flood_alarms),
         )
 
 

@@ -29,6 +29,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from twilio.twiml.messaging_response import MessagingResponse
 
 from api.operations import UPDATE_TIMEOUT_S
+from factorylm.alarms import alarm_reply
 from factorylm.models.approvals import ApprovalDecision
 from factorylm.settings import Settings, reveal
 from factorylm.whatsapp import Reply, parse_reply, signature_ok
@@ -118,6 +119,10 @@ class WhatsAppWebhook:
         if self._photos is not None and (form.get("NumMedia", "0") or "0") != "0":
             return await self._photos.media_message(sender, form)
         body = form.get("Body", "")
+        # SHELVE <code> <time> / UNSHELVE <code>: alarm shelving (factorylm/alarms.py).
+        shelving = await alarm_reply(self._pool, sender, body, settings.alarm_shelve_max_s)
+        if shelving is not None:
+            return shelving
         reply = parse_reply(body)
         if reply is not None:
             return await self._decide(sender, reply)

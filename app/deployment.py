@@ -70,7 +70,10 @@ SETTINGS: typing.Mapping[Process, frozenset[str]] = MappingProxyType(
         # ingest/service.py, app/stack.py (drift_config); it starts drift workflows.
         Process.INGEST: PRODUCT_PROCESS
         | _fields("task_queue", "batch_max_rows", "batch_max_delay_s", "buffer_max_rows")
-        | _prefixed("drift_"),
+        | _prefixed("drift_")
+        # ingest/alarms.py: flood and chattering limits; a flood's message goes to the on-duty.
+        | _prefixed("alarm_")
+        | _fields("approvers"),
         # workers/agents.py (its activities' constructors), temporal/schedules.py, and the
         # operator commands run in this container (manuals, trello, monkey, agents).
         Process.AGENTS: PRODUCT_PROCESS
@@ -96,6 +99,7 @@ SETTINGS: typing.Mapping[Process, frozenset[str]] = MappingProxyType(
             "photo_review_below_confidence",
             "health_every_s",
             "daily_summary_at",
+            "alarm_flood_alarms",  # the daily summary's time in flood
             "plant_timezone",
             "grafana_url",
             # activities/notify.py links messages to the Web UI (temporal_ui_url).
@@ -129,6 +133,7 @@ SETTINGS: typing.Mapping[Process, frozenset[str]] = MappingProxyType(
             "twilio_auth_token",
             "trello_app_secret",
             "monkey_workflow_id",
+            "alarm_shelve_max_s",  # SHELVE replies (factorylm/alarms.py)
             # api/app.py admits the Web UI's origin (temporal_ui_url) to the codec endpoint.
             "temporal_ui_port",
         ),
@@ -241,6 +246,9 @@ ROLES: tuple[DatabaseRole, ...] = (
             "collector_status": RIU,
             "ingest_writer_status": RIU,
             "alarm_outbox": RIU,  # drift alarms, saved before their workflow is started
+            "alarm_points": RI,  # the alarms' codes
+            "alarm_journal": RI,  # raises, clears, chattering, shelves that ran out
+            "alarm_shelves": RU,  # open shelves; ends those whose time ran out
             "notifications": W,  # collector alerts, deduplicated by key
             "baselines": R,  # the detector's baselines
         },
@@ -288,6 +296,9 @@ ROLES: tuple[DatabaseRole, ...] = (
             "monkey_file_chunks": RI,
             "health_incidents": RIU,
             "health_probe": RIU,
+            # the daily summary's alarm KPIs
+            "alarm_journal": R,
+            "alarm_shelves": R,
         },
         (Process.AGENTS,),
     ),
@@ -312,6 +323,10 @@ ROLES: tuple[DatabaseRole, ...] = (
             "ingest_writer_status": R,
             "llm_usage": R,  # GET /budget
             "budget_refusals": R,
+            # SHELVE / UNSHELVE replies: the code, whether the alarm stands, the shelf
+            "alarm_points": R,
+            "alarm_journal": RI,
+            "alarm_shelves": RIU,
         },
         (Process.API,),
         column_grants={"approval_requests": {"UPDATE": ("status",)}},
@@ -329,6 +344,8 @@ ROLES: tuple[DatabaseRole, ...] = (
             "plc_writes": R,
             "work_orders": R,
             "llm_usage": R,
+            "alarm_journal": R,  # the alarm KPI panels
+            "alarm_shelves": R,
         },
         other_services=("grafana",),
         # Approvals counted by status: not their codes or the approvers' numbers.

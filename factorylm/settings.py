@@ -123,6 +123,19 @@ class Settings(BaseSettings):
     drift_clear_sigma: float = Field(default=1.5, gt=0)
     drift_on_delay_s: float = Field(default=0.0, ge=0)
 
+    # Alarm management (ISA-18.2, docs/operations.md "Alarm management"). A flood: more than
+    # `alarm_flood_alarms` alarms within `alarm_flood_window_s` on the site (0: never); its
+    # alarms are then listed in one grouped message every `alarm_flood_gather_s` instead of
+    # one each. Chattering: more than `alarm_chatter_raises` raises of one alarm within
+    # `alarm_chatter_window_s` flag it as a bad actor (0: never). SHELVE lasts at most
+    # `alarm_shelve_max_s` (a shift).
+    alarm_flood_alarms: int = Field(default=10, ge=0)
+    alarm_flood_window_s: float = Field(default=600.0, gt=0)
+    alarm_flood_gather_s: float = Field(default=60.0, gt=0)
+    alarm_chatter_raises: int = Field(default=10, ge=0)
+    alarm_chatter_window_s: float = Field(default=3600.0, gt=0)
+    alarm_shelve_max_s: float = Field(default=8 * 3600.0, gt=0)
+
     # Baselines: a Temporal Schedule recomputes them from the last window of samples.
     baseline_every_s: float = Field(default=3600.0, ge=10)
     baseline_window_hours: float = Field(default=48.0, gt=0)

@@ -9,6 +9,7 @@ from temporalio.client import Client
 
 from factorylm.plant import Plant, Plc
 from factorylm.settings import Settings
+from ingest.alarms import AlarmConfig, AlarmGate
 from ingest.alerts import WorkflowStarter
 from ingest.baselines import BaselineLoader
 from ingest.commands import CommandListener
@@ -30,6 +31,7 @@ class IngestService:
         drift: DriftConfig | None = None,
         notifier: Notifier | None = None,
         outbox: OutboxConfig | None = None,
+        alarms: AlarmConfig | None = None,
     ) -> None:
         self.writer = BatchWriter(
             settings.pg_dsn,
@@ -41,9 +43,18 @@ class IngestService:
         # Alarms reach Temporal only through the outbox: saved in PostgreSQL first, then
         # delivered and retried until Temporal has them (ingest/outbox.py).
         self.outbox = AlarmOutbox(settings.pg_dsn, self.starter, config=outbox)
+        # Between the detector and the outbox, alarm management (ISA-18.2, ingest/alarms.py):
+        # codes, shelving, suppression of a silent PLC's alarms, floods, chattering.
+        self.alarms = AlarmGate(
+            settings.pg_dsn,
+            plant,
+            self.outbox,
+            client=client,
+            config=alarms or AlarmConfig.from_settings(settings, plant),
+        )
         self.detector = DriftDetector(
             drift or DriftConfig(),
-            self.outbox,
+            self.alarms,
             vendors={p.id: p.vendor for p in plant.plcs},
             units={(p.id, m.name): m.unit for p in plant.plcs for m in p.metrics},
         )
@@ -60,15 +71,24 @@ class IngestService:
             plant, self._on_samples, dsn=settings.pg_dsn, notifier=notifier, writer=self.writer
         )
         self.collectors = self.manager.collectors
+        self.alarms.alarmed = self.detector.alarmed
+        self.alarms.offline = self._offline
         self.commands = CommandListener(settings.pg_dsn, self.manager.restart)
 
     def _on_samples(self, plc: Plc, when: datetime, mono: float, values: dict[str, float]) -> None:
         self.writer.add((when, plc.id, name, value) for name, value in values.items())
         for name, value in values.items():
             self.detector.observe(plc.id, name, mono, value, when)
+        self.alarms.samples(plc.id, values)
+
+    def _offline(self, plc_id: str) -> bool:
+        """A PLC whose collector is failing or stale: its drift alarms are consequences."""
+        collector = next((c for c in self.collectors if c.plc.id == plc_id), None)
+        return collector is not None and self.manager.state(collector) in ("failing", "stale")
 
     async def start(self) -> None:
         await self.baselines.start()
+        await self.alarms.start()  # the points' codes and the open shelves, before any alarm
         self.outbox.start()  # delivers what a previous ingest left pending, too
         self.writer.start()
         await self.manager.start()
@@ -79,6 +99,7 @@ class IngestService:
         """Stop polling, then flush every accepted sample before returning."""
         await self.commands.stop()
         await self.manager.stop()
+        await self.alarms.stop()
         await self.outbox.stop()  # undelivered alarms stay in the outbox for the next start
         await self.baselines.stop()
         await self.writer.stop()

@@ -82,7 +82,11 @@ def daily_summary_schedule(settings: Settings) -> Schedule:
     return Schedule(
         action=ScheduleActionStartWorkflow(
             DailySummaryWorkflow.run,
-            DailySummaryInput(hours=24, recipients=list(settings.approvers)),
+            DailySummaryInput(
+                hours=24,
+                recipients=list(settings.approvers),
+                flood_alarms=settings.alarm_flood_alarms,
+            ),
             id="daily-summary",
             task_queue=settings.task_queue,
         ),

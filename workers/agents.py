@@ -33,6 +33,7 @@ from factorylm.photos.store import photo_store_for
 from factorylm.plant import Plant
 from factorylm.settings import Settings
 from workers.registry import bind
+from workflows.alarm_notice import AlarmNoticeWorkflow
 from workflows.baseline import BaselineWorkflow
 from workflows.conductor import ROUTES
 from workflows.drift_response import DriftResponseWorkflow
@@ -52,6 +53,7 @@ WORKFLOWS: list[type] = [
     MonkeyReportWorkflow,
     PhotoIntakeWorkflow,
     DataLifecycleWorkflow,
+    AlarmNoticeWorkflow,  # a flood's grouped message (ingest/alarms.py)
 ]
 
 # The Monkey's own (it also sends messages through NotifyActivities.send_message).

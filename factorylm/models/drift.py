@@ -55,6 +55,9 @@ class DriftAlert(Model):
     trace_context: dict[str, str] = Field(default_factory=dict)
     # Optional with a default: alerts recorded before detectors had names still load.
     detection: Detection | None = None
+    # The alarm's short code (factorylm/alarms.py), set where the alarm enters the outbox and
+    # shown first in every message about it, so a person can reply `SHELVE <code> 2h`.
+    alarm_code: str = ""
 
     @property
     def severity(self) -> Severity:
@@ -75,6 +78,8 @@ class DriftAlert(Model):
                 f"{self.metric} on {self.plc_id} ({self.vendor}): {self.detection.detector} "
                 f"alarm, {self.detection.reason}"
             )
+        if self.alarm_code:
+            text = f"Alarm {self.alarm_code}: {text}"
         if self.related:
             rel = ", ".join(f"{m} {s:+.1f}σ" for m, s in sorted(self.related.items()))
             text += f"; related: {rel}"

@@ -71,6 +71,90 @@ class HealthRunResult(Model):
 class DailySummaryInput(Model):
     hours: float = 24.0
     recipients: list[str]
+    # More alarms than this shown in 10 minutes is a flood (the `alarm_flood_alarms` setting).
+    flood_alarms: int = 10
+
+
+class AlarmCount(Model):
+    code: str
+    plc_id: str
+    metric: str
+    count: int
+
+
+class StandingAlarm(Model):
+    code: str
+    plc_id: str
+    metric: str
+    since: datetime
+
+
+class ShelvedAlarm(Model):
+    code: str
+    plc_id: str
+    metric: str
+    by: str
+    until: datetime
+
+
+class AlarmKpis(Model):
+    """ISA-18.2's alarm KPIs over a period, from the alarm journal (factorylm/alarms.py)."""
+
+    raised: int
+    annunciated: int = Field(description="shown to a person: own message or a flood message")
+    shelved_raises: int
+    suppressed: int
+    in_flood_messages: int
+    per_10_min: float
+    peak_10_min: int
+    flood_pct: float = Field(description="share of the 10-minute periods above the threshold")
+    flood_threshold: int
+    top: list[AlarmCount]
+    standing: list[StandingAlarm]
+    shelved: list[ShelvedAlarm]
+    chattering: list[AlarmCount]
+
+    def as_lines(self) -> list[str]:
+        def name(code: str, plc_id: str, metric: str) -> str:
+            return f"{code} {metric} on {plc_id}"
+
+        lines = [
+            f"Alarms: {self.annunciated} shown of {self.raised} raised "
+            f"({self.shelved_raises} while shelved, {self.suppressed} suppressed, "
+            f"{self.in_flood_messages} in flood messages); {self.per_10_min:g} per 10 min, "
+            f"peak {self.peak_10_min}, in flood {self.flood_pct:g} % of the time "
+            f"(> {self.flood_threshold} per 10 min)"
+        ]
+        if self.top:
+            lines.append(
+                "Most frequent: "
+                + ", ".join(f"{name(a.code, a.plc_id, a.metric)} ×{a.count}" for a in self.top)
+            )
+        if self.standing:
+            lines.append(
+                "Standing: "
+                + ", ".join(
+                    f"{name(a.code, a.plc_id, a.metric)} since {a.since:%m-%d %H:%M}"
+                    for a in self.standing
+                )
+            )
+        if self.shelved:
+            lines.append(
+                "Shelved: "
+                + ", ".join(
+                    f"{name(a.code, a.plc_id, a.metric)} until {a.until:%m-%d %H:%M} by {a.by}"
+                    for a in self.shelved
+                )
+            )
+        if self.chattering:
+            lines.append(
+                "Chattering (bad actors): "
+                + ", ".join(
+                    f"{name(a.code, a.plc_id, a.metric)} flagged ×{a.count}"
+                    for a in self.chattering
+                )
+            )
+        return lines
 
 
 class DailySummary(Model):
@@ -84,6 +168,8 @@ class DailySummary(Model):
     tokens: int
     cost_usd: float
     collector_uptime_pct: float
+    # Optional: summaries recorded before the alarm journal still load (replay).
+    alarms: AlarmKpis | None = None
 
     def as_text(self) -> str:
         approvals = ", ".join(f"{k} {v}" for k, v in sorted(self.approvals.items())) or "none"
@@ -95,4 +181,4 @@ class DailySummary(Model):
             f"Work orders opened: {self.work_orders}\n"
             f"LLM tokens: {self.tokens} (${self.cost_usd:.2f})\n"
             f"Collector uptime: {self.collector_uptime_pct:.1f} %"
-        )
+        ) + "".join(f"\n{line}" for line in (self.alarms.as_lines() if self.alarms else []))

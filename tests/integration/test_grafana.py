@@ -27,6 +27,8 @@ def expand(sql: str) -> str:
     )
     return (
         sql.replace("$__interval", "1 minute")
+        .replace("$__timeFrom()", "(now() - interval '6 hours')")
+        .replace("$__timeTo()", "now()")
         .replace("$plc", "conveyor-1")
         .replace("$metric", "vibration")
     )
