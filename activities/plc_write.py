@@ -75,7 +75,7 @@ def validate_write(
     return plc, setpoint
 
 
-_FLOAT_TYPES = frozenset({"f32", "real"})
+_FLOAT_TYPES = frozenset({"f32", "real", "float", "double"})  # OPC UA: float, double
 
 
 def same_value(setpoint: Setpoint, a: float, b: float) -> bool:

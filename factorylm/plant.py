@@ -29,6 +29,20 @@ class Policy(StrEnum):
 RegisterType = Literal["u16", "i16", "u32", "i32", "f32"]
 # S7 data-block and Logix tag types (the PLC's own names, lower-cased).
 PlcDataType = Literal["real", "int", "dint", "bool"]
+# OPC UA built-in types a numeric variable may have (the server's names, lower-cased).
+OpcUaDataType = Literal[
+    "double",
+    "float",
+    "int16",
+    "uint16",
+    "int32",
+    "uint32",
+    "int64",
+    "uint64",
+    "byte",
+    "sbyte",
+    "boolean",
+]
 
 
 class _Strict(BaseModel):
@@ -49,7 +63,7 @@ class Point(_Strict):
     unit: str = ""
     # Modbus (written `register:` in the plant file; BaseModel already has a `register`)
     address: int | None = Field(default=None, ge=0, le=65535, alias="register")
-    type: RegisterType | PlcDataType = "u16"
+    type: RegisterType | PlcDataType | OpcUaDataType = "u16"
     scale: float = 1.0
     word_order: Literal["big", "little"] = "big"
     # S7
@@ -58,6 +72,13 @@ class Point(_Strict):
     bit: int | None = Field(default=None, ge=0, le=7)  # for an S7 bool: DBX offset.bit
     # Logix
     tag: str | None = None
+    # OPC UA: the variable's NodeId ("ns=2;s=Line1.Temp") or its browse path from Objects
+    # ("2:Line1/2:Temp", namespace index:browse name per step); a data-change deadband in the
+    # point's unit (absolute; none: every change) and how often the server samples it.
+    node_id: str | None = Field(default=None, min_length=1, max_length=4096)
+    browse_path: str | None = Field(default=None, min_length=1, max_length=4096)
+    deadband: float | None = Field(default=None, ge=0)
+    sampling_interval_ms: int | None = Field(default=None, ge=0)
     # Sparkplug B: the metric's name on the edge node ("Motor/Speed"); the point's name if unset
     metric: str | None = Field(default=None, min_length=1, max_length=256)
     # MQTT JSON: the topic a value arrives on and where it is in the message ("data.temp";
@@ -68,7 +89,6 @@ class Point(_Strict):
     @property
     def sparkplug_name(self) -> str:
         return self.metric or self.name
-
 
     @property
     def register_count(self) -> int:
@@ -131,6 +151,33 @@ class Setpoint(Point):
         return self
 
 
+class OpcUa(_Strict):
+    """How to reach an OPC UA server: the endpoint's path, its security, the trust list.
+
+    The user name and password are the PLC's `username` and `password_env`."""
+
+    path: str = Field(default="", pattern=r"^(/[^\s]*)?$")  # after host:port, e.g. /server/
+    # none, or Basic256Sha256 with signed (sign) or signed and encrypted messages.
+    security: Literal["none", "sign", "sign_and_encrypt"] = "none"
+    policy: Literal["Basic256Sha256"] = "Basic256Sha256"
+    certificate: str | None = None  # the client's certificate (PEM or DER)
+    private_key: str | None = None  # and its key (PEM or DER, unencrypted)
+    # The server certificates (or the CAs that issued them) this client trusts: files or
+    # directories of PEM/DER files. A secured connection to any other server is refused.
+    trust: list[str] = Field(default_factory=list)
+    # Data-change subscriptions (the normal way); false: read every poll_interval_ms.
+    subscribe: bool = True
+
+    @model_validator(mode="after")
+    def _secured(self) -> OpcUa:
+        if self.security != "none" and not (self.certificate and self.private_key and self.trust):
+            raise ValueError(
+                f"security {self.security} needs certificate, private_key and trust (the "
+                "server certificates this client trusts)"
+            )
+        return self
+
+
 class Plc(_Strict):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
     vendor: str
@@ -161,6 +208,7 @@ class Plc(_Strict):
     # How long a broker may keep this client's session (and its queued QoS 1 messages) while
     # the ingest is disconnected.
     session_expiry_s: int = Field(default=3600, ge=0)
+    opcua: OpcUa | None = None  # OPC UA: endpoint path, security, trust list
     metrics: list[Metric] = Field(min_length=1)
     setpoints: list[Setpoint] = Field(default_factory=list)
 

@@ -20,6 +20,7 @@ class Protocol(StrEnum):
     MODBUS_RTU = "modbus_rtu"
     S7 = "s7"
     LOGIX = "logix"
+    OPCUA = "opcua"
     SPARKPLUG_B = "sparkplug_b"  # an MQTT Sparkplug B edge node (or one of its devices)
     MQTT_JSON = "mqtt_json"  # plain JSON messages on MQTT topics
 
@@ -39,6 +40,10 @@ class PointAddress(TypingProtocol):
     def bit(self) -> int | None: ...
     @property
     def tag(self) -> str | None: ...
+    @property
+    def node_id(self) -> str | None: ...
+    @property
+    def browse_path(self) -> str | None: ...
     @property
     def topic(self) -> str | None: ...
     @property
@@ -85,6 +90,22 @@ def _logix_address(point: PointAddress) -> str | None:
     return "tag" if not point.tag else None
 
 
+OPCUA_TYPES = frozenset(
+    {"double", "float", "int16", "uint16", "int32", "uint32", "int64", "uint64", "byte", "sbyte"}
+    | {"boolean"}
+)
+
+
+def _opcua_address(point: PointAddress) -> str | None:
+    return "node_id or browse_path" if not point.node_id and not point.browse_path else None
+
+
+def _opcua_one_address(point: PointAddress) -> str | None:
+    if point.node_id and point.browse_path:
+        return "give node_id or browse_path, not both"
+    return None
+
+
 def _json_address(point: PointAddress) -> str | None:
     return "topic and json_path" if not point.topic or not point.json_path else None
 
@@ -125,6 +146,15 @@ PROTOCOLS: dict[Protocol, ProtocolSpec] = {
         PLC_TYPES,
         _logix_address,
         "factorylm.drivers.logix:LogixDriver",
+    ),
+    Protocol.OPCUA: ProtocolSpec(
+        "OPC UA",
+        4840,
+        OPCUA_TYPES,
+        _opcua_address,
+        "factorylm.drivers.opcua:OpcUaDriver",
+        check_point=_opcua_one_address,
+        collector="ingest.subscription:OpcUaCollector",
     ),
     Protocol.SPARKPLUG_B: ProtocolSpec(
         "MQTT Sparkplug B",

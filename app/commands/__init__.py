@@ -30,6 +30,7 @@ PRODUCT_COMMANDS = (
     "app.commands.tokens",
     "app.commands.agents",
     "app.commands.monkey",
+    "app.commands.plc",
 )
 
 

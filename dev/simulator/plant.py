@@ -22,6 +22,7 @@ PEERS: dict[Protocol, str] = {
     Protocol.MODBUS_RTU: "dev.simulator.modbus:SimulatedModbusRtuPlc",
     Protocol.S7: "dev.simulator.s7:SimulatedS7Plc",
     Protocol.LOGIX: "dev.simulator.logix:SimulatedLogixPlc",
+    Protocol.OPCUA: "dev.simulator.opcua:SimulatedOpcUaPlc",
     Protocol.SPARKPLUG_B: "dev.simulator.sparkplug:SimulatedSparkplugNode",
     Protocol.MQTT_JSON: "dev.simulator.mqtt_json:SimulatedJsonDevice",
 }
