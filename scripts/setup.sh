@@ -34,6 +34,25 @@ if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get install -y -qq --no-install-recommends mosquitto >/dev/null
 fi
+# Chromium: the browser the plant board's tests drive through Playwright (tests/browser/);
+# Playwright's own browser download is not used.
+if ! command -v chromium >/dev/null 2>&1; then
+  log "installing chromium"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null
+fi
+# The plant board's charting library (package.json, package-lock.json), served by the API.
+# Reinstalled only when package-lock.json changes (its hash is the stamp), as the venv below.
+npm_stamp=node_modules/.factorylm-stamp
+npm_want=$(sha256sum package-lock.json | cut -d' ' -f1)
+if [ ! -f "$npm_stamp" ] || [ "$(cat "$npm_stamp")" != "$npm_want" ]; then
+  command -v npm >/dev/null 2>&1 || { log "npm (node 20) is required for the plant board"; exit 1; }
+  log "installing the plant board's npm packages (npm ci)"
+  npm ci --no-audit --no-fund --loglevel=error >/dev/null
+  echo "$npm_want" > "$npm_stamp"
+else
+  log "npm packages up to date"
+fi
 TEMPORAL_BIN=$(bash temporal/install.sh)
 log "temporal CLI: $TEMPORAL_BIN"
 COMPOSE_BIN=$(bash scripts/install-compose.sh); log "compose renderer: $COMPOSE_BIN"  # renders docker-compose.yml in the tests

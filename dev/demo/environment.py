@@ -106,6 +106,7 @@ class Demo:
         say(
             f"Temporal Web UI: {settings.temporal_ui_url}/namespaces/{settings.temporal_namespace}/workflows"
         )
+        say(f"plant board: {settings.api_url}/ (sign in with the token below)")
         say(f"API: {settings.api_url} (try {settings.api_url}/health)")
         say(
             "API admin token for this run: "
