@@ -1,14 +1,16 @@
-"""Messages to people: approval requests, notices, summaries, reports.
+"""Messages to people: approval requests, pages, notices, summaries, outcome requests, reports.
 
-Every message is recorded once by a dedup key, whatever the channel: WhatsApp through Twilio
-when an account is configured, else the `log` channel (the message is logged and stored).
-Approval requests are also registered in `approval_requests`, so an inbound reply — "YES 4821",
-or a plain "yes" when exactly one request is pending for that number — finds its workflow.
+Every one goes through the outbound path (activities/outbound.py): an outbox row under its
+idempotency key before Twilio is called, delivery states from Twilio's status callbacks, the
+SMS fallback. WhatsApp through Twilio when an account is configured, else the `log` channel
+(the message is logged and stored). Approval requests are also registered in
+`approval_requests`, so an inbound reply — "YES 4821", or a plain "yes" when exactly one
+request is pending for that number — finds its workflow. Every message about a workflow says
+where to see it (the Web UI), and one about a machine where its graphs are (Grafana).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import UTC, datetime
 
@@ -17,10 +19,13 @@ from temporalio import activity
 
 from factorylm.grafana import plant_link
 from factorylm.models.approvals import CloseApprovalInput, RequestApprovalInput
-from factorylm.models.messages import SendMessageInput, SendReportInput
+from factorylm.models.messages import MessageKind, SendMessageInput, SendReportInput
 from factorylm.models.outcomes import CloseOutcomeInput, RequestOutcomeInput
+from factorylm.roster import load_roster
 from factorylm.settings import Settings
-from factorylm.whatsapp import WHATSAPP_MAX_CHARS, WhatsAppSender, clip, fit_whatsapp, in_session
+from factorylm.whatsapp import WHATSAPP_MAX_CHARS, clip, fit_whatsapp, in_session
+
+from .outbound import Outbound, Outgoing
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +65,14 @@ class NotifyActivities:
     def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
         self._pool = pool
         self._settings = settings
-        self._whatsapp = WhatsAppSender(settings) if WhatsAppSender.configured(settings) else None
+        self.outbound = Outbound(pool, settings)
+        # Loaded once, at the worker's start: an invalid roster stops the worker there, with
+        # the entry named, instead of failing every report later.
+        self._roster = load_roster(settings)
 
     @property
     def channel(self) -> str:
-        return "whatsapp" if self._whatsapp else "log"
+        return "whatsapp" if self.outbound.twilio else "log"
 
     async def _in_session(self, number: str) -> bool:
         last = await self._pool.fetchval(
@@ -72,37 +80,30 @@ class NotifyActivities:
         )
         return in_session(last, datetime.now(UTC))
 
-    async def _deliver(
-        self, to: str, body: str, template: dict[str, str] | None = None
-    ) -> str | None:
-        """Send one message; returns Twilio's message SID, or None on the log channel."""
-        body = fit_whatsapp(body)
-        if self._whatsapp is None:
-            log.info("message to %r: %r", to, body)
-            return None
-        sender = self._whatsapp
-        if (
-            template is not None
-            and self._settings.twilio_approval_template_sid
-            and not await self._in_session(to)
+    def _context(self, req: SendMessageInput) -> str:
+        """The body with where to look: the machine's graphs and the workflow in the Web UI,
+        unless the body names them already."""
+        lines = [req.body]
+        if req.about is not None and (
+            graphs := plant_link(
+                self._settings.grafana_url, req.about.plc_id, req.about.metric, req.about.at
+            )
         ):
-            return await asyncio.to_thread(sender.send_template, to, template)
-        return await asyncio.to_thread(sender.send_text, to, body)
-
-    async def _record(self, dedup_key: str, to: str, body: str, workflow_id: str | None) -> bool:
-        inserted = await self._pool.fetchval(
-            """INSERT INTO notifications (dedup_key, channel, recipient, body, workflow_id)
-               VALUES ($1, $2, $3, $4, $5) ON CONFLICT (dedup_key) DO NOTHING RETURNING id""",
-            dedup_key,
-            self.channel,
-            to,
-            body,
-            workflow_id,
-        )
-        return inserted is not None
+            if graphs not in req.body:
+                lines.append(f"Graphs: {graphs}")
+        if (
+            req.workflow_id
+            and (link := dashboard_link(self._settings, req.workflow_id)) not in req.body
+        ):
+            lines.append(f"Details: {link}")
+        if req.ack_code:
+            lines.append(f"Reply ACK {req.ack_code} to acknowledge (stops the escalation).")
+        return "\n".join(lines)
 
     @activity.defn(name="request_approval")
     async def request_approval(self, req: RequestApprovalInput) -> int:
+        """The request to each recipient; returns how many it reached on some channel (0: it
+        was refused everywhere, and the workflow escalates at once)."""
         link = dashboard_link(self._settings, req.workflow_id)
         graphs = plant_link(
             self._settings.grafana_url, req.alert.plc_id, req.alert.metric, req.alert.detected_at
@@ -116,7 +117,7 @@ class NotifyActivities:
         }
         # The run, not only the workflow id: every episode on a machine shares the id.
         run_id = activity.info().workflow_run_id
-        sent = 0
+        reached = 0
         for recipient in req.recipients:
             row = await self._pool.fetchrow(
                 """INSERT INTO approval_requests
@@ -124,7 +125,7 @@ class NotifyActivities:
                    VALUES ($1, $2, $3, $4, $5, now() + $6 * interval '1 second')
                    ON CONFLICT (workflow_id, run_id, code, recipient)
                        DO UPDATE SET action = EXCLUDED.action
-                   RETURNING id, message_sid""",
+                   RETURNING id""",
                 req.workflow_id,
                 run_id,
                 req.code,
@@ -132,22 +133,47 @@ class NotifyActivities:
                 req.proposal.action,
                 req.timeout_s,
             )
-            if row["message_sid"] is not None:
-                continue  # a retried activity: this person already has the request
-            sid = await self._deliver(recipient, body, template)
+            fallback = req.fallbacks.get(recipient)
+            if fallback:  # a reply by SMS answers the same request
+                await self._pool.execute(
+                    """INSERT INTO approval_requests
+                           (workflow_id, run_id, code, recipient, action, expires_at)
+                       VALUES ($1, $2, $3, $4, $5, now() + $6 * interval '1 second')
+                       ON CONFLICT (workflow_id, run_id, code, recipient) DO NOTHING""",
+                    req.workflow_id,
+                    run_id,
+                    req.code,
+                    fallback,
+                    req.proposal.action,
+                    req.timeout_s,
+                )
+            use_template = (
+                recipient.startswith("whatsapp:")
+                and bool(self._settings.twilio_approval_template_sid)
+                and not await self._in_session(recipient)
+            )
+            sent = await self.outbound.send(
+                Outgoing(
+                    key=f"approval/{req.workflow_id}/{run_id}/{req.code}/{recipient}"
+                    + (f"/r{req.attempt}" if req.attempt else ""),
+                    kind=MessageKind.APPROVAL,
+                    address=recipient,
+                    body=body,
+                    workflow_id=req.workflow_id,
+                    run_id=run_id,
+                    code=req.code,
+                    fallback=fallback,
+                    template=template if use_template else None,
+                )
+            )
             await self._pool.execute(
                 "UPDATE approval_requests SET message_sid = $2 WHERE id = $1",
                 row["id"],
-                sid or "log",
+                sent["message_sid"] or sent["channel"],
             )
-            await self._record(
-                f"approval/{req.workflow_id}/{run_id}/{req.code}/{recipient}",
-                recipient,
-                body,
-                req.workflow_id,
-            )
-            sent += 1
-        return sent
+            if not await self.outbound.unreached_now(sent) and sent["state"] != "failed":
+                reached += 1
+        return reached
 
     @activity.defn(name="close_approval")
     async def close_approval(self, req: CloseApprovalInput) -> int:
@@ -165,21 +191,33 @@ class NotifyActivities:
 
     @activity.defn(name="send_message")
     async def send_message(self, req: SendMessageInput) -> int:
-        sent = 0
+        """The message to each recipient; returns how many it reached on some channel."""
+        body = self._context(req)
+        run_id = activity.info().workflow_run_id if activity.in_activity() else None
+        reached = 0
         for recipient in req.recipients:
-            key = f"{req.dedup_key}/{recipient}"
-            exists = await self._pool.fetchval(
-                "SELECT 1 FROM notifications WHERE dedup_key = $1", key
+            sent = await self.outbound.send(
+                Outgoing(
+                    key=f"{req.dedup_key}/{recipient}",
+                    kind=req.kind,
+                    address=recipient,
+                    body=body,
+                    workflow_id=req.workflow_id,
+                    run_id=run_id,
+                    code=req.ack_code,
+                    # The roster's SMS number for anyone it knows, whoever sends.
+                    fallback=req.fallbacks.get(recipient) or self._fallback_for(recipient),
+                )
             )
-            if exists:
-                continue
-            await self._deliver(recipient, req.body)
-            await self._record(key, recipient, req.body, req.workflow_id)
-            sent += 1
-        return sent
+            if not await self.outbound.unreached_now(sent) and sent["state"] != "failed":
+                reached += 1
+        return reached
 
     @activity.defn(name="request_outcome")
     async def request_outcome(self, req: RequestOutcomeInput) -> bool:
+        """The question to the technician. The waiting row and the message are separate
+        steps; a retry after a failed send sends it (the outbox row says whether it went),
+        instead of finding the row and concluding it was asked. False when already asked."""
         inserted = await self._pool.fetchval(
             """INSERT INTO outcome_requests (workflow_id, event_id, recipient, work_order_id)
                VALUES ($1, $2, $3, $4) ON CONFLICT (workflow_id) DO NOTHING RETURNING 1""",
@@ -188,15 +226,26 @@ class NotifyActivities:
             req.recipient,
             req.work_order_id,
         )
-        if inserted is None:
-            return False
         body = (
             f"FactoryLM: {req.summary}\nWork order {req.work_order_id}. When the job is done, "
             'reply with what you found and did (e.g. "replaced bearing" or "false alarm").'
         )
-        await self._deliver(req.recipient, body)
-        await self._record(f"outcome/{req.workflow_id}", req.recipient, body, req.workflow_id)
-        return True
+        sent = await self.outbound.send(
+            Outgoing(
+                key=f"outcome/{req.workflow_id}",
+                kind=MessageKind.OUTCOME,
+                address=req.recipient,
+                body=body,
+                workflow_id=req.workflow_id,
+                fallback=self._fallback_for(req.recipient),
+            )
+        )
+        log.debug("outcome request %s: %s", sent["id"], sent["state"])
+        return inserted is not None
+
+    def _fallback_for(self, address: str) -> str | None:
+        person = self._roster.person_at(address) if self._roster else None
+        return person.fallback if person else None
 
     @activity.defn(name="close_outcome")
     async def close_outcome(self, req: CloseOutcomeInput) -> None:
@@ -210,10 +259,26 @@ class NotifyActivities:
 
     @activity.defn(name="send_report")
     async def send_report(self, req: SendReportInput) -> bool:
-        """A report for the operations channel; False when this report was already sent."""
-        recorded = await self._record(
-            req.dedup_key, "operations", f"{req.subject}\n{req.body}", None
+        """A report for the operations record, and for the person on duty now; False when
+        this report was already recorded (a retry still delivers what is not out yet)."""
+        recorded = await self._pool.fetchval(
+            """INSERT INTO notifications (dedup_key, channel, recipient, body)
+               VALUES ($1, 'log', 'operations', $2) ON CONFLICT (dedup_key) DO NOTHING
+               RETURNING id""",
+            req.dedup_key,
+            f"{req.subject}\n{req.body}",
         )
         if recorded:
             log.info("report: %s", req.subject)
-        return recorded
+        if self._roster is not None:
+            on_duty, _ = self._roster.on_call(datetime.now(UTC))
+            await self.outbound.send(
+                Outgoing(
+                    key=f"report/{req.dedup_key}/{on_duty.address}",
+                    kind=MessageKind.REPORT,
+                    address=on_duty.address,
+                    body=f"FactoryLM report: {req.subject}\n{req.body}",
+                    fallback=on_duty.fallback,
+                )
+            )
+        return recorded is not None

@@ -7,6 +7,8 @@ metric and whose threshold the drift reached; otherwise the rules choose (choose
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from temporalio import activity
 
 from factorylm.models.drift import (
@@ -16,7 +18,8 @@ from factorylm.models.drift import (
     ProposedAction,
     ResponsePlan,
 )
-from factorylm.plant import CatalogAction, Plant
+from factorylm.plant import ActionKind, CatalogAction, Plant
+from factorylm.roster import load_roster
 from factorylm.settings import Settings
 
 
@@ -74,12 +77,28 @@ class PlanningActivities:
     def __init__(self, plant: Plant, settings: Settings) -> None:
         self._plant = plant
         self._settings = settings
+        self._roster = load_roster(settings)  # invalid: the worker does not start
 
     @activity.defn(name="plan_response")
     async def plan_response(self, req: PlanResponseInput) -> ResponsePlan:
+        proposal = gate_proposals(self._plant, req.alert, list(req.proposals))
+        approvers = list(self._settings.approvers)
+        chain, page = None, None
+        if self._roster is not None:
+            # Whoever is on call now: the roster's shift at this moment, in the plant's zone.
+            now = datetime.now(UTC)
+            action = proposal.action if proposal else None
+            chain = self._roster.chain(now, action=action, severity=req.alert.severity.value)
+            if proposal is not None and proposal.kind is ActionKind.NOTIFY:
+                page = self._roster.page_chain(now, proposal.action)
+            approvers = list(dict.fromkeys(s.address for s in chain.steps))
         return ResponsePlan(
-            proposal=gate_proposals(self._plant, req.alert, list(req.proposals)),
-            approvers=list(self._settings.approvers),
+            proposal=proposal,
+            approvers=approvers,
+            chain=list(chain.steps) if chain else [],
+            chain_repeat=chain.repeat if chain else 0,
+            page_chain=list(page.steps) if page else [],
+            page_repeat=page.repeat if page else 0,
             approval_timeout_s=self._settings.approval_timeout_s,
             approval_validity_s=self._settings.approval_validity_s,
             plc_task_queue=self._settings.plc_task_queue,

@@ -22,6 +22,7 @@ from api.operations import OperatorRoutes
 from api.photo_intake import PhotoIntake
 from api.photos import PhotoRoutes
 from api.trello import WEBHOOK_PATH, TrelloWebhook
+from api.twilio_status import STATUS_PATH, TwilioStatusWebhook
 from api.whatsapp import WhatsAppWebhook
 from api.whatsapp_photos import WhatsAppPhotos
 from api.work_log import WorkLogEndpoint
@@ -71,6 +72,7 @@ def create_app(settings: Settings, client: Client, pool: asyncpg.Pool) -> Starle
         exception_handlers={HTTPException: _http_error},
         routes=[
             Route("/webhooks/twilio/whatsapp", whatsapp.handle, methods=["POST"]),
+            Route(STATUS_PATH, TwilioStatusWebhook(settings, client, pool).handle, methods=["POST"]),
             Route(WEBHOOK_PATH, trello.handle, methods=["POST", "HEAD"]),
             Route("/openapi.json", openapi),
             Route("/budget", guard(budget.handle, READ)),

@@ -31,8 +31,10 @@ from twilio.twiml.messaging_response import MessagingResponse
 from api.operations import UPDATE_TIMEOUT_S
 from factorylm.alarms import alarm_reply
 from factorylm.models.approvals import ApprovalDecision
+from factorylm.models.messages import Acknowledgement
+from factorylm.roster import approver_addresses, load_roster
 from factorylm.settings import Settings, reveal
-from factorylm.whatsapp import Reply, parse_reply, signature_ok
+from factorylm.whatsapp import Reply, parse_ack, parse_reply, signature_ok
 from workflows.drift_response import DriftResponseWorkflow
 from workflows.outcome_followup import OutcomeFollowUpWorkflow
 
@@ -41,8 +43,8 @@ from .whatsapp_photos import WhatsAppPhotos
 log = logging.getLogger(__name__)
 
 HELP = (
-    "FactoryLM: reply YES <code> to approve or NO <code> to deny a request, "
-    "or describe what you found and fixed after a work order."
+    "FactoryLM: reply YES <code> to approve or NO <code> to deny a request, ACK <code> to "
+    "acknowledge a page, or describe what you found and fixed after a work order."
 )
 
 
@@ -64,6 +66,9 @@ class WhatsAppWebhook:
         self._client = client
         self._pool = pool
         self._photos = photos
+        # The roster's people on every channel (or the approvers): who is heard.
+        self._roster = load_roster(settings)
+        self._allowed = approver_addresses(settings)
 
     async def handle(self, request: Request) -> Response:
         settings = self._settings
@@ -113,7 +118,7 @@ class WhatsAppWebhook:
                ON CONFLICT (number) DO UPDATE SET last_inbound_at = now()""",
             sender,
         )
-        if sender not in settings.approvers:
+        if sender not in self._allowed:
             log.warning("ignored WhatsApp message from unauthorised %r", sender)
             return "This number is not authorised for FactoryLM. Nothing was done."
         if self._photos is not None and (form.get("NumMedia", "0") or "0") != "0":
@@ -123,6 +128,9 @@ class WhatsAppWebhook:
         shelving = await alarm_reply(self._pool, sender, body, settings.alarm_shelve_max_s)
         if shelving is not None:
             return shelving
+        acked, ack_code = parse_ack(body)
+        if acked:
+            return await self._acknowledge(sender, ack_code)
         reply = parse_reply(body)
         if reply is not None:
             return await self._decide(sender, reply)
@@ -212,6 +220,48 @@ class WhatsAppWebhook:
                     row["id"],
                 )
         return open_rows
+
+    async def _acknowledge(self, sender: str, code: str | None) -> str:
+        """'ACK' / 'ACK 4821': the page sent to this person (on any of their channels) is
+        acknowledged and its escalation stops. A plain ACK counts only when one page waits."""
+        person = self._roster.person_at(sender) if self._roster else None
+        addresses = list(person.addresses) if person else [sender]
+        rows = await self._pool.fetch(
+            """SELECT DISTINCT ON (workflow_id, code) workflow_id, run_id, code, body
+               FROM outbound_messages
+               WHERE kind = 'page' AND address = ANY($1::text[]) AND acked_at IS NULL
+                 AND created_at > now() - interval '1 day'
+                 AND ($2::text IS NULL OR code = $2)
+               ORDER BY workflow_id, code, created_at DESC""",
+            addresses,
+            code,
+        )
+        if not rows:
+            if code:
+                return f"No open page with code {code} was sent to you. Nothing was done."
+            return "No page is waiting for your ACK. Nothing was done."
+        if len(rows) > 1:
+            codes = ", ".join(r["code"] for r in rows)
+            return f"Several pages are open: {codes}. Reply ACK <code>."
+        row = rows[0]
+        handle = self._client.get_workflow_handle(row["workflow_id"], run_id=row["run_id"] or None)
+        try:
+            await handle.signal(
+                DriftResponseWorkflow.acknowledge, Acknowledgement(by=sender, code=row["code"])
+            )
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                raise
+            return f"Page {row['code']} is already closed. Nothing was done."
+        await self._pool.execute(
+            """UPDATE outbound_messages SET acked_at = now(), acked_by = $3
+               WHERE kind = 'page' AND workflow_id = $1 AND code = $2 AND acked_at IS NULL""",
+            row["workflow_id"],
+            row["code"],
+            sender,
+        )
+        log.info("%r acknowledged page %s of %r", sender, row["code"], row["workflow_id"])
+        return f"Acknowledged page {row['code']}: nobody else will be paged for it."
 
     async def _outcome(self, sender: str, text: str) -> str:
         row = await self._pool.fetchrow(

@@ -60,6 +60,14 @@ TWILIO_SENDER = _fields(
     "twilio_whatsapp_from",
     "twilio_api_base_url",
     "twilio_approval_template_sid",
+    "twilio_sms_from",
+    "twilio_timeout_s",
+    # Every sender passes the status-callback URL (public_url) and finds the person on call.
+    "public_url",
+    "roster_file",
+    "plant_timezone",
+    "approvers",
+    "approval_timeout_s",
 )
 LLM = _prefixed("anthropic_") | _prefixed("gemini_") | _prefixed("llm_")
 BUDGET = _prefixed("budget_")
@@ -73,7 +81,10 @@ SETTINGS: typing.Mapping[Process, frozenset[str]] = MappingProxyType(
         | _prefixed("drift_")
         # ingest/alarms.py: flood and chattering limits; a flood's message goes to the on-duty.
         | _prefixed("alarm_")
-        | _fields("approvers"),
+        | _fields("approvers")
+        # ingest/alert_notifier.py: collector alerts to the person on call (no Twilio secret:
+        # a notice workflow sends them).
+        | _fields("roster_file", "plant_timezone", "approval_timeout_s", "grafana_url"),
         # workers/agents.py (its activities' constructors), temporal/schedules.py, and the
         # operator commands run in this container (manuals, trello, monkey, agents).
         Process.AGENTS: PRODUCT_PROCESS
@@ -111,10 +122,14 @@ SETTINGS: typing.Mapping[Process, frozenset[str]] = MappingProxyType(
         ),
         # workers/plc_edge.py, activities/plc_write.py: the catalog, the approvers, the validity.
         Process.EDGE: PRODUCT_PROCESS
-        | _fields("plc_task_queue", "approvers", "approval_validity_s"),
+        | _fields("plc_task_queue", "approvers", "approval_validity_s")
+        # the roster's people approve too (factorylm/roster.py)
+        | _fields("roster_file", "plant_timezone", "approval_timeout_s"),
         # api/app.py and its routes: tokens, Twilio's and Trello's webhook signatures, WhatsApp
         # media downloads, photo intake, the budget view, the Monkey's workflow id.
         Process.API: PRODUCT_PROCESS
+        # api/twilio_status.py: a failed WhatsApp message falls back to SMS from here.
+        | TWILIO_SENDER
         | BUDGET
         | PHOTO_STORE
         | _fields(
@@ -282,6 +297,7 @@ ROLES: tuple[DatabaseRole, ...] = (
             "cmms_links": RI,
             "cmms_assets": RI,  # FactoryLM asset ids and the Atlas assets they became
             "notifications": RI,
+            "outbound_messages": RIU,  # every message's delivery (activities/outbound.py)
             "approval_requests": RIU,
             "outcome_requests": RIU,
             "whatsapp_sessions": R,
@@ -309,6 +325,8 @@ ROLES: tuple[DatabaseRole, ...] = (
             **_MIGRATIONS,
             "api_tokens": R,  # tokens are made and revoked by the owner (`factorylm tokens`)
             "inbound_messages": RIU,
+            # Twilio's status callbacks, the SMS fallback they start, ACK replies.
+            "outbound_messages": RIU,
             "whatsapp_sessions": RIU,
             # A reply that comes too late expires its request: its status only, and only to
             # 'expired' (a row-level policy, migration 0013): the API cannot record an approval.

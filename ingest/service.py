@@ -10,6 +10,7 @@ from temporalio.client import Client
 from factorylm.plant import Plant, Plc
 from factorylm.settings import Settings
 from ingest.alarms import AlarmConfig, AlarmGate
+from ingest.alert_notifier import OutboundNotifier
 from ingest.alerts import WorkflowStarter
 from ingest.baselines import BaselineLoader
 from ingest.commands import CommandListener
@@ -68,7 +69,12 @@ class IngestService:
         self.baselines = BaselineLoader(settings.pg_dsn, self.detector.set_baseline)
         # The manager supervises one collector per PLC and alerts after repeated failures.
         self.manager = CollectorManager(
-            plant, self._on_samples, dsn=settings.pg_dsn, notifier=notifier, writer=self.writer
+            plant,
+            self._on_samples,
+            dsn=settings.pg_dsn,
+            # Collector alerts reach the person on call (ingest/alert_notifier.py).
+            notifier=notifier or OutboundNotifier(settings, client),
+            writer=self.writer,
         )
         self.collectors = self.manager.collectors
         self.alarms.alarmed = self.detector.alarmed

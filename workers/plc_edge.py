@@ -14,6 +14,7 @@ from temporalio.worker import Worker
 
 from activities.plc_write import PlcWriteActivities
 from factorylm.plant import Plant
+from factorylm.roster import approver_addresses
 from factorylm.settings import Settings
 from workers.registry import bind
 
@@ -23,8 +24,9 @@ ACTIVITIES: list[Callable[..., Any]] = [PlcWriteActivities.write_plc_setpoint]
 def build_worker(
     client: Client, pool: asyncpg.Pool, plant: Plant, settings: Settings
 ) -> tuple[Worker, PlcWriteActivities]:
+    # The roster's people may approve too (factorylm/roster.py), on any of their channels.
     writes = PlcWriteActivities(
-        pool, plant, settings.approvers, approval_validity_s=settings.approval_validity_s
+        pool, plant, approver_addresses(settings), approval_validity_s=settings.approval_validity_s
     )
     worker = Worker(
         client,

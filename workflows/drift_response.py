@@ -46,7 +46,13 @@ with workflow.unsafe.imports_passed_through():
         RecordEventInput,
         ResponsePlan,
     )
-    from factorylm.models.messages import SendMessageInput
+    from factorylm.models.messages import (
+        Acknowledgement,
+        DeliveryFailure,
+        MessageAbout,
+        MessageKind,
+        SendMessageInput,
+    )
     from factorylm.models.outcomes import FollowUpInput
     from factorylm.models.plc_writes import PlcWriteInput, PlcWriteResult
     from factorylm.models.work_orders import OpenWorkOrderInput, WorkOrderPriority, WorkOrderRef
@@ -66,6 +72,8 @@ _PLC_RETRY = RetryPolicy(
     non_retryable_error_types=list(PLC_SAFETY_ERRORS),
 )
 _WINDOW_TIMEOUTS = (TimeoutType.SCHEDULE_TO_START, TimeoutType.SCHEDULE_TO_CLOSE)
+# Runs started before rosters replay the old two-approver path (workflow.patched).
+_ROSTER_PATCH = "roster-escalation"
 _PRIORITY = {"warning": WorkOrderPriority.LOW, "high": WorkOrderPriority.MEDIUM}
 # Agents advise; they must never hold up the safety response. A few attempts, then without them.
 _AGENT_TIMEOUT = timedelta(seconds=90)
@@ -89,6 +97,10 @@ class DriftResponseWorkflow:
         self._evidence: list[DriftAlert] = []
         self._summary = ""  # the agents' findings, for the people who are asked
         self._brief = ""
+        self._unreachable: set[tuple[str, str]] = set()  # (code, address) no channel reached
+        self._page_code: str | None = None
+        self._page_to: list[str] = []
+        self._ack: Acknowledgement | None = None
 
     @workflow.run
     async def run(self, alert: DriftAlert) -> DriftResponseResult:
@@ -124,8 +136,18 @@ class DriftResponseWorkflow:
                 outcome = "refused"
                 notes.append(f"{proposal.action} is never executed automatically: refused.")
             elif proposal.policy is Policy.APPROVAL:
-                go_ahead, approved_by, outcome = await self._ask_approval(alert, proposal, plan)
-                if outcome == "not_approved_in_time":
+                if plan.chain and workflow.patched(_ROSTER_PATCH):
+                    go_ahead, approved_by, outcome, asked_list = await self._ask_chain(
+                        alert, proposal, plan
+                    )
+                    if outcome == "not_approved_in_time":
+                        notes.append(
+                            f"Not approved in time: asked {' then '.join(asked_list)}. "
+                            "No PLC write was made."
+                        )
+                else:
+                    go_ahead, approved_by, outcome = await self._ask_approval(alert, proposal, plan)
+                if outcome == "not_approved_in_time" and not plan.chain:
                     asked = " then ".join(plan.approvers[:2])
                     notes.append(
                         f"Not approved in time: asked {asked}, "
@@ -152,13 +174,22 @@ class DriftResponseWorkflow:
                     )
                 else:
                     notes.append(f"Execution failed: {outcome}.")
+                roster = bool(plan.page_chain or plan.chain) and workflow.patched(_ROSTER_PATCH)
+                if roster and proposal.kind is ActionKind.NOTIFY and plan.page_chain:
+                    notes.append(await self._page(alert, proposal, plan))
                 if proposal.policy is Policy.AUTO and plan.approvers:
                     done = notes[-1] if write is not None or outcome != "completed" else ""
+                    text = (
+                        f"Auto-executed: {proposal.action} — {proposal.description}. "
+                        f"{alert.describe()}. {done}".strip()
+                    )
+                    if roster and self._summary:  # the people told get what the agents found
+                        text += f"\n{self._summary}"
                     await self._tell(
                         "auto-executed",
                         plan.approvers[:1],
-                        f"Auto-executed: {proposal.action} — {proposal.description}. "
-                        f"{alert.describe()}. {done}".strip(),
+                        text,
+                        about=alert if roster else None,
                     )
 
         self._set_status("opening work order")
@@ -186,8 +217,16 @@ class DriftResponseWorkflow:
             summary = (
                 f"{alert.describe()}. {proposal.action if proposal else 'No action'}: {outcome}. "
                 f"Work order {work_order.id}."
+                # Atlas refused it and the built-in store kept it: the approver must know.
+                + (f" ({work_order.note})" if work_order.note else "")
             )
-            await self._tell("summary", plan.approvers[:1], summary)
+            await self._tell(
+                "summary",
+                plan.approvers[:1],
+                summary,
+                about=alert if plan.chain else None,
+                kind=MessageKind.SUMMARY,
+            )
             await workflow.start_child_workflow(
                 OutcomeFollowUpWorkflow.run,
                 FollowUpInput(
@@ -325,18 +364,147 @@ class DriftResponseWorkflow:
             retry_policy=_RETRY,
         )
 
-    async def _tell(self, key: str, recipients: list[str], body: str) -> None:
-        await workflow.execute_activity_method(
+    async def _tell(
+        self,
+        key: str,
+        recipients: list[str],
+        body: str,
+        *,
+        about: DriftAlert | None = None,
+        kind: MessageKind = MessageKind.NOTICE,
+        ack_code: str | None = None,
+        fallbacks: dict[str, str] | None = None,
+    ) -> int:
+        reached: int = await workflow.execute_activity_method(
             NotifyActivities.send_message,
             SendMessageInput(
                 dedup_key=f"{workflow.info().workflow_id}/{workflow.info().run_id}/{key}",
                 recipients=recipients,
                 body=body,
                 workflow_id=workflow.info().workflow_id,
+                kind=kind,
+                ack_code=ack_code,
+                fallbacks=fallbacks or {},
+                about=MessageAbout(plc_id=about.plc_id, metric=about.metric, at=about.detected_at)
+                if about
+                else None,
             ),
             start_to_close_timeout=_SHORT,
             retry_policy=_RETRY,
         )
+        return reached
+
+    # -- the roster's escalation chains -------------------------------------------------------
+    async def _ask_chain(
+        self, alert: DriftAlert, proposal: ActionProposal, plan: ResponsePlan
+    ) -> tuple[bool, str | None, str, list[str]]:
+        """Ask the chain in order, each person for their step's time; a request that reached
+        nobody (refused, or reported failed by Twilio's callback) moves on at once."""
+        wf_id = workflow.info().workflow_id
+        code = f"{workflow.random().randint(0, 9999):04d}"
+        allowed = [a for st in plan.chain for a in (st.address, st.fallback) if a]
+        self._pending = PendingApproval(
+            code=code,
+            action=proposal.action,
+            requested_at=workflow.now(),
+            approvers=list(dict.fromkeys(allowed)),
+        )
+        asked: list[str] = []
+        for round_ in range(plan.chain_repeat + 1):
+            for i, step in enumerate(plan.chain):
+                later = bool(round_ or i)
+                self._set_status(
+                    f"waiting for {step.person} to approve {proposal.action} (code {code})"
+                    + (" — escalated" if later else "")
+                )
+                reached: int = await workflow.execute_activity_method(
+                    NotifyActivities.request_approval,
+                    RequestApprovalInput(
+                        workflow_id=wf_id,
+                        code=code,
+                        alert=alert,
+                        proposal=proposal,
+                        recipients=[step.address],
+                        summary=self._summary,
+                        escalation=later,
+                        timeout_s=step.wait_s,
+                        fallbacks={step.address: step.fallback} if step.fallback else {},
+                        attempt=round_,
+                    ),
+                    start_to_close_timeout=_SHORT,
+                    retry_policy=_RETRY,
+                )
+                asked.append(f"{step.person} ({step.wait_s / 60:g} min)")
+                if not reached:
+                    self._unreachable.add((code, step.address))
+                await replied_within(
+                    lambda st=step: (
+                        self._decision is not None  # type: ignore[misc]
+                        or (code, st.address) in self._unreachable
+                    ),
+                    step.wait_s,
+                    f"approval timer ({step.person})",
+                )
+                if self._decision is not None:
+                    break
+                if (code, step.address) in self._unreachable:
+                    asked[-1] = f"{step.person} (not reachable)"
+            if self._decision is not None:
+                break
+        decision = self._decision
+        self._pending = None
+        if decision is None:
+            await self._close_requests(code, "expired", None)
+            return False, None, "not_approved_in_time", asked
+        await self._close_requests(
+            code, "approved" if decision.approve else "denied", decision.approver
+        )
+        if not decision.approve:
+            return False, None, "denied", asked
+        return True, decision.approver, "approved", asked
+
+    async def _page(self, alert: DriftAlert, proposal: ActionProposal, plan: ResponsePlan) -> str:
+        """Page the chain (a notify action: the backup first) until someone answers ACK."""
+        code = f"{workflow.random().randint(0, 9999):04d}"
+        self._page_code = code
+        self._page_to = [a for st in plan.page_chain for a in (st.address, st.fallback) if a]
+        paged: list[str] = []
+        for round_ in range(plan.page_repeat + 1):
+            for i, step in enumerate(plan.page_chain):
+                self._set_status(f"paging {step.person} ({proposal.action}, ACK {code})")
+                body = "\n".join(
+                    [
+                        f"FactoryLM page: {proposal.description}."
+                        + (" (escalated: not acknowledged)" if round_ or i else ""),
+                        f"{alert.describe()}.",
+                        f"Why: {proposal.reason}.",
+                        *([self._summary] if self._summary else []),
+                        *_trace_line(alert),
+                    ]
+                )
+                reached = await self._tell(
+                    f"page/{round_}/{i}",
+                    [step.address],
+                    body,
+                    about=alert,
+                    kind=MessageKind.PAGE,
+                    ack_code=code,
+                    fallbacks={step.address: step.fallback} if step.fallback else {},
+                )
+                paged.append(step.person)
+                if not reached:
+                    self._unreachable.add((code, step.address))
+                await replied_within(
+                    lambda st=step: (
+                        self._ack is not None  # type: ignore[misc]
+                        or (code, st.address) in self._unreachable
+                    ),
+                    step.wait_s,
+                    f"ACK timer ({step.person})",
+                )
+                if self._ack is not None:
+                    return f"Paged {', then '.join(paged)}; acknowledged by {self._ack.by}."
+        return f"Paged {', then '.join(paged)}; nobody acknowledged."
 
     async def _execute(
         self, proposal: ActionProposal, approved_by: str | None, plan: ResponsePlan
@@ -426,6 +594,23 @@ class DriftResponseWorkflow:
             return []
         peak = max(self._evidence, key=lambda a: abs(a.sigma))
         return [f"{len(self._evidence)} alarms while open; peak {peak.sigma:+.1f}σ."]
+
+    @workflow.signal
+    def delivery_failed(self, failure: DeliveryFailure) -> None:
+        """A request or page reached nobody on any channel (Twilio's status callback): the
+        wait for that person ends now and the next one is asked."""
+        self._unreachable.add((failure.code, failure.address))
+
+    @workflow.signal
+    def acknowledge(self, ack: Acknowledgement) -> None:
+        """'ACK <code>' from a person paged: the escalation stops. Signals have no validator,
+        so a wrong code or a person never paged is ignored here."""
+        if self._ack is None and ack.code == self._page_code and ack.by in self._page_to:
+            self._ack = ack
+
+    @workflow.query
+    def acknowledged_by(self) -> str | None:
+        return self._ack.by if self._ack else None
 
     @workflow.query
     def pending_approval(self) -> PendingApproval | None:

@@ -19,6 +19,12 @@ class RequestApprovalInput(Model):
     summary: str = Field(default="", description="the agents' findings, in a few lines")
     escalation: bool = Field(default=False, description="the on-duty approver did not answer")
     timeout_s: float = 300.0
+    fallbacks: dict[str, str] = Field(
+        default_factory=dict, description="recipient -> SMS number tried when WhatsApp fails"
+    )
+    attempt: int = Field(
+        default=0, description="the escalation chain's round (a repeat asks again)"
+    )
 
 
 class CloseApprovalInput(Model):

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field
 
 from factorylm.models.base import Model
+from factorylm.models.messages import EscalationStep
 from factorylm.plant import ActionKind, Policy
 
 
@@ -128,6 +129,16 @@ class ResponsePlan(Model):
     )
     plc_task_queue: str = Field(description="the edge worker's queue, where PLC writes run")
     outcome_wait_s: float = Field(default=72 * 3600, description="how long to await the fix report")
+    # From the on-call roster (factorylm/roster.py). Empty in plans recorded before rosters:
+    # the workflow then asks `approvers` as it did.
+    chain: list[EscalationStep] = Field(
+        default_factory=list, description="whom to ask for an approval, in order"
+    )
+    chain_repeat: int = Field(default=0, description="times the chain runs again unanswered")
+    page_chain: list[EscalationStep] = Field(
+        default_factory=list, description="whom a notify action pages, in order, until an ACK"
+    )
+    page_repeat: int = 0
 
 
 class DriftResponseResult(Model):
