@@ -1,6 +1,6 @@
 """Every protocol against its real peer: the product's drivers reading (decode, scale) and
-writing the simulator's snap7, cpppo, pymodbus TCP and RTU servers, and a PLC that stops
-answering and comes back."""
+writing the simulator's snap7, cpppo, pymodbus TCP and RTU and asyncua servers, and a PLC that
+stops answering and comes back."""
 
 from __future__ import annotations
 
@@ -28,10 +28,13 @@ async def plant_sim(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[P
         "press-1": {"name": "speed_setpoint", "db": 2, "offset": 0, "type": "real"},
         "mixer-1": {"name": "speed_setpoint", "tag": "Speed_SP", "type": "dint"},
         "pump-1": {"name": "speed_setpoint", "register": 60, "type": "u32", "word_order": "little"},
+        "oven-1": {"name": "speed_setpoint", "node_id": "ns=2;s=oven-1.speed_sp", "type": "double"},
     }
     for plc in raw["plcs"]:
         plc["timeout_ms"] = 300
-        if plc["id"] in extra:
+        if plc["id"] == "oven-1":  # its own setpoint stays: the catalog names it
+            plc["setpoints"].append({**extra["oven-1"], "min": 0, "max": 3000})
+        elif plc["id"] in extra:
             plc["setpoints"] = [{**extra[plc["id"]], "min": 0, "max": 3000}]
         if plc["id"] == "press-1":
             plc["setpoints"].append(
@@ -51,7 +54,7 @@ async def plant_sim(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[P
     await sim.stop()
 
 
-PLC_IDS = ["conveyor-1", "press-1", "mixer-1", "pump-1"]
+PLC_IDS = ["conveyor-1", "press-1", "mixer-1", "pump-1", "oven-1"]
 
 
 @pytest.fixture
@@ -71,18 +74,25 @@ async def test_reads_every_metric_decoded_and_scaled(
     plc = driver.plc
     peer = plant_sim.peers[plc.id]
     await peer.tick()
-    values = await driver.read_points(list(plc.metrics))
+    # The peer ticks on its own (every 50 ms for some): compare against what it held both just
+    # before and just after the driver's read, so no tick fell in between.
+    for _attempt in range(20):
+        before = {m.name: await peer.read(m.name) for m in plc.metrics}
+        values = await driver.read_points(list(plc.metrics))
+        held = {m.name: await peer.read(m.name) for m in plc.metrics}
+        if held == before:
+            break
     assert set(values) == {m.name for m in plc.metrics}
     for metric in plc.metrics:
         # What the driver decoded is what the peer holds, to the register's resolution.
         resolution = metric.scale if metric.type in ("u16", "i16", "u32", "i32") else 1e-3
-        assert values[metric.name] == pytest.approx(await peer.read(metric.name), abs=resolution)
+        assert values[metric.name] == pytest.approx(held[metric.name], abs=resolution)
         if metric.baseline is not None and metric.name != "run_hours":
             base = metric.baseline
             assert abs(values[metric.name] - base.mean) < 6 * base.std, metric.name
 
 
-@pytest.mark.parametrize("driver", ["press-1", "mixer-1", "pump-1"], indirect=True)
+@pytest.mark.parametrize("driver", ["press-1", "mixer-1", "pump-1", "oven-1"], indirect=True)
 async def test_writes_a_setpoint_and_reads_it_back(
     plant_sim: PlantSimulator, driver: PlcDriver
 ) -> None:
