@@ -10,6 +10,21 @@ from typing import Protocol
 
 from factorylm.models.work_orders import OpenWorkOrderInput, WorkOrderRef
 
+# The ApplicationError type of a refusal that no retry can change (a licence, a free tier).
+CMMS_REFUSED = "CmmsRefused"
+
+
+class CmmsRefusedError(RuntimeError):
+    """The CMMS will not take this work order until a person changes something there (its
+    licence, its free tier, its storage, the account's permissions). Never retried: the
+    activity keeps the work order in the built-in store instead and tells operations."""
+
+    def __init__(self, system: str, kind: str, message: str) -> None:
+        super().__init__(f"{system} refused the work order ({kind}): {message}")
+        self.system = system
+        self.kind = kind
+        self.message = message
+
 
 class WorkOrderStore(Protocol):
     """Attachments arrive as references to files in the blob store, never as bytes in payloads."""
