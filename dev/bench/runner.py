@@ -23,7 +23,8 @@ from factorylm.db.pool import prepare_database
 from factorylm.settings import Settings
 from ingest.writer import _COLUMNS, BatchWriter, Sample
 
-Bench = Callable[[Settings], Awaitable[dict[str, Any]]]
+# A benchmark returns its line, or several (one per configuration, e.g. `detection`).
+Bench = Callable[[Settings], Awaitable[dict[str, Any] | list[dict[str, Any]]]]
 
 
 def _rows(tag: str, n: int) -> list[Sample]:
@@ -77,17 +78,22 @@ async def ingest_writer(settings: Settings, n: int = 200_000, rounds: int = 3) -
 
 def _registry() -> dict[str, Bench]:
     from dev.bench.approval import approval_to_write_p99_ms, fault_to_whatsapp_s
+    from dev.bench.board import board_p99_ms
+    from dev.bench.detection import detection
     from dev.bench.drift import drift_storm_workflows, drift_to_workflow_p99_ms
     from dev.bench.ingest import ingest_end_to_end, poll_cycle
     from dev.bench.lifecycle import lifecycle
     from dev.bench.memory import embed_throughput, similarity_top5_p99_ms
+    from dev.bench.opcua import opcua_ingest
     from dev.bench.outage import alarm_outage
     from dev.bench.photo import photo_to_workorder_p99_ms
+    from dev.bench.sparkplug import sparkplug_ingest
 
     return {
         "ingest_writer": ingest_writer,
         "drift_to_workflow_p99_ms": drift_to_workflow_p99_ms,
         "drift_storm_workflows": drift_storm_workflows,
+        "detection": detection,
         "alarm_outage": alarm_outage,
         "poll_cycle": poll_cycle,
         "ingest_end_to_end": ingest_end_to_end,
@@ -97,6 +103,9 @@ def _registry() -> dict[str, Bench]:
         "similarity_top5_p99_ms": similarity_top5_p99_ms,
         "embed_throughput": embed_throughput,
         "lifecycle": lifecycle,
+        "board_p99_ms": board_p99_ms,
+        "opcua_ingest": opcua_ingest,
+        "sparkplug_ingest": sparkplug_ingest,
     }
 
 
@@ -108,7 +117,8 @@ async def run(settings: Settings, names: list[str]) -> None:
     await prepare_database(settings)
     for name in names:
         result = await BENCHMARKS[name](settings)
-        print(json.dumps(result), flush=True)
+        for line in result if isinstance(result, list) else [result]:
+            print(json.dumps(line), flush=True)
 
 
 def main(settings: Settings, name: str) -> int:

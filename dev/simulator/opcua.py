@@ -235,6 +235,11 @@ class SimulatedOpcUaPlc(SimulatedPeer):
                 node.nodeid, _data_value(_typed(vt, value), vt, now, StatusCodes.Good)
             )
 
+    async def store(self, values: Sequence[tuple[Point, float]]) -> None:
+        """Set values now, with a good status (what a tick does; the benchmark's server
+        loop calls it)."""
+        await self._store(values)
+
     async def put(
         self,
         name: str,
