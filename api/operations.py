@@ -33,8 +33,9 @@ log = logging.getLogger(__name__)
 # request (and, through it, the API's shutdown) forever.
 UPDATE_TIMEOUT_S = 10.0
 
-# WO- and up to 18 ASCII digits: below int64's range, and no "²" that str.isdigit() accepts.
-_WORK_ORDER_ID = re.compile(r"^(?:WO-)?(?P<digits>[0-9]{1,18})$")
+# WO- (the built-in store) or ATLAS- (Atlas CMMS, as the work-order activity names them) and up
+# to 18 ASCII digits: below int64's range, and no "²" that str.isdigit() accepts.
+_WORK_ORDER_ID = re.compile(r"^(?:(?P<system>WO|ATLAS)-)?(?P<digits>[0-9]{1,18})$")
 
 
 class ApprovalBody(BaseModel):
@@ -133,8 +134,12 @@ class OperatorRoutes:
         label = request.path_params["wo_id"]
         match = _WORK_ORDER_ID.match(label)
         if match is None:
-            return error(400, f"work order ids look like WO-000123, not {label[:40]!r}")
+            return error(
+                400, f"work order ids look like WO-000123 or ATLAS-123, not {label[:40]!r}"
+            )
         digits = match["digits"]
+        if match["system"] == "ATLAS":
+            return await self._atlas_work_order(label, digits)
         row = await self._pool.fetchrow("SELECT * FROM work_orders WHERE id = $1", int(digits))
         if row is None:
             return error(404, f"no work order {label}")
@@ -146,6 +151,38 @@ class OperatorRoutes:
                 "priority": row["priority"],
                 "status": row["status"],
                 "asset_id": row["asset_id"],
+                "created_at": row["created_at"].isoformat(),
+            }
+        )
+
+    async def _atlas_work_order(self, label: str, digits: str) -> JSONResponse:
+        """What FactoryLM sent to Atlas (cmms_links): this process holds no Atlas credentials,
+        and Atlas keeps only an escaped, possibly cut copy of the description. The live status
+        is Atlas's own."""
+        row = await self._pool.fetchrow(
+            """SELECT * FROM cmms_links WHERE system = 'atlas' AND remote_id = $1
+               ORDER BY created_at DESC LIMIT 1""",
+            str(int(digits)),
+        )
+        if row is None:
+            return error(404, f"no work order {label}")
+        return JSONResponse(
+            {
+                "id": f"ATLAS-{row['remote_id']}",
+                "system": "atlas",
+                "title": row["title"],
+                "description": row["description"],
+                "priority": row["priority"],
+                "status": None,  # kept in Atlas: FactoryLM does not mirror it
+                "asset_id": row["asset_id"],
+                "atlas": {
+                    "id": int(row["remote_id"]),
+                    "custom_id": row["remote_custom_id"],
+                    "asset_id": None
+                    if row["remote_asset_id"] is None
+                    else int(row["remote_asset_id"]),
+                    "description_cut": row["truncated"],
+                },
                 "created_at": row["created_at"].isoformat(),
             }
         )

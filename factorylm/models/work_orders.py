@@ -39,3 +39,6 @@ class WorkOrderRef(Model):
     id: str
     created: bool
     system: str = "builtin"
+    # Set when the work order is not where it was meant to go (Atlas refused it and the
+    # built-in store kept it): the workflow's summary says so.
+    note: str | None = None
