@@ -184,6 +184,8 @@ class AtlasCmms:
         self._uploaded: dict[tuple[str, str], int] = {}
         self.sign_ins = 0
         self.refreshes = 0
+        # Why an asset could not be created, by FactoryLM asset id (said in the description).
+        self.asset_refusals: dict[str, str] = {}
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -324,11 +326,18 @@ class AtlasCmms:
         if matches:
             remote = int(matches[0]["id"])
         elif self._create_assets:
-            made = await self._call(
-                "POST",
-                "/assets",
-                json={"name": asset_id, "description": f"FactoryLM asset {asset_id}"},
-            )
+            try:
+                made = await self._call(
+                    "POST",
+                    "/assets",
+                    json={"name": asset_id, "description": f"FactoryLM asset {asset_id}"},
+                )
+            except AtlasRefusedError as refused:
+                # The free tier's 50 assets, say: the work order itself may still go in,
+                # naming the asset in its text; the next one tries again.
+                log.warning("Atlas refused to create asset %r: %s", asset_id, refused.message)
+                self.asset_refusals[asset_id] = refused.message
+                return None
             remote, created = int(made.json()["id"]), True
             log.info("created Atlas asset %s for %s", remote, asset_id)
         else:
@@ -426,7 +435,9 @@ class AtlasCmms:
         file_ids = [await self._upload(req.external_key, a) for a in req.attachments]
         text = req.description
         if req.asset_id and asset_id is None:
-            text += f"\nFactoryLM asset: {req.asset_id} (no Atlas asset of that name)"
+            why = self.asset_refusals.pop(req.asset_id, None)
+            text += f"\nFactoryLM asset: {req.asset_id} (no Atlas asset of that name"
+            text += f"; Atlas refused to create it: {why})" if why else ")"
         description, truncated = fit_description(text, f"\n\n{marker(req.external_key)}")
         body: dict[str, Any] = {
             "title": req.title,

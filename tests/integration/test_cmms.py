@@ -13,7 +13,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from dev.fakes.atlas import FREE_ACTIVE_WORK_ORDERS, FakeAtlas
+from dev.fakes.atlas import FREE_ACTIVE_WORK_ORDERS, FREE_ASSETS, FakeAtlas
 from dev.fakes.server import LocalServer
 from factorylm.cmms.atlas import AtlasCmms, AtlasError, AtlasRefusedError, marker
 from factorylm.cmms.builtin import BuiltinCmms
@@ -324,6 +324,27 @@ async def test_assets_are_created_when_configured_once_and_remembered(
         await second.close()
     assert sum(1 for _, path, _ in fake.requests if path == "/assets/search") == 1
     assert len(fake.assets) == 1
+
+
+async def test_an_asset_atlas_refuses_to_create_leaves_the_work_order_in_atlas_naming_it(
+    pool: asyncpg.Pool, fake: FakeAtlas
+) -> None:
+    for n in range(FREE_ASSETS):
+        add_asset(fake, f"other-{n}")
+    url = fake.url  # type: ignore[attr-defined]
+    store = AtlasCmms(pool, url, fake.email, fake.password, create_assets=True)
+    try:
+        ref = await store.open(order(key()))
+    finally:
+        await store.close()
+    assert ref.created and ref.system == "atlas" and len(fake.assets) == FREE_ASSETS
+    wo = fake.work_orders[int(ref.id.removeprefix("ATLAS-"))]
+    assert wo["asset"] is None
+    assert (
+        "FactoryLM asset: conveyor-1 (no Atlas asset of that name; Atlas refused to create it: "
+        "You need a license to add a new asset. Free Limit reached: 50)"
+    ) in wo["description"]
+    assert await pool.fetchval("SELECT count(*) FROM cmms_assets") == 0
 
 
 def test_atlas_settings_must_be_complete(monkeypatch: pytest.MonkeyPatch) -> None:
