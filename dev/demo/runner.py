@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 from dev.demo.environment import Demo, demo_settings, say
+from dev.demo.narrator import Narrator
 from dev.demo.scenarios import scenario
 from factorylm.settings import Settings
 
@@ -33,7 +34,15 @@ async def run(settings: Settings, *, once: bool, name: str = "drift") -> int:
         summary = await scenario(name)(demo, say)
         if not once:
             say("the demo stays up: open the Web UI, try the API; Ctrl-C stops what it started")
-            await stop.wait()
+            # From here on every alarm, workflow start, message and write gets a line, so a
+            # fault injected by hand (`factorylm simulate inject`) shows what it set off.
+            narrator = Narrator(demo.settings.pg_dsn, say)
+            await narrator.start()
+            say("narrating what happens next (alarms, workflows, messages, PLC writes)")
+            try:
+                await stop.wait()
+            finally:
+                await narrator.stop()
     except Exception as exc:
         log.debug("demo failed", exc_info=True)
         say(f"FAILED: {exc}")

@@ -75,3 +75,13 @@ CREATE TRIGGER audit_notify AFTER UPDATE OF delivered_at ON alarm_outbox
 CREATE TRIGGER audit_notify AFTER UPDATE OF status ON approval_requests
     FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status)
     EXECUTE FUNCTION factorylm_audit_notify('id');
+-- A message's delivery state (queued → sent → delivered | failed), where the outbound path's
+-- table exists (migration 0019).
+DO $$
+BEGIN
+    IF to_regclass('outbound_messages') IS NOT NULL THEN
+        CREATE TRIGGER audit_notify AFTER INSERT OR UPDATE OF state ON outbound_messages
+            FOR EACH ROW EXECUTE FUNCTION factorylm_audit_notify('id');
+    END IF;
+END
+$$;
