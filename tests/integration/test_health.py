@@ -102,12 +102,23 @@ async def test_silent_plc_gives_one_alert_one_restart_then_recovers(
     assert st.ingest is not None
     ingest = st.ingest
     await wait_for("the restart", lambda: ingest.manager.restarts[plc_id] == 1, timeout_s=10)
+    # The monitor's alert (the ingest's own collector alert reaches the on-duty too).
     alert = await pool.fetchval(
         "SELECT body FROM notifications WHERE recipient = $1 AND body LIKE $2",
         ON_DUTY,
-        f"%{plc_id}%",
+        f"FactoryLM health%{plc_id}%",
     )
     assert "FactoryLM health: critical" in alert and "failing" in alert
+    collector_alert = await wait_for(
+        "the ingest's collector alert to the on-duty",
+        lambda: pool.fetchval(
+            "SELECT body FROM notifications WHERE recipient = $1 AND body LIKE $2",
+            ON_DUTY,
+            f"FactoryLM alert: PLC {plc_id} %",
+        ),
+        timeout_s=30,
+    )
+    assert "has failed 3 polls in a row" in collector_alert
 
     again = await run_monitor(st)  # still failing: the same incident, no second alert
     assert again.alerts_sent == 0 and again.restarted == []
