@@ -19,6 +19,7 @@ from factorylm.db.pool import create_pool, prepare_database
 from factorylm.plant import Plant
 from factorylm.settings import Settings, SettingsError, unsafe_listener
 from ingest.drift import DriftConfig
+from ingest.publisher import EventPublisher
 from ingest.service import IngestService
 from temporal.schedules import ensure_schedules
 from workers import agents, plc_edge
@@ -50,6 +51,7 @@ class Stack:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _api: AppServer | None = None
     _closers: list[PlcWriteActivities] = field(default_factory=list)
+    publisher: EventPublisher | None = None
 
     async def start(self) -> None:
         # Before anything starts: an API reachable from elsewhere with a default secret.
@@ -71,6 +73,11 @@ class Stack:
             self._closers.append(writes)
         for worker in self._workers:
             self._tasks.append(asyncio.create_task(worker.run()))
+        if self.run_agents_worker and self.plant.publish is not None:
+            # The agents worker's process publishes the plant's events to its broker: its
+            # database role already reads every audit table the events come from.
+            self.publisher = EventPublisher(self.plant, self.pool)
+            self.publisher.start()
         if self.run_ingest:
             self.ingest = IngestService(
                 self.settings, self.plant, self.client, drift=drift_config(self.settings)
@@ -90,6 +97,8 @@ class Stack:
             await self.ingest.stop()
         if self._api is not None:
             await self._api.stop()
+        if self.publisher is not None:
+            await self.publisher.stop()
         for worker in self._workers:
             await worker.shutdown()
         await asyncio.gather(*self._tasks, return_exceptions=True)

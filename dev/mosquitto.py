@@ -30,6 +30,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from dev.fakes.server import free_port
+from factorylm.plant import Plant, Plc
+from factorylm.protocols import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -196,15 +198,46 @@ class Mosquitto:
         await self.start()
         return self
 
+    async def close(self) -> None:
+        """Stop it and remove its directory (when it made its own)."""
+        await self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.stop()
-        if self._own_dir:
-            shutil.rmtree(self.directory, ignore_errors=True)
+        await self.close()
+
+
+MQTT_PROTOCOLS = frozenset({Protocol.SPARKPLUG_B, Protocol.MQTT_JSON})
+
+
+async def start_brokers(plant: Plant, plcs: list[Plc] | None = None) -> list[Mosquitto]:
+    """A broker on each loopback address the plant's MQTT entries (of `plcs`, or all of
+    them, and its `publish:`) name where none listens yet: the simulated plant's own broker,
+    as a real plant has one. Entries with TLS or a user name need a broker set up for them."""
+    endpoints: list[tuple[str, int]] = []
+    for plc in plcs if plcs is not None else plant.plcs:
+        if plc.protocol in MQTT_PROTOCOLS and not plc.tls and plc.username is None:
+            endpoints.append((plc.host, plc.tcp_port))
+    if plant.publish is not None and plcs is None and not plant.publish.tls:
+        endpoints.append((plant.publish.host, plant.publish.port))
+    started: list[Mosquitto] = []
+    try:
+        for host, port in dict.fromkeys(endpoints):
+            if host in ("127.0.0.1", "localhost") and not _accepts("127.0.0.1", port):
+                broker = Mosquitto(port=port)
+                await broker.start()
+                started.append(broker)
+    except BaseException:
+        for broker in started:
+            await broker.close()
+        raise
+    return started
 
 
 def _spawn(config: Path) -> subprocess.Popen[bytes]:

@@ -295,10 +295,35 @@ class CatalogAction(_Strict):
         return self
 
 
+class MqttPublish(_Strict):
+    """Where FactoryLM publishes its own events (drift alarms, approvals, PLC writes, work
+    orders) for the plant's SCADA or unified namespace: a broker and a topic namespace."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    # The topic tree's root ("acme/plant-1"), the plant's name if unset; for Sparkplug, its group.
+    namespace: str | None = Field(default=None, pattern=r"^[^+#$][^+#]*$", max_length=200)
+    format: Literal["json", "sparkplug"] = "json"
+    username: str | None = None
+    password_env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]*$")
+    tls: bool = False
+    ca_file: str | None = None
+    interval_ms: int = Field(default=1000, ge=50)  # how often the audit tables are read
+    timeout_ms: int = Field(default=5000, ge=100)
+    session_expiry_s: int = Field(default=0, ge=0)
+
+    id: str = "publisher"  # names the connection in messages, as a PLC's id does
+
+    @property
+    def tcp_port(self) -> int:
+        return self.port
+
+
 class Plant(_Strict):
     name: str = "plant"
     plcs: list[Plc] = Field(min_length=1)
     actions: list[CatalogAction] = Field(default_factory=list)
+    publish: MqttPublish | None = None
 
     @model_validator(mode="after")
     def _references(self) -> Plant:

@@ -32,10 +32,14 @@ def plant_with_free_ports(tmp_path: Path) -> tuple[Plant, Path]:
     """The shipped demo plant, with each simulated PLC moved to a free port (and each serial
     device into tmp_path), so test runs side by side never share a peer."""
     raw = yaml.safe_load((PROJECT_ROOT / "config" / "plant.yaml").read_text())
+    moved: dict[int, int] = {}  # PLCs that share a port (an MQTT broker) share the new one
     for plc in raw["plcs"]:
-        plc["port"] = free_port()
+        old = plc.get("port")
+        plc["port"] = moved.setdefault(old, free_port()) if old else free_port()
         if plc.get("serial_port"):
             plc["serial_port"] = str(tmp_path / "tty" / plc["id"])
+    if raw.get("publish"):
+        raw["publish"]["port"] = moved.setdefault(raw["publish"]["port"], free_port())
     path = tmp_path / "plant.yaml"
     path.write_text(yaml.safe_dump(raw))
     return Plant.model_validate(raw), path

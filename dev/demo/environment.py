@@ -75,6 +75,8 @@ class Demo:
         self.simulator = PlantSimulator(self.plant, seed=7, control_port=self.control_port)
         await self.simulator.start()
         self.sims = self.simulator.peers
+        for broker in self.simulator.brokers:
+            say(f"MQTT broker (Mosquitto) on {broker.host}:{broker.port}")
         for peer in self.sims.values():
             say(f"simulated {peer.protocol_label} PLC {peer.plc.id} on {peer.address}")
         if self.simulator.control is not None:
@@ -99,6 +101,13 @@ class Demo:
         await self.stack.start()
         await self._sample_manuals()
         say(f"workers on task queues {settings.task_queue} and {settings.plc_task_queue}")
+        if self.stack.publisher is not None:
+            pub = self.stack.publisher
+            say(
+                f"FactoryLM's events on mqtt://{pub.config.host}:{pub.config.port} under "
+                f"{pub.namespace}/factorylm/# ({pub.config.format}): drift alarms, approvals, "
+                "PLC writes, work orders"
+            )
         say(
             f"ingest polling {len(self.plant.plcs)} PLC(s); drift window "
             f"{settings.drift_window_s:g} s, on-delay {settings.drift_on_delay_s:g} s"

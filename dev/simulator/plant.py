@@ -7,6 +7,7 @@ import importlib
 import logging
 from typing import cast
 
+from dev.mosquitto import Mosquitto, start_brokers
 from dev.simulator.control import ControlServer
 from dev.simulator.peer import SimulatedPeer
 from dev.simulator.signals import FaultError, FaultKind
@@ -54,9 +55,15 @@ class PlantSimulator:
             ControlServer(self, control_host, control_port) if control_port is not None else None
         )
         self._started: list[SimulatedPeer] = []
+        self.brokers: list[Mosquitto] = []
 
     async def start(self) -> None:
         try:
+            # MQTT peers publish to a broker: the simulated plant brings its own.
+            served = [p.plc for p in self.peers.values()]
+            self.brokers = await start_brokers(
+                self.plant, served if len(served) < len(self.plant.plcs) else None
+            )
             for peer in self.peers.values():
                 await peer.start()
                 self._started.append(peer)
@@ -74,6 +81,9 @@ class PlantSimulator:
         for peer, result in zip(started, results, strict=True):
             if isinstance(result, Exception):
                 log.warning("stopping simulated %s failed: %s", peer.plc.id, result)
+        brokers, self.brokers = self.brokers, []
+        for broker in brokers:
+            await broker.close()
 
     def peer(self, plc_id: str) -> SimulatedPeer:
         peer = self.peers.get(plc_id)

@@ -26,6 +26,7 @@ import ssl
 import time
 from collections.abc import Callable
 from functools import partial
+from typing import Protocol
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -56,20 +57,43 @@ def datatype_of(point: Point) -> sp.DataType:
     return _TYPE_OF_POINT.get(point.type, sp.DataType.DOUBLE)
 
 
-def broker_password(plc: Plc) -> str | None:
+class Broker(Protocol):
+    """A broker as the plant file names it: a PLC entry or the publisher's `publish:`."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def host(self) -> str: ...
+    @property
+    def tcp_port(self) -> int: ...
+    @property
+    def username(self) -> str | None: ...
+    @property
+    def password_env(self) -> str | None: ...
+    @property
+    def tls(self) -> bool: ...
+    @property
+    def ca_file(self) -> str | None: ...
+    @property
+    def session_expiry_s(self) -> int: ...
+    @property
+    def timeout_ms(self) -> int: ...
+
+
+def broker_password(plc: Broker) -> str | None:
     if plc.password_env is None:
         return None
     password = os.environ.get(plc.password_env)
     if password is None:
         raise PlcError(
-            f"PLC {plc.id}: the environment variable {plc.password_env} (its broker password) "
+            f"{plc.id}: the environment variable {plc.password_env} (its broker password) "
             "is not set"
         )
     return password
 
 
 def mqtt_client(
-    plc: Plc,
+    plc: Broker,
     identifier: str,
     *,
     persistent: bool,
@@ -84,7 +108,7 @@ def mqtt_client(
         try:
             tls = ssl.create_default_context(cafile=plc.ca_file)
         except (OSError, ssl.SSLError) as exc:
-            raise PlcError(f"PLC {plc.id}: cannot load ca_file {plc.ca_file}: {exc}") from exc
+            raise PlcError(f"{plc.id}: cannot load ca_file {plc.ca_file}: {exc}") from exc
     properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     properties.SessionExpiryInterval = plc.session_expiry_s if persistent else 0
     return aiomqtt.Client(
