@@ -64,7 +64,13 @@ class _Delivery(Subscription):
 
     async def publish_callback(self, publish_result: ua.PublishResult) -> None:
         self.last_publish_at = time.monotonic()
-        self.owner._published(publish_result)
+        try:
+            self.owner._published(publish_result)
+        except Exception as exc:
+            # Whatever a server sends must not break the publish loop or the ingest: this
+            # connection is dropped and the next one starts clean.
+            log.exception("PLC %s: a publish response could not be handled", self.owner.plc.id)
+            self.owner._lose(f"a publish response could not be handled ({exc!r})")
 
 
 class _NoHandler:

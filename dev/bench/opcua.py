@@ -142,7 +142,11 @@ class _Counter:
 
     def __init__(self) -> None:
         self.received = 0
+        self.status_changes = 0  # the subscription ended (it should not)
         self.latency: list[float] = []
+
+    def status_change_notification(self, status: Any) -> None:
+        self.status_changes += 1
 
     def datachange_notification(self, node: Any, val: Any, data: Any) -> None:
         self.received += 1
@@ -155,7 +159,9 @@ async def _anchor(plc: Plc, url: str, warmup_s: float, duration_s: float) -> dic
     from asyncua import ua
     from asyncua.client.client import Client
 
-    client = Client(url, timeout=30)
+    from factorylm.drivers.opcua import WATCHDOG_S
+
+    client = Client(url, timeout=30, watchdog_intervall=WATCHDOG_S)  # the product's watchdog
     client.session_timeout = 600_000
     await client.connect()
     try:

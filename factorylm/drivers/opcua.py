@@ -62,7 +62,8 @@ _INT_RANGES: dict[ua.VariantType, tuple[int, int]] = {
     ua.VariantType.Int64: (-(2**63), 2**63 - 1),
     ua.VariantType.UInt64: (0, 2**64 - 1),
 }
-MAX_CERT_FILES = 1000  # a trust directory is read whole; bound it
+MAX_CERT_FILES = 1000
+WATCHDOG_S = 5.0  # a trust directory is read whole; bound it
 
 
 def endpoint_url(plc: Plc) -> str:
@@ -366,7 +367,10 @@ async def open_client(
 ) -> Client:
     """A connected asyncua client: security and trust as `settings` say, the user's session.
     Every failure is a PlcError that starts with `who` and says what to check."""
-    client = Client(url, timeout=timeout_s, watchdog_intervall=1.0)
+    # The watchdog reads the server state this often and gives up on an answer after as
+    # long: 5 s, because a busy client's reply waits behind its publish responses, and a 1 s
+    # watchdog drops a healthy connection under load. A closed socket is noticed at once.
+    client = Client(url, timeout=timeout_s, watchdog_intervall=WATCHDOG_S)
     client.name = client.description = f"FactoryLM ({who})"
     # Ten minutes: what asyncua's server grants at most; asking for asyncua's default hour
     # only earns a warning on every connect.
