@@ -11,12 +11,15 @@ What it reproduces, because the client must survive each:
   "must not be null"; a bad priority 500 (a JSON parse error); an unknown asset id 500 (a
   foreign-key violation); unknown fields (`asset_id`) ignored.
 - text: titles, descriptions and asset names are HTML-cleaned on save (tags dropped, `&`,
-  `<`, `>` escaped, trimmed); the description column holds 10 000 characters (longer: 500).
+  `<`, `>` escaped, trimmed); a description over the documented 10 000 characters
+  (`@Column(length = 10000)`) is a 500 here. The build checked by hand stored 20 000 (its
+  column is `text`): this enforces the documented limit, which the client keeps to.
 - search: POST /work-orders/search and /assets/search with filterFields, `cn` is a case- and
   accent-insensitive LIKE in which `%` and `_` are wildcards, `eq` is exact; answers are
   Spring pages (content, totalElements, totalPages, number, size, first, last, empty).
-- create answers 200; work orders get customId WO000001…, status OPEN, and their due date
-  comes back as a timestamp; GET /work-orders/{id} takes the numeric id (404 otherwise).
+- a role without the create permission: 403 "Access denied". Create answers 200; work orders
+  get customId WO000001…, status OPEN, and their due date comes back as a timestamp;
+  GET /work-orders/{id} takes the numeric id (404 otherwise).
 - licence switches (`entitlements`): without FILE_ATTACHMENTS an upload is 403 "You need a
   license to add a file"; without UNLIMITED_ACTIVE_WORK_ORDERS the 31st incomplete work
   order is 403; without UNLIMITED_ASSETS the 51st asset is 403. Uploads need `folder`,
@@ -113,6 +116,8 @@ class FakeAtlas:
     # Licence entitlements held (LicenseEntitlement names); none: Atlas's free tier.
     entitlements: set[str] = field(default_factory=set)
     storage_configured: bool = False
+    # The user's role may create work orders (Atlas: 403 "Access denied" otherwise).
+    can_create_work_orders: bool = True
     work_orders: dict[int, dict[str, Any]] = field(default_factory=dict)
     assets: dict[int, dict[str, Any]] = field(default_factory=dict)
     files: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -279,6 +284,8 @@ class FakeAtlas:
             )
         if body.get("title") is None:
             return _error(400, "must not be null")
+        if not self.can_create_work_orders:
+            return _error(403, "Access denied")
         if (
             "UNLIMITED_ACTIVE_WORK_ORDERS" not in self.entitlements
             and self._active() >= FREE_ACTIVE_WORK_ORDERS

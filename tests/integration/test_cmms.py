@@ -233,6 +233,16 @@ async def test_the_full_free_tier_is_a_refusal_naming_the_limit(
     assert info.value.kind == "free tier" and len(fake.work_orders) == FREE_ACTIVE_WORK_ORDERS
 
 
+async def test_a_role_without_permission_is_a_refusal_but_an_expired_token_is_not(
+    fake: FakeAtlas, store: AtlasCmms
+) -> None:
+    fake.can_create_work_orders = False
+    fake.expire_tokens()  # both are 403 in Atlas: one with a message, one empty
+    with pytest.raises(AtlasRefusedError, match="Access denied") as info:
+        await store.open(order(key(), asset_id=None))
+    assert info.value.kind == "forbidden"
+
+
 async def test_the_upload_rate_limit_is_retried_not_refused(
     tmp_path: Path, fake: FakeAtlas, store: AtlasCmms
 ) -> None:
