@@ -10,9 +10,6 @@ from typing import Protocol
 
 from factorylm.models.work_orders import OpenWorkOrderInput, WorkOrderRef
 
-# The ApplicationError type of a refusal that no retry can change (a licence, a free tier).
-CMMS_REFUSED = "CmmsRefused"
-
 
 class CmmsRefusedError(RuntimeError):
     """The CMMS will not take this work order until a person changes something there (its
