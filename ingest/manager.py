@@ -315,20 +315,32 @@ class CollectorManager:
         await self._upsert(self.status())
         if self._writer is not None:
             pool = await self._get_pool()
+            spool = self._writer.spool
             await pool.execute(
                 """INSERT INTO ingest_writer_status
                        (host, samples_written, samples_pending, samples_dropped, last_error,
-                        updated_at)
-                   VALUES ($1, $2, $3, $4, $5, now())
+                        spool_bytes, spool_samples, spool_oldest, spool_dropped, backfilled,
+                        backfill_rate, updated_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, now())
                    ON CONFLICT (host) DO UPDATE SET samples_written = EXCLUDED.samples_written,
                        samples_pending = EXCLUDED.samples_pending,
                        samples_dropped = EXCLUDED.samples_dropped,
-                       last_error = EXCLUDED.last_error, updated_at = now()""",
+                       last_error = EXCLUDED.last_error, spool_bytes = EXCLUDED.spool_bytes,
+                       spool_samples = EXCLUDED.spool_samples,
+                       spool_oldest = EXCLUDED.spool_oldest,
+                       spool_dropped = EXCLUDED.spool_dropped, backfilled = EXCLUDED.backfilled,
+                       backfill_rate = EXCLUDED.backfill_rate, updated_at = now()""",
                 self._host,
                 self._writer.written,
                 self._writer.pending,
-                self._writer.dropped,
+                self._writer.dropped + (spool.dropped if spool else 0),
                 self._writer.last_error,
+                spool.bytes if spool else 0,
+                spool.pending_samples() if spool else 0,
+                spool.oldest() if spool else None,
+                spool.dropped if spool else 0,
+                self._writer.backfilled,
+                self._writer.backfill_rate,
             )
 
     async def _upsert(self, rows: list[dict[str, Any]]) -> None:

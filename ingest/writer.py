@@ -1,20 +1,29 @@
 """Batch writer: samples into the `samples` hypertable with asyncpg's binary COPY.
 
-Flushes when a batch is full or at least every `max_delay_s`. The buffer is bounded: while
-PostgreSQL is unreachable the writer retries with backoff and keeps everything until the
-buffer is full, then drops the oldest samples and counts each one it dropped.
+Flushes when a batch is full or at least every `max_delay_s`. With a spool (ingest/spool.py,
+the production default), samples PostgreSQL cannot take — it is unreachable, or the memory
+buffer passed its high-water mark — go to local disk within `max_delay_s` and are backfilled
+in time order once it is back, by a second connection, while live samples keep flowing on the
+first. Without one (tests, benchmarks of the plain path), the buffer is bounded: while
+PostgreSQL is unreachable the writer retries with backoff and keeps everything until the buffer
+is full, then drops the oldest samples and counts each one it dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Iterable
 from datetime import datetime
 
 import asyncpg
 from opentelemetry import metrics
+
+from factorylm.channels import SAMPLES_CHANNEL
+from ingest.spool import Record, Spool
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +48,9 @@ class BatchWriter:
         max_delay_s: float = 1.0,
         buffer_rows: int = 1_000_000,
         max_backoff_s: float = 5.0,
+        spool: Spool | None = None,
+        high_water_rows: int | None = None,
+        backfill_rows: int = 50_000,
     ) -> None:
         self._dsn = dsn
         self._max_rows = max_rows
@@ -54,9 +66,24 @@ class BatchWriter:
         self.dropped = 0
         self.flushes = 0
         self.last_error: str | None = None
+        self._spool = spool
+        # Past this many buffered rows (PostgreSQL slower than the plant), the rest goes to disk.
+        self._high_water = high_water_rows if high_water_rows is not None else buffer_rows // 2
+        self._backfill_rows = backfill_rows
+        self._db_down = False
+        self._next_probe = 0.0
+        self._backfill_task: asyncio.Task[None] | None = None
+        self._backfill_wake = asyncio.Event()
+        self.backfilled = 0
+        self.backfill_rate = 0.0  # samples/s of the last backfill COPYs
 
     # -- producer side -----------------------------------------------------------------------
     def add(self, samples: Iterable[Sample]) -> None:
+        if self._db_down and self._spool is not None:
+            # During an outage a poll's samples go straight to disk: a kill -9 then loses at
+            # most the spool's fsync interval, not also what sat in memory.
+            self._spool.append(list(samples))
+            return
         self._buffer.extend(samples)
         if len(self._buffer) > self._buffer_rows:
             self._trim()
@@ -68,8 +95,16 @@ class BatchWriter:
         return len(self._buffer)
 
     # -- lifecycle ---------------------------------------------------------------------------
+    @property
+    def spool(self) -> Spool | None:
+        return self._spool
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="batch-writer")
+        if self._spool is not None:
+            self._backfill_task = asyncio.create_task(self._backfill(), name="spool-backfill")
+            # What a previous process spooled is backfilled as soon as PostgreSQL answers.
+            self._backfill_wake.set()
 
     async def stop(self, timeout_s: float = 30.0) -> None:
         """Flush everything still buffered, then close."""
@@ -86,6 +121,13 @@ class BatchWriter:
                 self.dropped += lost
                 _DROPPED.add(lost)
                 log.error("writer stopped with %d samples unwritten: counted as dropped", lost)
+        if self._backfill_task is not None:
+            # Progress is stored with each COPY: an interrupted backfill resumes where it was.
+            self._backfill_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._backfill_task
+        if self._spool is not None:
+            self._spool.close()
         if self._conn is not None:
             await self._conn.close()
             self._conn = None
@@ -99,6 +141,13 @@ class BatchWriter:
                 except TimeoutError:
                     pass
             self._wake.clear()
+            if self._spool is not None and (self._db_down or len(self._buffer) > self._high_water):
+                self._to_spool()
+                if self._db_down and not await self._probe(backoff):
+                    backoff = min(backoff * 2, self._max_backoff_s)
+                if self._stopping:
+                    return  # everything is on disk: the next start backfills it
+                continue
             try:
                 while self._buffer:
                     await self._flush_one()
@@ -116,6 +165,12 @@ class BatchWriter:
                 if self._conn is not None:
                     self._conn.terminate()
                     self._conn = None
+                if self._spool is not None:
+                    # From now until PostgreSQL answers again, samples go to disk.
+                    self._db_down = True
+                    self._next_probe = time.monotonic() + backoff
+                    self._to_spool()
+                    continue
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self._max_backoff_s)
                 continue
@@ -138,6 +193,95 @@ class BatchWriter:
             raise
         self.written += n
         self.flushes += 1
+        # The plant board's live trends wake on this (api/board.py) instead of every browser
+        # polling the table. After the counters: a lost notify costs a board tick, no sample.
+        with contextlib.suppress(asyncpg.PostgresError):
+            await self._conn.execute("SELECT pg_notify($1, $2)", SAMPLES_CHANNEL, str(n))
+
+    # -- store-and-forward ---------------------------------------------------------------------
+    def _to_spool(self) -> None:
+        assert self._spool is not None
+        while self._buffer:
+            n = min(len(self._buffer), self._max_rows * _BACKLOG_BATCHES)
+            self._spool.append([self._buffer.popleft() for _ in range(n)])
+        self._spool.sync_if_due()
+        self._backfill_wake.set()  # over the high-water mark, PostgreSQL is up: drain it
+
+    async def _probe(self, backoff: float) -> bool:
+        """While spooling: is PostgreSQL back? Asked at most once per backoff step."""
+        if time.monotonic() < self._next_probe:
+            return False
+        self._next_probe = time.monotonic() + backoff
+        try:
+            self._conn = await asyncpg.connect(self._dsn, timeout=5)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            self.last_error = str(exc)
+            return False
+        log.info("PostgreSQL is back: live samples go to it again, the spool is backfilled")
+        self._db_down = False
+        self.last_error = None
+        self._backfill_wake.set()
+        return True
+
+    async def _backfill(self) -> None:
+        assert self._spool is not None
+        spool = self._spool
+        conn: asyncpg.Connection | None = None
+        loaded = False
+        backoff = 0.2
+        while True:
+            if spool.empty() or self._db_down:
+                self._backfill_wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._backfill_wake.wait(), 1.0)
+                continue
+            try:
+                if conn is None or conn.is_closed():
+                    conn = await asyncpg.connect(self._dsn, timeout=5)
+                if not loaded:
+                    rows = await conn.fetch(
+                        "SELECT segment, upto FROM ingest_spool_progress WHERE spool_id = $1",
+                        spool.id,
+                    )
+                    spool.set_progress({r["segment"]: r["upto"] for r in rows})
+                    loaded = True
+                records = list(spool.next_records(self._backfill_rows))
+                if not records:
+                    continue
+                await self._copy_records(conn, spool.id, records)
+                for record in records:
+                    spool.mark_done(record)
+                backoff = 0.2
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("spool backfill failed (%s); retry in %.1f s", exc, backoff)
+                if conn is not None:
+                    conn.terminate()
+                    conn = None
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self._max_backoff_s)
+
+    async def _copy_records(
+        self, conn: asyncpg.Connection, spool_id: str, records: list[Record]
+    ) -> None:
+        batch = [sample for record in records for sample in record.samples]
+        t0 = time.perf_counter()
+        # The samples and how far the spool is in PostgreSQL commit together: a crash on either
+        # side of the commit neither loses a record nor writes one twice.
+        async with conn.transaction():
+            await conn.copy_records_to_table("samples", records=batch, columns=_COLUMNS)
+            await conn.execute(
+                """INSERT INTO ingest_spool_progress (spool_id, segment, upto, updated_at)
+                   VALUES ($1, $2, $3, now())
+                   ON CONFLICT (spool_id, segment) DO UPDATE
+                       SET upto = greatest(ingest_spool_progress.upto, EXCLUDED.upto),
+                           updated_at = now()""",
+                spool_id,
+                records[-1].segment,
+                records[-1].end,
+            )
+        elapsed = time.perf_counter() - t0
+        self.backfilled += len(batch)
+        self.backfill_rate = len(batch) / elapsed if elapsed > 0 else 0.0
 
     def _trim(self) -> None:
         overflow = len(self._buffer) - self._buffer_rows

@@ -5,12 +5,13 @@ and drop_chunks are database-wide, so other tests' samples stay out of it."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import pytest
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
 from activities.lifecycle import LifecycleActivities
@@ -166,7 +167,9 @@ async def test_only_the_agents_role_runs_the_lifecycle_and_it_cannot_drop_chunks
 
 
 async def test_the_lifecycle_workflow_rolls_up_then_drops_through_temporal(
-    lifecycle_db: Settings, client: Client
+    lifecycle_db: Settings,
+    client: Client,
+    record_history: Callable[[WorkflowHandle[Any, Any], str], Awaitable[None]],
 ) -> None:
     now = datetime.now(UTC).replace(second=0, microsecond=0)
     conn = await asyncpg.connect(lifecycle_db.pg_dsn)
@@ -190,12 +193,14 @@ async def test_the_lifecycle_workflow_rolls_up_then_drops_through_temporal(
                 [LifecycleActivities(pool)],
             ),
         ):
-            result: DataLifecycleResult = await client.execute_workflow(
+            handle = await client.start_workflow(
                 DataLifecycleWorkflow.run,
                 DataLifecycleInput(raw_retention_days=14),
                 id=f"data-lifecycle-{queue}",
                 task_queue=queue,
             )
+            result: DataLifecycleResult = await handle.result()
+            await record_history(handle, "data_lifecycle")
         # 3 weeks in steps of at most 6 h: at least 84 steps; the watermark stops a minute short
         # of now.
         assert result.rollup_steps >= 84
