@@ -98,6 +98,8 @@ def test_the_state_volume_is_writable_by_the_process_user() -> None:
         assert ["appdata", "/var/lib/factorylm"] in mounts, name
         assert env_of(name)["FACTORYLM_STATE_DIR"] == "/var/lib/factorylm"
     assert re.search(rf"chown {user[1]} /var/lib/factorylm", dockerfile)
-    # The ingest and the edge worker keep no state of their own: no volume but the plant file.
-    for name in ("ingest", "plc-edge"):
-        assert SERVICES[name]["volumes"] == ["./config:/app/config:ro"], name
+    # The ingest keeps only its store-and-forward spool, on a volume of its own; the edge
+    # worker keeps no state: no volume but the plant file.
+    assert SERVICES["ingest"]["volumes"] == ["./config:/app/config:ro", "spool:/var/lib/factorylm"]
+    assert env_of("ingest")["FACTORYLM_STATE_DIR"] == "/var/lib/factorylm"
+    assert SERVICES["plc-edge"]["volumes"] == ["./config:/app/config:ro"]
