@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import asyncpg
 from temporalio import activity
 
@@ -16,13 +18,8 @@ from factorylm.models.baselines import (
 # Per PLC·metric over the window. time_bucket keeps a sparse-but-long series from being
 # dominated by one burst: the count of 1-minute buckets must also reach the minimum coverage.
 _COMPUTE = """
-WITH stats AS (
-    SELECT plc_id, metric,
-           avg(value) AS mean, stddev_samp(value) AS std,
-           percentile_cont(0.95) WITHIN GROUP (ORDER BY value) AS p95,
-           percentile_cont(0.99) WITHIN GROUP (ORDER BY value) AS p99,
-           count(*) AS n,
-           count(DISTINCT time_bucket('1 minute', time)) AS minutes
+WITH kept AS (
+    SELECT plc_id, metric, time, value
     FROM samples s
     WHERE time >= $1 AND time < $2
       -- A NaN or ±inf makes avg and stddev NaN for the whole window. The collector rejects
@@ -36,17 +33,44 @@ WITH stats AS (
           WHERE e.plc_id = s.plc_id AND e.metric = s.metric
             AND s.time BETWEEN e.detected_at - interval '5 minutes'
                            AND e.detected_at + interval '5 minutes')
+), lagged AS (
+    -- Each sample beside the one polled before it: their correlation is the noise's lag-1
+    -- autocorrelation φ, which the detectors prewhiten with.
+    SELECT plc_id, metric, time, value,
+           lag(value) OVER (PARTITION BY plc_id, metric ORDER BY time) AS previous
+    FROM kept
+), stats AS (
+    SELECT plc_id, metric,
+           avg(value) AS mean, stddev_samp(value) AS std,
+           percentile_cont(0.95) WITHIN GROUP (ORDER BY value) AS p95,
+           percentile_cont(0.99) WITHIN GROUP (ORDER BY value) AS p99,
+           count(*) AS n,
+           count(DISTINCT time_bucket('1 minute', time)) AS minutes,
+           corr(value, previous) AS phi
+    FROM lagged
     GROUP BY plc_id, metric
 )
 SELECT * FROM stats ORDER BY plc_id, metric
 """
 
+# φ is kept inside what the plant file's Baseline accepts: a signal so smooth that φ rounds
+# to 1 is prewhitened as 0.99 (its residual is still far closer to independent than z).
+PHI_LIMIT = 0.99
+
+
+def usable_phi(value: float | None) -> float:
+    """corr() is NULL for fewer than two pairs or no variation: then independent samples."""
+    if value is None or not math.isfinite(value):
+        return 0.0
+    return max(-PHI_LIMIT, min(PHI_LIMIT, value))
+
+
 _INSERT = """
 INSERT INTO baselines (run_key, plc_id, metric, mean, std, p95, p99, sample_count,
-                       window_start, window_end)
-SELECT $1, r.plc_id, r.metric, r.mean, r.std, r.p95, r.p99, r.n, $2, $3
+                       window_start, window_end, phi)
+SELECT $1, r.plc_id, r.metric, r.mean, r.std, r.p95, r.p99, r.n, $2, $3, r.phi
 FROM unnest($4::text[], $5::text[], $6::float8[], $7::float8[], $8::float8[], $9::float8[],
-            $10::bigint[]) AS r(plc_id, metric, mean, std, p95, p99, n)
+            $10::bigint[], $11::float8[]) AS r(plc_id, metric, mean, std, p95, p99, n, phi)
 ON CONFLICT (run_key, plc_id, metric) DO NOTHING
 """
 
@@ -84,6 +108,7 @@ class BaselineActivities:
                         p95=r["p95"],
                         p99=r["p99"],
                         sample_count=r["n"],
+                        phi=usable_phi(r["phi"]),
                     )
                 )
             async with conn.transaction():
@@ -99,6 +124,7 @@ class BaselineActivities:
                     [k.p95 for k in kept],
                     [k.p99 for k in kept],
                     [k.sample_count for k in kept],
+                    [k.phi for k in kept],
                 )
                 # Running detectors reload at once instead of waiting for a poll.
                 await conn.execute(f"NOTIFY {BASELINES_CHANNEL}")

@@ -54,6 +54,9 @@ class Baseline(_Strict):
 
     mean: float
     std: float = Field(gt=0)
+    # Lag-1 autocorrelation of the samples (an AR(1) φ): CUSUM and EWMA run on the prewhitened
+    # sample when it is set, or correlated noise looks like a shift. 0: independent samples.
+    phi: float = Field(default=0.0, ge=-0.99, le=0.99)
 
 
 class Point(_Strict):

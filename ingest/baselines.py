@@ -21,7 +21,7 @@ BaselineSink = Callable[[str, str, Baseline], None]
 # before samples were checked, or by hand) is passed over for the one before it. In
 # PostgreSQL NaN sorts above every number, so `< 'Infinity'` leaves out NaN and ±inf alike.
 _LATEST = """
-SELECT DISTINCT ON (plc_id, metric) plc_id, metric, mean, std
+SELECT DISTINCT ON (plc_id, metric) plc_id, metric, mean, std, phi
 FROM baselines
 WHERE abs(mean) < 'Infinity'::float8 AND std > 0 AND std < 'Infinity'::float8
 ORDER BY plc_id, metric, computed_at DESC, id DESC
@@ -32,7 +32,9 @@ async def load_latest(conn: asyncpg.Connection) -> dict[tuple[str, str], Baselin
     latest: dict[tuple[str, str], Baseline] = {}
     for r in await conn.fetch(_LATEST):
         try:
-            latest[(r["plc_id"], r["metric"])] = Baseline(mean=r["mean"], std=r["std"])
+            latest[(r["plc_id"], r["metric"])] = Baseline(
+                mean=r["mean"], std=r["std"], phi=r["phi"]
+            )
         except ValidationError as exc:
             # One bad row must not cost every other metric its baseline.
             log.warning("baseline of %s/%s not usable: %s", r["plc_id"], r["metric"], exc)

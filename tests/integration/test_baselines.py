@@ -18,7 +18,7 @@ from factorylm.models.baselines import BaselineReport, BaselineWorkflowInput
 from factorylm.plant import Plant
 from factorylm.settings import Settings
 from helpers import plant_with_free_ports, until
-from ingest.baselines import BaselineLoader
+from ingest.baselines import BaselineLoader, load_latest
 from ingest.drift import DriftConfig, DriftDetector
 from temporal.schedules import BASELINE_SCHEDULE_ID
 from workflows.baseline import BaselineWorkflow
@@ -176,3 +176,28 @@ async def test_minutes_around_a_detected_drift_are_not_learned(
         ours.mean == pytest.approx(2.0, abs=0.05) and ours.std < 0.3
     )  # the 9.0 fault is not in it
     assert ours.sample_count < len(normal) and abs(ours.sample_count - len(kept)) <= 2
+
+
+async def test_the_lag_1_autocorrelation_is_computed_and_reaches_the_detectors_baseline(
+    stack: Stack, pool: asyncpg.Pool
+) -> None:
+    plc = f"bl-{uuid.uuid4().hex[:6]}"
+    rng = np.random.default_rng(8)
+    noise = rng.normal(0, 0.3 * np.sqrt(1 - 0.8**2), 6000)
+    ar1 = np.empty_like(noise)
+    level = 0.0
+    for i, e in enumerate(noise):  # AR(1), φ = 0.8, by its definition
+        level = 0.8 * level + e
+        ar1[i] = 2.1 + level
+    await insert_series(pool, plc, "vibration", ar1)
+    await insert_series(pool, plc, "current", rng.normal(12, 1, 3000))  # independent
+    report = await run_baselines(stack)
+    ours = {b.metric: b for b in report.baselines if b.plc_id == plc}
+    # Pearson's r of each sample with the one before it: numpy on the same pairs.
+    assert ours["vibration"].phi == pytest.approx(np.corrcoef(ar1[1:], ar1[:-1])[0, 1], rel=1e-9)
+    assert 0.75 < ours["vibration"].phi < 0.85
+    assert abs(ours["current"].phi) < 0.06
+    assert f"{ours['vibration'].phi:.2f}" in report.as_text()  # the report's φ column
+    async with pool.acquire() as conn:
+        latest = await load_latest(conn)
+    assert latest[(plc, "vibration")].phi == pytest.approx(ours["vibration"].phi)
