@@ -40,10 +40,13 @@ def approval_text(req: RequestApprovalInput, link: str, graphs: str | None = Non
     agents' summary — unbounded LLM text — gives way; the link and the reply line never do."""
     p = req.proposal
     minutes = max(1, round(req.timeout_s / 60))
+    # The forecast on a line of its own, so the alarm's 300 characters never cut it off.
+    alert, forecast = req.alert, req.alert.forecast
     head = [
         "FactoryLM approval needed"
         + (" (escalated: on-duty approver did not answer)" if req.escalation else ""),
-        clip(req.alert.describe() + ".", 300),
+        clip(alert.model_copy(update={"forecast": None}).describe() + ".", 300),
+        *([clip(f"Trend: {forecast.describe()}.", 200)] if forecast is not None else []),
         clip(f"Proposed: {p.action} — {p.description}. Why: {p.reason}.", 400),
     ]
     tail = []

@@ -16,6 +16,7 @@ from temporalio.client import Client
 from api.auth import READ, AccessGuard
 from api.budget import BudgetEndpoint
 from api.codec import CodecRoutes
+from api.forecasts import ForecastsEndpoint
 from api.limits import DEFAULT_CAP, KIB, BodyLimit
 from api.openapi import openapi
 from api.operations import OperatorRoutes
@@ -76,6 +77,7 @@ def create_app(settings: Settings, client: Client, pool: asyncpg.Pool) -> Starle
             Route(WEBHOOK_PATH, trello.handle, methods=["POST", "HEAD"]),
             Route("/openapi.json", openapi),
             Route("/budget", guard(budget.handle, READ)),
+            Route("/forecasts", guard(ForecastsEndpoint(pool).handle, READ)),
             Route("/work-log", guard(WorkLogEndpoint(settings, client, pool).handle)),
             *OperatorRoutes(settings, client, pool).routes(guard),
             *PhotoRoutes(settings, pool, intake).routes(guard),

@@ -96,6 +96,7 @@ SPEC: dict[str, Any] = {
         },
         "/collectors": _read("collector and writer status per PLC"),
         "/baselines": _read("the latest baseline per PLC and metric"),
+        "/forecasts": _read("metrics trending toward a threshold: when, soonest first"),
         "/budget": _read("LLM token budgets and use"),
         "/work-log": _read(
             "every agent's work",

@@ -266,6 +266,7 @@ ROLES: tuple[DatabaseRole, ...] = (
             "alarm_shelves": RU,  # open shelves; ends those whose time ran out
             "notifications": W,  # collector alerts, deduplicated by key
             "baselines": R,  # the detector's baselines
+            "forecasts": RIU,  # time-to-threshold forecasts, once a minute
         },
         (Process.INGEST,),
         column_grants={"notifications": {"SELECT": ("dedup_key",)}},
@@ -337,6 +338,7 @@ ROLES: tuple[DatabaseRole, ...] = (
             "work_orders": R,
             "cmms_links": R,  # GET /work-orders/ATLAS-<id>: what was sent to Atlas
             "baselines": R,
+            "forecasts": R,  # GET /forecasts
             "collector_status": R,
             "ingest_writer_status": R,
             "llm_usage": R,  # GET /budget

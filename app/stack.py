@@ -33,6 +33,7 @@ def drift_config(settings: Settings) -> DriftConfig:
         threshold_sigma=settings.drift_threshold_sigma,
         clear_sigma=settings.drift_clear_sigma,
         on_delay_s=settings.drift_on_delay_s,
+        forecast_horizon_s=settings.drift_forecast_horizon_s,
     )
 
 

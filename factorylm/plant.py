@@ -98,38 +98,51 @@ class Point(_Strict):
         return 2 if self.type in ("u32", "i32", "f32") else 1
 
 
-class Cusum(_Strict):
-    """Two-sided CUSUM on the sample in baseline-σ units: reference k (half the shift it is
-    tuned to find, in σ) and decision interval h (in σ). Larger h: fewer false alarms, later
-    detection."""
+# The shipped detector defaults were chosen from `factorylm bench detection` (docs/drift.md):
+# at a 1 s poll on autocorrelated noise with a daily cycle they find a 6σ step in about a
+# second and a 3σ step in ≲ 25 s with well under one false alarm per metric and week. The
+# textbook k = 0.5, h = 5 alarms every few minutes at that poll rate.
 
-    k: float = Field(default=0.5, ge=0)
-    h: float = Field(default=5.0, gt=0)
+
+class Cusum(_Strict):
+    """Two-sided CUSUM on the (prewhitened) sample in baseline-σ units: reference k (half the
+    shift it is tuned to find, in σ) and decision interval h (in σ). Larger h: fewer false
+    alarms, later detection."""
+
+    k: float = Field(default=0.75, ge=0)
+    h: float = Field(default=10.0, gt=0)
 
 
 class Ewma(_Strict):
-    """EWMA of the sample in baseline-σ units: weight λ of the newest sample, alarm at L times
-    the EWMA's own standard deviation. Small λ: long memory, sees slow ramps and small shifts."""
+    """EWMA of the (prewhitened) sample in baseline-σ units: weight λ of the newest sample,
+    alarm at L times the EWMA's own standard deviation. Small λ: long memory, sees slow ramps
+    and small shifts. The default λ = 1 is a limit on each prewhitened sample: the one jump an
+    autocorrelated signal shows at a step, which the CUSUM needs many samples to add up."""
 
-    lam: float = Field(default=0.2, gt=0, le=1, alias="lambda")
-    width: float = Field(default=3.0, gt=0, alias="L")
+    lam: float = Field(default=1.0, gt=0, le=1, alias="lambda")
+    width: float = Field(default=5.5, gt=0, alias="L")
 
 
 class Stuck(_Strict):
     """A flat line: the value has stayed within tolerance_sigma·σ for after_s seconds, although
     its baseline says it varies."""
 
-    after_s: float = Field(gt=0)
+    after_s: float = Field(default=120.0, gt=0)
     tolerance_sigma: float = Field(default=0.0, ge=0)
+
+
+# A PLC polled so slowly that the default flat-line time is few polls gets ten polls instead.
+STUCK_MIN_POLLS = 10
 
 
 class Metric(Point):
     baseline: Baseline | None = None
     drift_threshold_sigma: float | None = Field(default=None, gt=0)
-    # Further detectors beside the windowed mean; each is off unless the plant file sets it.
-    cusum: Cusum | None = None
-    ewma: Ewma | None = None
-    stuck: Stuck | None = None
+    # Further detectors beside the windowed mean, on by default; `cusum: null` (etc.) in the
+    # plant file turns one off for this metric.
+    cusum: Cusum | None = Cusum()
+    ewma: Ewma | None = Ewma()
+    stuck: Stuck | None = Stuck()
     # Hard limits in the metric's unit, whatever the baseline (e.g. a temperature never > 90).
     min: float | None = None
     max: float | None = None
@@ -214,6 +227,24 @@ class Plc(_Strict):
     opcua: OpcUa | None = None  # OPC UA: endpoint path, security, trust list
     metrics: list[Metric] = Field(min_length=1)
     setpoints: list[Setpoint] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stuck_default(cls, data: object) -> object:
+        """The default flat-line time is at least STUCK_MIN_POLLS polls of this PLC."""
+        if not isinstance(data, dict) or not isinstance(data.get("metrics"), list):
+            return data
+        poll = data.get("poll_interval_ms", 1000)
+        if not isinstance(poll, int | float) or isinstance(poll, bool):
+            return data  # the field's own validation says what is wrong
+        after = STUCK_MIN_POLLS * poll / 1000
+        if after <= Stuck().after_s:
+            return data
+        metrics = [
+            {**m, "stuck": {"after_s": after}} if isinstance(m, dict) and "stuck" not in m else m
+            for m in data["metrics"]
+        ]
+        return {**data, "metrics": metrics}
 
     @model_validator(mode="after")
     def _addresses(self) -> Plc:

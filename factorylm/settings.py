@@ -121,7 +121,13 @@ class Settings(BaseSettings):
     drift_window_s: float = Field(default=300.0, gt=0)
     drift_threshold_sigma: float = Field(default=2.0, gt=0)
     drift_clear_sigma: float = Field(default=1.5, gt=0)
-    drift_on_delay_s: float = Field(default=0.0, ge=0)
+    # 60 s: a 5-minute mean that crosses 2σ for less than a minute is the noise's own wander
+    # (autocorrelated noise, the daily cycle); steps are the CUSUM's, seconds (docs/drift.md).
+    drift_on_delay_s: float = Field(default=60.0, ge=0)
+    # A trend forecast to reach 4σ or a hard limit within this many seconds opens a
+    # low-severity alarm (and so a low-priority work order) before any detector fires.
+    # 0 turns that off; forecasts then only ride along with alarms and GET /forecasts.
+    drift_forecast_horizon_s: float = Field(default=0.0, ge=0)
 
     # Alarm management (ISA-18.2, docs/operations.md "Alarm management"). A flood: more than
     # `alarm_flood_alarms` alarms within `alarm_flood_window_s` on the site (0: never); its

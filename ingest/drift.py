@@ -7,7 +7,17 @@ hysteresis level, so a signal hovering at the threshold raises one alarm, not a 
 Per metric, when the plant file turns them on (see docs/drift.md): a two-sided CUSUM for
 abrupt shifts, an EWMA for ramps and small persistent shifts, a flat-line (stuck) detector,
 and hard min/max limits. Each detector latches: it alarms once, then stays quiet until its own
-clear condition, so a sustained fault is one alarm per detector.
+clear condition. A metric raises one alarm per episode: the first drift detector (window, CUSUM,
+EWMA, flat line) that fires raises it, the others latch silently until every one of them has
+cleared, so a fault is one alarm however many detectors see it (ISA-18.2: one alarm per
+condition; the alarm journal counts raises for floods and chattering). A hard limit is its own
+condition and always raises.
+
+CUSUM and EWMA see the *prewhitened* sample when the baseline has a lag-1 autocorrelation φ:
+r = (z_t − φ·z_{t−1}) / √(1 − φ²), which is independent unit-variance noise again if the noise
+is AR(1). Fed the raw z of noise with φ = 0.9, a CUSUM tuned for one false alarm a week would
+alarm every few minutes, because sums of correlated samples wander (1+φ)/(1−φ) = 19 times
+as far. A step of δσ shows in r as one jump of δ/√(1−φ²) and then a shift of δ·√((1−φ)/(1+φ)).
 
 Only finite numbers enter a window and only finite baselines with a positive std are used:
 one NaN or ±inf in a running sum would make the metric's drift NaN for good (it would alarm
@@ -24,7 +34,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from factorylm.models.drift import Detection, DriftAlert
+from factorylm.models.forecasts import Forecast
 from factorylm.plant import Baseline, Metric, Plant
+from ingest.forecast import Trend
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +48,9 @@ class DriftConfig:
     clear_sigma: float = 1.5
     on_delay_s: float = 0.0
     min_samples: int = 3
+    # A forecast reaching a threshold within this many seconds raises a (low-severity) alarm
+    # of its own before any detector fires; 0: forecasts only ride along with alarms.
+    forecast_horizon_s: float = 0.0
 
 
 class CusumDetector:
@@ -48,7 +63,7 @@ class CusumDetector:
     leave a sum that takes hours to drain.
     """
 
-    __slots__ = ("alarmed", "h", "hi", "k", "lo", "n_hi", "n_lo")
+    __slots__ = ("alarmed", "h", "hi", "k", "lo", "n_hi", "n_lo", "x_hi", "x_lo")
 
     def __init__(self, k: float, h: float) -> None:
         self.k, self.h = k, h
@@ -57,14 +72,23 @@ class CusumDetector:
     def reset(self) -> None:
         self.hi = self.lo = 0.0
         self.n_hi = self.n_lo = 0  # samples since each sum was last 0: for the shift estimate
+        self.x_hi = self.x_lo = 0.0  # the sum of the level over those samples
         self.alarmed = 0  # +1 / -1 while latched on that side
 
-    def update(self, z: float) -> int:
-        """Feed one sample; +1 or -1 when an alarm starts on that side, else 0."""
+    def update(self, z: float, level: float | None = None) -> int:
+        """Feed one sample; +1 or -1 when an alarm starts on that side, else 0. `level` is the
+        sample's own standardised value when z is prewhitened (for the shift estimate)."""
+        x = z if level is None else level
         self.hi = max(0.0, self.hi + z - self.k)
         self.lo = max(0.0, self.lo - z - self.k)
-        self.n_hi = self.n_hi + 1 if self.hi > 0 else 0
-        self.n_lo = self.n_lo + 1 if self.lo > 0 else 0
+        if self.hi > 0:
+            self.n_hi, self.x_hi = self.n_hi + 1, self.x_hi + x
+        else:
+            self.n_hi, self.x_hi = 0, 0.0
+        if self.lo > 0:
+            self.n_lo, self.x_lo = self.n_lo + 1, self.x_lo + x
+        else:
+            self.n_lo, self.x_lo = 0, 0.0
         if self.alarmed:
             if self.alarmed > 0:
                 self.hi = min(self.hi, self.h)
@@ -82,10 +106,11 @@ class CusumDetector:
         return self.alarmed
 
     def shift(self) -> float:
-        """The shift since the sum last left 0, in σ: k + S / N (the usual CUSUM estimate)."""
+        """The shift since the sum last left 0, in σ: the mean level over those N samples, which
+        for an unwhitened z is the textbook k + S / N."""
         if self.alarmed < 0 or (self.alarmed == 0 and self.lo > self.hi):
-            return -(self.k + self.lo / max(self.n_lo, 1))
-        return self.k + self.hi / max(self.n_hi, 1)
+            return self.x_lo / max(self.n_lo, 1)
+        return self.x_hi / max(self.n_hi, 1)
 
 
 class EwmaDetector:
@@ -97,7 +122,7 @@ class EwmaDetector:
     back under `clear` of the limit.
     """
 
-    __slots__ = ("alarmed", "clear", "decay", "e", "lam", "width")
+    __slots__ = ("alarmed", "clear", "decay", "e", "lam", "level", "width")
 
     def __init__(self, lam: float, width: float, clear: float) -> None:
         self.lam, self.width, self.clear = lam, width, clear
@@ -105,15 +130,17 @@ class EwmaDetector:
 
     def reset(self) -> None:
         self.e = 0.0
+        self.level = 0.0  # the same EWMA of the unwhitened z: the alarm's σ
         self.decay = 1.0  # (1 − λ)^{2n}, kept as a running product: O(1)
         self.alarmed = False
 
     def limit(self) -> float:
         return self.width * math.sqrt(self.lam / (2 - self.lam) * (1 - self.decay))
 
-    def update(self, z: float) -> bool:
-        """Feed one sample; True when an alarm starts."""
+    def update(self, z: float, level: float | None = None) -> bool:
+        """Feed one sample; True when an alarm starts. `level`: the unwhitened z, if z is."""
         self.e = self.lam * z + (1 - self.lam) * self.e
+        self.level = self.lam * (z if level is None else level) + (1 - self.lam) * self.level
         self.decay *= (1 - self.lam) ** 2
         limit = self.limit()
         if self.alarmed:
@@ -178,6 +205,12 @@ class _Window:
     low: float | None = None
     high: float | None = None
     limit_alarmed: bool = False
+    last_z: float | None = None  # the previous standardised sample, for prewhitening
+    # 1-minute means and the time-to-threshold forecast over them (ingest/forecast.py).
+    trend: Trend = field(default_factory=Trend)
+    forecast: Forecast | None = None
+    episode: bool = False  # a drift alarm of this metric stands: later detectors stay silent
+    forecast_alarmed: bool = False
 
     def add(self, t: float, value: float, window_s: float) -> None:
         self.points.append((t, value))
@@ -195,16 +228,27 @@ class _Window:
         for detector in (self.cusum, self.ewma, self.stuck):
             if detector is not None:
                 detector.reset()
+        self.last_z = None
+
+    def whiten(self, z: float, phi: float) -> float:
+        """z prewhitened with the baseline's φ (z itself for independent samples)."""
+        last, self.last_z = self.last_z, z
+        if phi == 0.0 or last is None:
+            return z
+        return (z - phi * last) / math.sqrt(1.0 - phi * phi)
 
     @property
-    def any_alarmed(self) -> bool:
+    def drift_alarmed(self) -> bool:
         return (
             self.alarmed
-            or self.limit_alarmed
             or bool(self.cusum and self.cusum.alarmed)
             or bool(self.ewma and self.ewma.alarmed)
             or bool(self.stuck and self.stuck.alarmed)
         )
+
+    @property
+    def any_alarmed(self) -> bool:
+        return self.limit_alarmed or self.forecast_alarmed or self.drift_alarmed
 
 
 AlarmHandler = Callable[[DriftAlert], None]
@@ -226,6 +270,7 @@ class DriftDetector:
         self._units = units or {}
         self._warned_no_baseline: set[tuple[str, str]] = set()
         self.alarms_raised = 0
+        self.alarms_merged = 0  # detectors that fired while their metric's alarm stood
 
     def _window(self, key: tuple[str, str]) -> _Window:
         window = self._windows.get(key)
@@ -280,6 +325,10 @@ class DriftDetector:
                 window.reset_statistics()
             window.baseline, window.threshold = baseline, limit
 
+    def forecasts(self) -> list[Forecast]:
+        """Every metric's current forecast (those trending toward a threshold)."""
+        return [w.forecast for w in self._windows.values() if w.forecast is not None]
+
     def alarmed(self, plc_id: str, metric: str) -> bool:
         window = self._windows.get((plc_id, metric))
         return window is not None and window.any_alarmed
@@ -294,26 +343,35 @@ class DriftDetector:
         # Hard limits need no baseline: a limit is a limit from the first sample.
         self._check_limits(plc_id, metric, window, value, when)
         base = window.baseline
+        if window.trend.add(t, value) and base is not None:  # once a minute
+            window.forecast = window.trend.forecast(
+                plc_id, metric, base, window.low, window.high,
+                self._units.get(key, ""), when,
+            )  # fmt: skip
+            self._check_forecast(plc_id, metric, window, base, when)
         if base is None:
             if key not in self._warned_no_baseline:
                 self._warned_no_baseline.add(key)
                 log.info("%s/%s has no baseline yet: it cannot alarm on drift", plc_id, metric)
             return
         z = (value - base.mean) / base.std
-        if window.cusum is not None and window.cusum.update(z):
+        r = window.whiten(z, base.phi)
+        white = f"; prewhitened, φ = {base.phi:.2f}" if base.phi else ""
+        if window.cusum is not None and window.cusum.update(r, z):
             c = window.cusum
             side, total = ("upper", c.hi) if c.alarmed > 0 else ("lower", c.lo)
             shift = c.shift()
             self._raise(
                 plc_id, metric, window, when, shift, "cusum",
-                f"{side} CUSUM {total:.2f} > h = {c.h:g} (k = {c.k:g}); "
+                f"{side} CUSUM {total:.2f} > h = {c.h:g} (k = {c.k:g}{white}); "
                 f"estimated shift {shift:+.1f}σ",
             )  # fmt: skip
-        if window.ewma is not None and window.ewma.update(z):
+        if window.ewma is not None and window.ewma.update(r, z):
             e = window.ewma
             self._raise(
-                plc_id, metric, window, when, e.e, "ewma",
-                f"EWMA {e.e:+.2f}σ beyond ±{e.limit():.2f}σ (λ = {e.lam:g}, L = {e.width:g})",
+                plc_id, metric, window, when, e.level, "ewma",
+                f"EWMA {e.e:+.2f}σ beyond ±{e.limit():.2f}σ (λ = {e.lam:g}, L = {e.width:g}"
+                f"{white})",
             )  # fmt: skip
         if window.stuck is not None and window.stuck.update(t, value, base.std):
             st = window.stuck
@@ -323,6 +381,31 @@ class DriftDetector:
                 f"tolerance {st.tolerance:g}σ) although its baseline σ is {base.std:.3g}",
             )  # fmt: skip
         self._check_window(plc_id, metric, window, t, when)
+        if window.episode and not window.drift_alarmed:
+            window.episode = False  # every detector has cleared: the next fault alarms again
+
+    def _check_forecast(
+        self, plc_id: str, metric: str, window: _Window, base: Baseline, when: datetime
+    ) -> None:
+        """A trend that will reach a threshold within the horizon is an alarm of its own (like a
+        hard limit, it neither opens nor joins the metric's drift alarm, which would then
+        swallow the real one). It clears when the forecast is gone or beyond twice the
+        horizon, so an estimate wavering at the horizon does not chatter."""
+        horizon = self.config.forecast_horizon_s
+        f = window.forecast
+        if horizon <= 0:
+            return
+        if window.forecast_alarmed:
+            if f is None or f.eta_s > 2 * horizon:
+                window.forecast_alarmed = False
+            return
+        if f is None or f.eta_s > horizon or window.episode:
+            return
+        window.forecast_alarmed = True
+        self._raise(
+            plc_id, metric, window, when, (f.level - base.mean) / base.std, "forecast",
+            f"{f.describe()}, within the {horizon / 3600:g} h forecast horizon",
+        )  # fmt: skip
 
     def _check_limits(
         self, plc_id: str, metric: str, window: _Window, value: float, when: datetime
@@ -387,6 +470,13 @@ class DriftDetector:
         detector: str,
         reason: str,
     ) -> None:
+        if detector not in ("limit", "forecast"):
+            if window.episode:
+                self.alarms_merged += 1
+                log.info("%s/%s: %s also fired (%s); the standing alarm covers it",
+                         plc_id, metric, detector, reason)  # fmt: skip
+                return
+            window.episode = True
         self.alarms_raised += 1
         log.info("%s/%s: %s alarm: %s", plc_id, metric, detector, reason)
         self._on_alarm(
@@ -426,4 +516,5 @@ class DriftDetector:
             detected_at=datetime.now(UTC),
             related=related,
             detection=detection,
+            forecast=window.forecast,
         )

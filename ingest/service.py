@@ -15,6 +15,7 @@ from ingest.alerts import WorkflowStarter
 from ingest.baselines import BaselineLoader
 from ingest.commands import CommandListener
 from ingest.drift import DriftConfig, DriftDetector
+from ingest.forecast import ForecastPublisher
 from ingest.manager import CollectorManager, Notifier
 from ingest.outbox import AlarmOutbox, OutboxConfig
 from ingest.writer import BatchWriter
@@ -67,6 +68,10 @@ class IngestService:
         self.detector.configure_plant(plant)  # CUSUM, EWMA, stuck, limits: where the file sets them
         # Computed baselines (the baseline workflow) replace the plant file's starting values.
         self.baselines = BaselineLoader(settings.pg_dsn, self.detector.set_baseline)
+        # Time-to-threshold forecasts into PostgreSQL once a minute, for GET /forecasts.
+        self.forecasts = ForecastPublisher(
+            settings.pg_dsn, self.detector.forecasts, [p.id for p in plant.plcs]
+        )
         # The manager supervises one collector per PLC and alerts after repeated failures.
         self.manager = CollectorManager(
             plant,
@@ -94,6 +99,7 @@ class IngestService:
 
     async def start(self) -> None:
         await self.baselines.start()
+        self.forecasts.start()
         await self.alarms.start()  # the points' codes and the open shelves, before any alarm
         self.outbox.start()  # delivers what a previous ingest left pending, too
         self.writer.start()
@@ -108,6 +114,7 @@ class IngestService:
         await self.alarms.stop()
         await self.outbox.stop()  # undelivered alarms stay in the outbox for the next start
         await self.baselines.stop()
+        await self.forecasts.stop()
         await self.writer.stop()
         await self.manager.close()  # records the writer's final counters
         log.info(

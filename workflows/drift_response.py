@@ -209,6 +209,8 @@ class DriftResponseWorkflow:
                 ),
                 priority=_PRIORITY.get(alert.severity.value, WorkOrderPriority.HIGH),
                 asset_id=alert.plc_id,
+                # Due when the trend is forecast to reach its threshold (no forecast: none).
+                due_date=alert.forecast.due.date() if alert.forecast else None,
             ),
             start_to_close_timeout=_WORK_ORDER_TIMEOUT,
             retry_policy=_RETRY,

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field
 
 from factorylm.models.base import Model
+from factorylm.models.forecasts import Forecast
 from factorylm.models.messages import EscalationStep
 from factorylm.plant import ActionKind, Policy
 
@@ -31,7 +32,7 @@ class Severity(StrEnum):
 class Detection(Model):
     """Which detector raised an alarm and why, in words a person can check against the data."""
 
-    detector: Literal["window", "cusum", "ewma", "stuck", "limit"]
+    detector: Literal["window", "cusum", "ewma", "stuck", "limit", "forecast"]
     reason: str
 
 
@@ -56,6 +57,8 @@ class DriftAlert(Model):
     trace_context: dict[str, str] = Field(default_factory=dict)
     # Optional with a default: alerts recorded before detectors had names still load.
     detection: Detection | None = None
+    # Where the metric's trend is heading, when it points at a threshold (ingest/forecast.py).
+    forecast: Forecast | None = None
     # The alarm's short code (factorylm/alarms.py), set where the alarm enters the outbox and
     # shown first in every message about it, so a person can reply `SHELVE <code> 2h`.
     alarm_code: str = ""
@@ -84,6 +87,10 @@ class DriftAlert(Model):
         if self.related:
             rel = ", ".join(f"{m} {s:+.1f}σ" for m, s in sorted(self.related.items()))
             text += f"; related: {rel}"
+        # A forecast alarm's reason already is the forecast.
+        forecast_alarm = self.detection is not None and self.detection.detector == "forecast"
+        if self.forecast is not None and not forecast_alarm:
+            text += f"; trend: {self.forecast.describe()}"
         return text
 
 

@@ -1,6 +1,6 @@
 """The detectors beside the windowed mean (CUSUM, EWMA, flat line, hard limits): the CUSUM's
 run lengths against the published figures, each detector's alarm and clear, their plant-file
-parameters, and that the shipped defaults leave today's behaviour unchanged."""
+parameters, the shipped defaults, and prewhitening with the baseline's autocorrelation."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from factorylm.models.drift import DriftAlert
-from factorylm.plant import Baseline, Metric, PlantConfigError, load_plant
+from factorylm.plant import Baseline, Metric, Plant, PlantConfigError, load_plant
 from factorylm.settings import PROJECT_ROOT
 from ingest.drift import CusumDetector, DriftConfig, DriftDetector
 
@@ -65,7 +65,8 @@ def detector(metric: dict[str, Any], **config: float) -> tuple[DriftDetector, li
     return d, alerts
 
 
-BASE = {"baseline": {"mean": 10.0, "std": 1.0}}
+# Only the detector a test names: the shipped defaults (all on) are tested on their own.
+BASE = {"baseline": {"mean": 10.0, "std": 1.0}, "cusum": None, "ewma": None, "stuck": None}
 
 
 def feed(d: DriftDetector, values: list[float], start: float = 0.0, step: float = 1.0) -> float:
@@ -104,7 +105,7 @@ def test_the_cusum_alarm_estimates_the_shift_from_the_samples_since_its_sum_left
     assert alert.sigma == 3.0  # k + S / N = 0.5 + 7.5 / 3
 
 
-def test_without_detectors_in_the_plant_file_only_the_window_alarms_as_before() -> None:
+def test_with_the_detectors_turned_off_in_the_plant_file_only_the_window_alarms() -> None:
     d, alerts = detector(BASE, window_s=300)
     t = feed(d, noise(300, seed=1))
     late = 0
@@ -116,6 +117,15 @@ def test_without_detectors_in_the_plant_file_only_the_window_alarms_as_before() 
     # The 5-minute mean needs a third of its window full of the 6σ fault: ~100 s at 1 Hz.
     assert 90 <= late <= 110
     assert 2.0 < alerts[0].sigma < 2.2
+
+
+def test_a_hard_limit_raises_even_while_a_drift_alarm_of_the_metric_stands() -> None:
+    d, alerts = detector({**BASE, "cusum": {"k": 0.5, "h": 5}, "max": 18.0}, window_s=5)
+    t = feed(d, [10.0] * 10)
+    t = feed(d, [16.0] * 3, start=t)  # the CUSUM's alarm; the window's joins it
+    feed(d, [19.0], start=t)  # past the hard max: a condition of its own
+    assert [a.detection.detector for a in alerts if a.detection] == ["cusum", "limit"]
+    assert d.alarms_merged == 1
 
 
 def test_cusum_alarms_once_for_a_sustained_shift_and_again_after_it_cleared() -> None:
@@ -134,15 +144,24 @@ def test_cusum_alarms_once_for_a_sustained_shift_and_again_after_it_cleared() ->
 
 def test_ewma_sees_a_slow_ramp_before_the_5_minute_window_does() -> None:
     d, alerts = detector({**BASE, "ewma": {"lambda": 0.05, "L": 3}}, window_s=300)
+    w, window_alerts = detector(BASE, window_s=300)  # the window alone, same samples
     t = feed(d, noise(600, seed=2))
-    assert alerts == []
+    feed(w, noise(600, seed=2))
+    assert alerts == [] and window_alerts == []
     # 0 → 4σ over an hour at 1 Hz, with the same noise on top.
     ramp = [v + 4.0 * i / 3600 for i, v in enumerate(noise(3600, seed=3))]
-    feed(d, ramp, start=t)
-    ewma, window = by(alerts, "ewma"), by(alerts, "window")
-    assert ewma and window
-    assert ewma[0].detection is not None and "λ = 0.05" in ewma[0].detection.reason
-    assert alerts.index(ewma[0]) < alerts.index(window[0])
+    first: dict[str, int] = {}
+    for i, v in enumerate(ramp):
+        for name, det, got in (("ewma", d, alerts), ("window", w, window_alerts)):
+            feed(det, [v], start=t + i)
+            if got and name not in first:
+                first[name] = i
+    assert first["ewma"] < first["window"]
+    # The window crossed later too, and joined the EWMA's standing alarm instead of raising
+    # one. (Early in the ramp this textbook EWMA clears and alarms again: that is the EWMA's.)
+    assert {a.detection.detector for a in alerts if a.detection} == {"ewma"}
+    assert alerts[0].detection is not None and "λ = 0.05" in alerts[0].detection.reason
+    assert d.alarms_merged >= 1
 
 
 def test_a_flat_line_alarms_after_the_configured_time_and_clears_when_it_moves() -> None:
@@ -193,8 +212,11 @@ def test_non_finite_samples_never_reach_any_detector() -> None:
     t = feed(d, [math.nan, math.inf, -math.inf] * 20, start=t)
     assert alerts == []  # +inf is not "above max", and 60 s of NaN is not a flat line
     feed(d, [16.0] * 3, start=t)  # the statistics are still finite: a real step still alarms
-    assert {a.detection.detector for a in alerts if a.detection} == {"cusum", "ewma"}
-    assert all(math.isfinite(a.sigma) for a in alerts)
+    # z = 6 is past the EWMA's per-sample limit (λ = 1, L = 5.5) at once: it raises the
+    # metric's alarm; the CUSUM (k = 0.75, h = 10) fires on the second sample and joins it.
+    (alert,) = alerts
+    assert alert.detection is not None and alert.detection.detector == "ewma"
+    assert d.alarms_merged == 1 and math.isfinite(alert.sigma)
 
 
 def test_a_new_baseline_restarts_the_sigma_statistics() -> None:
@@ -227,9 +249,15 @@ def _errors(tmp_path: Path, **metric: Any) -> str:
         ({"ewma": {"L": -3}}, "ewma.L", "greater than 0"),
         ({"min": 5, "max": 5}, "", "min (5.0) must be below max (5.0)"),
         ({"stuck": {"after_s": 0.05}}, "", "stuck.after_s: 0.05 s is shorter than"),
+        ({"baseline": {"mean": 2, "std": 0.3, "phi": 1.0}}, "baseline.phi",
+         "less than or equal to 0.99"),
+        ({"baseline": {"mean": 2, "std": 0.3, "phi": -1.5}}, "baseline.phi",
+         "greater than or equal to -0.99"),
+        ({"stuck": {"after_s": 60, "tolerance_sigma": -1}}, "stuck.tolerance_sigma",
+         "greater than or equal to 0"),
     ],
     ids=["negative-h", "negative-k", "lambda-0", "lambda-above-1", "negative-L", "min-eq-max",
-         "stuck-under-poll"],
+         "stuck-under-poll", "phi-1", "phi-below-minus-1", "negative-tolerance"],
 )  # fmt: skip
 def test_impossible_detector_parameters_name_the_plc_metric_and_field(
     tmp_path: Path, metric: dict[str, Any], field: str, words: str
@@ -245,12 +273,77 @@ def test_impossible_detector_parameters_name_the_plc_metric_and_field(
     assert words in message
 
 
-def test_the_shipped_plant_turns_on_no_new_detector() -> None:
+def test_the_shipped_defaults_turn_on_cusum_ewma_and_flat_line_and_null_turns_one_off() -> None:
     plant = load_plant(PROJECT_ROOT / "config" / "plant.yaml")
     for plc in plant.plcs:
         for m in plc.metrics:
-            assert (m.cusum, m.ewma, m.stuck, m.min, m.max) == (None, None, None, None, None)
-    # Turned on without parameters, a detector takes the textbook ones.
-    m = Metric.model_validate({"name": "x", "register": 0, "cusum": {}, "ewma": {}})
-    assert m.cusum is not None and (m.cusum.k, m.cusum.h) == (0.5, 5.0)
-    assert m.ewma is not None and (m.ewma.lam, m.ewma.width) == (0.2, 3.0)
+            # The figures in docs/drift.md were measured with exactly these.
+            assert m.cusum is not None and (m.cusum.k, m.cusum.h) == (0.75, 10.0)
+            assert m.ewma is not None and (m.ewma.lam, m.ewma.width) == (1.0, 5.5)
+            assert m.stuck is not None and (m.stuck.after_s, m.stuck.tolerance_sigma) == (120, 0)
+    m = Metric.model_validate({"name": "x", "register": 0, "cusum": None, "stuck": None})
+    assert (m.cusum, m.stuck) == (None, None) and m.ewma is not None
+    # Written without parameters a detector takes the shipped values, not the textbook ones.
+    m = Metric.model_validate({"name": "x", "register": 0, "cusum": {}, "ewma": {"L": 4}})
+    assert m.cusum is not None and (m.cusum.k, m.cusum.h) == (0.75, 10.0)
+    assert m.ewma is not None and (m.ewma.lam, m.ewma.width) == (1.0, 4.0)
+
+
+def test_a_slowly_polled_plc_gets_a_default_flat_line_time_of_ten_polls() -> None:
+    plc = {"id": "slow", "vendor": "x", "protocol": "modbus_tcp", "poll_interval_ms": 30_000}
+    plant = Plant.model_validate({"plcs": [{**plc, "metrics": [
+        {"name": "a", "register": 0},
+        {"name": "b", "register": 1, "stuck": {"after_s": 45}},
+    ]}]})  # fmt: skip
+    a, b = plant.plcs[0].metrics
+    assert a.stuck is not None and a.stuck.after_s == 300.0  # 10 × 30 s, not 120 s
+    assert b.stuck is not None and b.stuck.after_s == 45.0  # what the file says
+
+
+def ar1_noise(n: int, phi: float, seed: int, mean: float = 10.0) -> list[float]:
+    """Unit-variance AR(1) noise around mean, drawn here by its definition (not the simulator's)."""
+    rng = np.random.default_rng(seed)
+    e = rng.standard_normal(n) * math.sqrt(1 - phi * phi)
+    x, out = rng.standard_normal(), []
+    for v in e.tolist():
+        x = phi * x + v
+        out.append(mean + x)
+    return out
+
+
+def test_prewhitening_with_the_baselines_phi_keeps_the_cusum_quiet_on_correlated_noise() -> None:
+    values = ar1_noise(20_000, 0.9, seed=5)
+    cusum = {"cusum": {"k": 0.75, "h": 10}}
+    raw, raw_alerts = detector({**BASE, **cusum}, window_s=300)
+    feed(raw, values)
+    whitened, white_alerts = detector(
+        {**BASE, **cusum, "baseline": {"mean": 10.0, "std": 1.0, "phi": 0.9}}, window_s=300
+    )
+    feed(whitened, values)
+    # Sums of φ = 0.9 noise wander √19 ≈ 4.4 times as far: the raw chart alarms again and again
+    # in 20 000 samples; on independent noise this chart's run length is millions of samples.
+    assert len([a for a in raw_alerts if a.detection and a.detection.detector == "cusum"]) >= 5
+    assert white_alerts == []
+
+
+def test_a_prewhitened_step_alarms_at_once_and_the_alarm_reports_the_signals_own_shift() -> None:
+    # φ = 0.9: a 3σ step is one prewhitened jump of 3 / √(1 − 0.81) = 6.9σ, past L = 5.5.
+    d, alerts = detector(
+        {**BASE, "ewma": {"lambda": 1, "L": 5.5}, "baseline": {"mean": 10, "std": 1, "phi": 0.9}},
+        window_s=300,
+    )
+    t = feed(d, [10.0] * 50)
+    feed(d, [13.0], start=t)
+    (alert,) = alerts
+    assert alert.detection is not None and alert.detection.detector == "ewma"
+    assert "prewhitened, φ = 0.90" in alert.detection.reason
+    assert alert.sigma == 3.0  # the sample's own 3σ, not the 6.9σ of the prewhitened jump
+    # The CUSUM's estimate is the mean level over the samples since its sum left 0.
+    c, c_alerts = detector(
+        {**BASE, "cusum": {"k": 0.5, "h": 5}, "baseline": {"mean": 10, "std": 1, "phi": 0.5}},
+        window_s=300,
+    )
+    t = feed(c, [10.0] * 50)
+    feed(c, [14.0] * 3, start=t)  # r: 4/0.866 = 4.62, then 2/0.866 = 2.31: S = 4.12 + 1.81 > 5
+    (alert,) = c_alerts
+    assert alert.sigma == 4.0
