@@ -2,7 +2,8 @@
 
 approval_to_write_p99_ms: a signed WhatsApp "YES" arriving at the API → the PLC value read
 back by the edge worker. fault_to_whatsapp_s: a fault injected in the simulator → the approval
-request handed to Twilio.
+request handed to Twilio, at the drift settings a plant gets by default (and, as a line of its
+own, with the demo's 1 s window).
 """
 
 from __future__ import annotations
@@ -32,7 +33,14 @@ from workflows.drift_response import DriftResponseWorkflow
 
 @contextlib.asynccontextmanager
 async def demo_stack(settings: Settings) -> AsyncIterator[Demo]:
-    demo = Demo(demo_settings(settings))
+    async with demo_stack_with(demo_settings(settings)) as demo:
+        yield demo
+
+
+@contextlib.asynccontextmanager
+async def demo_stack_with(settings: Settings) -> AsyncIterator[Demo]:
+    """The demo stack with exactly these settings (demo_settings already applied)."""
+    demo = Demo(settings)
     with contextlib.redirect_stdout(sys.stderr):  # progress to stderr: stdout is JSON lines
         await demo.up()
     try:
@@ -119,10 +127,26 @@ async def approval_to_write_p99_ms(settings: Settings, rounds: int = 40) -> dict
     )
 
 
-async def fault_to_whatsapp_s(settings: Settings, rounds: int = 5) -> dict[str, Any]:
+def production_drift(settings: Settings) -> Settings:
+    """The demo stack with the drift settings a plant gets by default (the Settings model's
+    defaults, not the demo's 1 s window): the plant file's detectors at their shipped values."""
+    fields = Settings.model_fields
+    return settings.model_copy(
+        update={
+            name: fields[name].default
+            for name in ("drift_window_s", "drift_threshold_sigma", "drift_clear_sigma",
+                         "drift_on_delay_s", "drift_forecast_horizon_s")
+        }
+    )  # fmt: skip
+
+
+async def _faults_to_whatsapp(
+    settings: Settings, rounds: int, production: bool
+) -> tuple[list[float], list[float]]:
     to_request: list[float] = []
     to_start: list[float] = []
-    async with demo_stack(settings) as demo:
+    s = demo_settings(settings)
+    async with demo_stack_with(production_drift(s) if production else s) as demo:
         assert demo.client is not None and demo.twilio is not None and demo.stack is not None
         s, twilio, approver = demo.settings, demo.twilio, demo.settings.approvers[0]
         sc = demo.scenario
@@ -154,15 +178,38 @@ async def fault_to_whatsapp_s(settings: Settings, rounds: int = 5) -> dict[str, 
             await wait_for(
                 "the alarm to clear", lambda: not ingest.detector.alarmed(sc.plc_id, sc.metric)
             )
-    value = max(to_request)
-    anchor = max(to_start)
-    return {
-        "bench": "fault_to_whatsapp_s",
-        "value": round(value, 2),
-        "unit": "s (worst of rounds)",
-        "anchor": round(anchor, 2),
-        "ratio": round(value / anchor, 2),
-        "rounds": rounds,
-        "mean_s": round(float(np.mean(to_request)), 2),
-        "anchor_is": "fault injected → workflow started (the detection part alone)",
-    }
+    return to_request, to_start
+
+
+async def fault_to_whatsapp_s(
+    settings: Settings, rounds: int = 20, demo_rounds: int = 5
+) -> list[dict[str, Any]]:
+    """A step fault injected in the simulator → the approval request handed to Twilio, p50/p95
+    over `rounds` faults at the production drift settings; then the demo's 1 s window as a
+    line of its own. Anchor: fault → workflow started (the detection part alone)."""
+    lines = []
+    for name, production, n in (
+        ("fault_to_whatsapp_s", True, rounds),
+        ("fault_to_whatsapp_s_demo_window", False, demo_rounds),
+    ):
+        to_request, to_start = await _faults_to_whatsapp(settings, n, production)
+        s = demo_settings(settings)
+        window_s = (production_drift(s) if production else s).drift_window_s
+        value = float(np.percentile(to_request, 95))
+        anchor = float(np.percentile(to_start, 95))
+        lines.append(
+            {
+                "bench": name,
+                "value": round(value, 2),
+                "unit": "s (p95)",
+                "anchor": round(anchor, 2),
+                "ratio": round(value / anchor, 2),
+                "rounds": n,
+                "p50_s": round(float(np.percentile(to_request, 50)), 2),
+                "max_s": round(max(to_request), 2),
+                "anchor_p50_s": round(float(np.percentile(to_start, 50)), 2),
+                "drift_window_s": window_s,
+                "anchor_is": "fault injected → workflow started (the detection part alone)",
+            }
+        )
+    return lines
