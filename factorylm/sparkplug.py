@@ -20,7 +20,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
@@ -66,6 +66,7 @@ class DataType(IntEnum):
     TEXT = 14
 
 
+_DATATYPES = {int(d): d for d in DataType}
 _INT32_FIELD = {DataType.INT8, DataType.INT16, DataType.INT32, DataType.UINT8}
 _INT32_FIELD |= {DataType.UINT16, DataType.UINT32}
 _INT64_FIELD = {DataType.INT64, DataType.UINT64, DataType.DATETIME}
@@ -121,10 +122,9 @@ _PAYLOAD: Any = message_factory.GetMessageClass(
 )
 
 
-@dataclass(frozen=True)
-class SpMetric:
+class SpMetric(NamedTuple):
     """One metric of a payload. `value` is None for a null metric (or a non-numeric one that
-    FactoryLM does not store: a string, bytes)."""
+    FactoryLM does not store: a string, bytes). A tuple: the ingest makes one per value."""
 
     name: str | None
     alias: int | None
@@ -166,30 +166,29 @@ def decode(data: bytes) -> SpPayload:
         raise SparkplugError(f"not a Sparkplug B payload ({exc})") from None
     metrics = []
     for m in message.metrics:
-        try:
-            datatype: DataType | None = DataType(m.datatype) if m.HasField("datatype") else None
-        except ValueError:
-            datatype = None  # a datatype FactoryLM does not store (a data set, a template…)
+        # Field 0 is no value in each of these (Sparkplug's datatype 0 is "Unknown", a metric
+        # name is never empty, a timestamp of 0 is no time), so no HasField call is needed.
+        datatype = _DATATYPES.get(m.datatype)
         kind = m.WhichOneof("value")
         value: float | None
-        if m.is_null or kind is None:
+        if kind is None or m.is_null:
             value = None
-        elif kind in ("int_value", "long_value"):
-            value = float(_from_unsigned(getattr(m, kind), datatype))
-        elif kind in ("float_value", "double_value"):
+        elif kind == "double_value" or kind == "float_value":
             value = float(getattr(m, kind))
+        elif kind == "int_value" or kind == "long_value":
+            value = float(_from_unsigned(getattr(m, kind), datatype))
         elif kind == "boolean_value":
             value = 1.0 if m.boolean_value else 0.0
         else:
             value = None
         metrics.append(
             SpMetric(
-                name=m.name if m.HasField("name") else None,
-                alias=m.alias if m.HasField("alias") else None,
-                datatype=datatype,
-                value=value,
-                timestamp_ms=m.timestamp if m.HasField("timestamp") else None,
-                is_null=m.is_null,
+                m.name or None,
+                m.alias if m.HasField("alias") else None,
+                datatype,
+                value,
+                m.timestamp or None,
+                m.is_null,
             )
         )
     return SpPayload(

@@ -310,3 +310,36 @@ async def test_a_running_ingest_reconnects_after_a_broker_restart_and_the_node_i
         await peer.stop()
     stamps = [when for when, _ in samples.rows]
     assert stamps == sorted(stamps) and all(w.tzinfo is UTC for w in stamps)
+
+
+async def test_the_demo_plants_edge_node_is_simulated_on_a_broker_the_simulator_brings(
+    tmp_path: Path,
+) -> None:
+    from dev.simulator.plant import PlantSimulator
+    from factorylm.protocols import Protocol
+    from helpers import plant_with_free_ports
+
+    plant, _ = plant_with_free_ports(tmp_path)
+    filler = plant.plc("filler-1")
+    assert filler is not None and filler.protocol is Protocol.SPARKPLUG_B
+    assert plant.action("stop_filler") is not None
+    sim = PlantSimulator(plant, only={Protocol.SPARKPLUG_B})
+    samples = Samples()
+    collector = SparkplugCollector(filler, samples)
+    await sim.start()
+    try:
+        assert [b.port for b in sim.brokers] == [filler.tcp_port]
+        broker = sim.brokers[0]
+        async with running(collector):
+            await until("ten fill rates", lambda: len(samples.values("fill_rate")) >= 10)
+    finally:
+        await sim.stop()
+    assert not broker.running
+    for name in ("fill_rate", "seal_temp"):
+        metric = filler.metric(name)
+        assert metric is not None and metric.baseline is not None
+        values = samples.values(name)
+        assert values and all(
+            abs(v - metric.baseline.mean) < 6 * metric.baseline.std for v in values
+        )
+    assert collector.bad_samples == {} and collector.gaps == 0
