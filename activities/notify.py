@@ -194,14 +194,19 @@ class NotifyActivities:
 
     @activity.defn(name="send_message")
     async def send_message(self, req: SendMessageInput) -> int:
-        """The message to each recipient; returns how many it reached on some channel."""
+        """The message to each recipient. Returns how many were sent a message by this call
+        (a repeat returns 0: callers count alerts by it); for a page (`ack_code`), how many it
+        reached on some channel, now or earlier (0: refused everywhere, escalate at once)."""
         body = self._context(req)
         run_id = activity.info().workflow_run_id if activity.in_activity() else None
         reached = 0
         for recipient in req.recipients:
+            key = f"{req.dedup_key}/{recipient}"
+            if req.ack_code is None and await self.outbound.handed_over(key):
+                continue
             sent = await self.outbound.send(
                 Outgoing(
-                    key=f"{req.dedup_key}/{recipient}",
+                    key=key,
                     kind=req.kind,
                     address=recipient,
                     body=body,

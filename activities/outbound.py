@@ -90,6 +90,16 @@ class Outbound:
     def twilio(self) -> bool:
         return self._sender is not None
 
+    async def handed_over(self, key: str) -> bool:
+        """True when the message under `key` already went out or failed for good: a repeat
+        of its send changes nothing."""
+        state = await self._pool.fetchrow(
+            "SELECT state, message_sid, channel FROM outbound_messages WHERE idem_key = $1", key
+        )
+        return state is not None and (
+            state["message_sid"] is not None or state["state"] != "queued"
+        )
+
     async def send(self, msg: Outgoing) -> asyncpg.Record:
         """The message's row after this attempt: `queued` with a SID once Twilio has it,
         `failed` when refused (after any SMS fallback, whose row is returned instead)."""
