@@ -78,13 +78,15 @@ SETTINGS: typing.Mapping[Process, frozenset[str]] = MappingProxyType(
         # ingest/service.py, app/stack.py (drift_config); it starts drift workflows.
         Process.INGEST: PRODUCT_PROCESS
         | _fields("task_queue", "batch_max_rows", "batch_max_delay_s", "buffer_max_rows")
+        | _prefixed("spool_")
+        | _fields("state_dir")  # the spool's default directory
         | _prefixed("drift_")
-        # ingest/alarms.py: flood and chattering limits; a flood's message goes to the on-duty.
-        | _prefixed("alarm_")
-        | _fields("approvers")
         # ingest/alert_notifier.py: collector alerts to the person on call (no Twilio secret:
         # a notice workflow sends them).
-        | _fields("roster_file", "plant_timezone", "approval_timeout_s", "grafana_url"),
+        | _fields("roster_file", "plant_timezone", "approval_timeout_s", "grafana_url")
+        # ingest/alarms.py: flood and chattering limits; a flood's message goes to the on-duty.
+        | _prefixed("alarm_")
+        | _fields("approvers"),
         # workers/agents.py (its activities' constructors), temporal/schedules.py, and the
         # operator commands run in this container (manuals, trello, monkey, agents).
         Process.AGENTS: PRODUCT_PROCESS
@@ -261,6 +263,7 @@ ROLES: tuple[DatabaseRole, ...] = (
             "collector_status": RIU,
             "ingest_writer_status": RIU,
             "alarm_outbox": RIU,  # drift alarms, saved before their workflow is started
+            "ingest_spool_progress": RIU,  # how far its disk spool is backfilled
             "alarm_points": RI,  # the alarms' codes
             "alarm_journal": RI,  # raises, clears, chattering, shelves that ran out
             "alarm_shelves": RU,  # open shelves; ends those whose time ran out

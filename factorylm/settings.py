@@ -165,6 +165,14 @@ class Settings(BaseSettings):
     batch_max_rows: int = Field(default=5000, ge=1)
     batch_max_delay_s: float = Field(default=1.0, gt=0)
     buffer_max_rows: int = Field(default=1_000_000, ge=1)
+    # Store-and-forward (ingest/spool.py, docs/operations.md): samples PostgreSQL cannot take
+    # go to local disk and are backfilled when it is back. The directory defaults to
+    # state_dir/spool/<database>; each ingest needs its own (it is locked). A kill -9 loses at
+    # most `spool_fsync_s` of spooled samples; past `spool_max_bytes` the oldest go, counted.
+    spool_enabled: bool = True
+    spool_dir: Path | None = None
+    spool_max_bytes: int = Field(default=2 * 1024**3, ge=1024**2)
+    spool_fsync_s: float = Field(default=1.0, gt=0, le=60)
 
     # Embedding model directory (ONNX all-MiniLM-L6-v2); empty means fastembed's download.
     embedding_model_dir: Path | None = Field(
@@ -251,7 +259,7 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
-    @field_validator("photo_dir", "roster_file", mode="before")
+    @field_validator("photo_dir", "roster_file", "spool_dir", mode="before")
     @classmethod
     def _empty_is_state_dir(cls, value: object) -> object:
         return None if value == "" else value
@@ -260,6 +268,10 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_download(cls, value: object) -> object:
         return None if value == "" else value
+
+    @property
+    def spool_path(self) -> Path:
+        return self.spool_dir or self.state_dir / "spool" / self.pg_database
 
     @model_validator(mode="after")
     def _atlas_complete(self) -> Settings:

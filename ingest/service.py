@@ -18,6 +18,7 @@ from ingest.drift import DriftConfig, DriftDetector
 from ingest.forecast import ForecastPublisher
 from ingest.manager import CollectorManager, Notifier
 from ingest.outbox import AlarmOutbox, OutboxConfig
+from ingest.spool import Spool
 from ingest.writer import BatchWriter
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,14 @@ class IngestService:
             max_rows=settings.batch_max_rows,
             max_delay_s=settings.batch_max_delay_s,
             buffer_rows=settings.buffer_max_rows,
+            # Store-and-forward: what PostgreSQL cannot take waits on disk (ingest/spool.py).
+            spool=Spool(
+                settings.spool_path,
+                max_bytes=settings.spool_max_bytes,
+                fsync_interval_s=settings.spool_fsync_s,
+            )
+            if settings.spool_enabled
+            else None,
         )
         self.starter = WorkflowStarter(client, settings.task_queue)
         # Alarms reach Temporal only through the outbox: saved in PostgreSQL first, then

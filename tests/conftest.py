@@ -61,6 +61,9 @@ def base_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
         # The tests' bootstrap admin token and approver (the product ships neither).
         api_token=SecretStr(f"test-bootstrap-{secrets.token_urlsafe(24)}"),
         approvers=["whatsapp:+15550100001"],
+        # A spool directory is locked by one ingest; tests run many side by side, so the
+        # store-and-forward tests give each ingest its own (tests/integration/test_spool.py).
+        spool_enabled=False,
     )
 
 
