@@ -9,15 +9,17 @@ from __future__ import annotations
 import html
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
+from typing import Any
 
 import asyncpg
 import pytest
 from pydantic import SecretStr
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
 from activities.notify import NotifyActivities
@@ -245,7 +247,11 @@ async def test_a_silent_plc_has_its_drift_alarms_suppressed_not_sent(
 
 
 async def test_a_flood_is_one_grouped_message_listing_the_alarms_beyond_the_limit(
-    settings: Settings, client: Client, pool: asyncpg.Pool, exits: AsyncExitStack
+    settings: Settings,
+    client: Client,
+    pool: asyncpg.Pool,
+    exits: AsyncExitStack,
+    record_history: Callable[[WorkflowHandle[Any, Any], str], Awaitable[None]],
 ) -> None:
     rig = await make_rig(settings, client, pool, exits, flood_alarms=3, gather_s=1.0)
     # A real worker sends the grouped message (the log channel: no Twilio account here); it
@@ -294,6 +300,10 @@ async def test_a_flood_is_one_grouped_message_listing_the_alarms_beyond_the_limi
         )
         == 1
     )
+    (notice,) = rig.ingest.alarms.notices
+    handle = client.get_workflow_handle(notice.dedup_key.replace("/", "-"))
+    assert await handle.result() == 1  # one message, to the one on-duty person
+    await record_history(handle, "alarm_notice_flood")
 
 
 async def test_an_alarm_raised_more_than_k_times_an_hour_is_flagged_as_chattering(
@@ -327,3 +337,55 @@ async def _events(rig: Rig, plc: str, metric: str, event: str, n: int) -> bool:
 
 async def _at_least(rig: Rig, plc: str, metric: str, annunciation: str, n: int) -> bool:
     return await _count(rig, plc, metric, annunciation) >= n
+
+
+async def test_a_shelf_whose_time_ran_out_is_closed_and_its_standing_alarm_sent(
+    settings: Settings, client: Client, pool: asyncpg.Pool, exits: AsyncExitStack
+) -> None:
+    rig = await make_rig(settings, client, pool, exits, flood_alarms=0)
+    plc = rig.plant.plcs[0].id
+    code = rig.code(plc, "level")
+    rig.sims[plc].inject("level", FaultKind.STEP, 6.0)
+    await until("the alarm sent", lambda: rig.outbox_rows(plc, "level"))
+    rig.sims[plc].clear("level")
+    await until("the alarm cleared", lambda: _events(rig, plc, "level", "clear", 1))
+    # A shelf of a few seconds (a reply shelves for minutes at least), announced as the API does.
+    await pool.execute(
+        """INSERT INTO alarm_shelves (code, plc_id, metric, shelved_by, until)
+           VALUES ($1, $2, 'level', $3, now() + interval '3 seconds')""",
+        code,
+        plc,
+        PERSON,
+    )
+    await pool.execute("SELECT pg_notify('alarm_shelves', $1)", code)
+    await until("the ingest holds the shelf", lambda: (plc, "level") in rig.ingest.alarms._shelves)
+    sent = await rig.outbox_rows(plc, "level")
+    rig.sims[plc].inject("level", FaultKind.STEP, 6.0)
+    await until("a shelved raise", lambda: _count(rig, plc, "level", "shelved"))
+    assert await rig.outbox_rows(plc, "level") == sent
+    # The time runs out with the alarm still standing: closed by the ingest, and sent.
+    await until("the standing alarm sent", lambda: _more_rows(rig, plc, "level", sent))
+    shelf = await pool.fetchrow("SELECT * FROM alarm_shelves WHERE code = $1", code)
+    assert shelf["ended_by"] == "expired" and shelf["ended_at"] == shelf["until"]
+    assert await pool.fetchval(
+        "SELECT detail FROM alarm_journal WHERE code = $1 AND event = 'unshelve'", code
+    ) == ("shelf time ran out")
+
+
+async def test_alarms_held_in_a_flood_go_to_their_workflows_when_it_is_over(
+    settings: Settings, client: Client, pool: asyncpg.Pool, exits: AsyncExitStack
+) -> None:
+    # A 2 s window: the flood is over two seconds after its last alarm.
+    rig = await make_rig(
+        settings, client, pool, exits, flood_alarms=3, flood_window_s=2.0, gather_s=0.5
+    )
+    points = [(p.id, m) for p in rig.plant.plcs for m in ("level", "pressure", "temp")]
+    for sim in rig.sims.values():
+        for metric in ("level", "pressure", "temp"):
+            sim.inject(metric, FaultKind.STEP, 6.0)
+    await until("three held in the flood", lambda: rig.ingest.alarms.counts["flood"] >= 3)
+    assert rig.ingest.alarms.counts["flood"] == 3
+    # Still standing when it is over: every one reaches its workflow, none is lost.
+    for plc, metric in points:
+        await until(f"{plc}/{metric} sent", partial(rig.outbox_rows, plc, metric))
+    assert rig.ingest.alarms.flood_messages == 1
