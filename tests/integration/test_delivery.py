@@ -172,7 +172,7 @@ def code_in(message: SentMessage) -> str:
 
 
 async def test_an_undelivered_approval_request_escalates_at_once_to_the_next_person(
-    rig: Rig,
+    rig: Rig, record_history: Any
 ) -> None:
     rig.twilio.undeliverable[BEN_WA] = 63024  # ben's phone is off
     # ana has an SMS number: make her unreachable on both, so the chain must move on.
@@ -193,6 +193,7 @@ async def test_an_undelivered_approval_request_escalates_at_once_to_the_next_per
     assert "Approved" in await rig.reply(CHO_SMS, f"YES {code}")
     result = await handle.result()
     assert result.status == "completed" and result.approved_by == CHO_SMS
+    await record_history(handle, "drift_response_escalated_on_failed_delivery")
 
 
 async def test_a_whatsapp_failure_falls_back_to_sms_for_that_person(rig: Rig) -> None:
@@ -259,7 +260,9 @@ async def test_a_crash_between_send_and_record_duplicates_once_and_is_counted(
         assert (await handle.result()).status == "denied"
 
 
-async def test_the_backup_is_paged_and_ack_stops_the_escalation(rig: Rig) -> None:
+async def test_the_backup_is_paged_and_ack_stops_the_escalation(
+    rig: Rig, record_history: Any
+) -> None:
     handle = await rig.start(3.0, "current")  # send_alert_to_backup_tech: notify, auto
     page = await rig.message_to(BEN_WA, "FactoryLM page")
     found = re.search(r"ACK (\d{4})", page.body)
@@ -278,6 +281,7 @@ async def test_the_backup_is_paged_and_ack_stops_the_escalation(rig: Rig) -> Non
         int(result.work_order_id.removeprefix("WO-")),
     )
     assert f"acknowledged by {BEN_WA}" in description
+    await record_history(handle, "drift_response_paged_backup_acked")
 
 
 async def test_an_unacknowledged_page_goes_to_the_next_person(
