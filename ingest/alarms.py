@@ -127,7 +127,7 @@ class AlarmGate:
         self._listener: asyncpg.Connection | None = None
         self.counts: dict[str, int] = {"sent": 0, "shelved": 0, "suppressed": 0, "flood": 0}
         self.flood_messages = 0
-        self.notices: list[AlarmNoticeInput] = []
+        self.notices: deque[AlarmNoticeInput] = deque(maxlen=100)  # the latest, for tests
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
