@@ -52,6 +52,8 @@ class ShelveCommand:
 def parse_shelve(text: str) -> ShelveCommand | None:
     """`SHELVE A7 2h`, `shelve a7 1h30m`, `UNSHELVE A7` → a command; a message that starts
     with the word but is not one → a command carrying the error; anything else → None."""
+    text = text.strip()
+    # Bounded: a long message that happens to start with the word is not a command.
     if len(text) > 200 or not _WORD.match(text):
         return None
     if m := _UNSHELVE.match(text):
