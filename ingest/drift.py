@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 
 from factorylm.models.drift import Detection, DriftAlert
 from factorylm.models.forecasts import Forecast
-from factorylm.plant import Baseline, Metric, Plant
+from factorylm.plant import Baseline, Metric, Plant, PlantConfigError
 from ingest.forecast import Trend
 
 log = logging.getLogger(__name__)
@@ -294,7 +294,16 @@ class DriftDetector:
         window.low, window.high = metric.min, metric.max
 
     def configure_plant(self, plant: Plant) -> None:
+        """Every metric's detectors. A PLC polled less often than the window is long would
+        have at most one sample in it: its window could never alarm, so that is refused."""
+        window_ms = self.config.window_s * 1000
         for plc in plant.plcs:
+            if plc.poll_interval_ms > window_ms:
+                raise PlantConfigError(
+                    f"plcs[{plc.id}].poll_interval_ms: {plc.poll_interval_ms} ms is longer than "
+                    f"the drift window (FACTORYLM_DRIFT_WINDOW_S = {self.config.window_s:g} s): "
+                    "the window would hold one sample at most; poll faster or widen the window"
+                )
             for metric in plc.metrics:
                 self.configure(plc.id, metric)
 

@@ -347,3 +347,17 @@ def test_a_prewhitened_step_alarms_at_once_and_the_alarm_reports_the_signals_own
     feed(c, [14.0] * 3, start=t)  # r: 4/0.866 = 4.62, then 2/0.866 = 2.31: S = 4.12 + 1.81 > 5
     (alert,) = c_alerts
     assert alert.sigma == 4.0
+
+
+def test_a_plc_polled_less_often_than_the_drift_window_is_long_is_refused_by_name() -> None:
+    plant = Plant.model_validate({"plcs": [
+        {"id": "fast", "vendor": "x", "protocol": "modbus_tcp", "poll_interval_ms": 250,
+         "metrics": [{"name": "a", "register": 0}]},
+        {"id": "slow", "vendor": "x", "protocol": "modbus_tcp", "poll_interval_ms": 5000,
+         "metrics": [{"name": "a", "register": 0}]},
+    ]})  # fmt: skip
+    DriftDetector(DriftConfig(window_s=5.0), lambda a: None).configure_plant(plant)  # equal: ok
+    with pytest.raises(PlantConfigError) as refused:
+        DriftDetector(DriftConfig(window_s=1.0), lambda a: None).configure_plant(plant)
+    assert str(refused.value).startswith("plcs[slow].poll_interval_ms: 5000 ms is longer than")
+    assert "FACTORYLM_DRIFT_WINDOW_S = 1 s" in str(refused.value)
