@@ -15,7 +15,7 @@ from temporalio.worker import Worker
 from activities.plc_write import PlcWriteActivities
 from api.app import create_app
 from api.serving import AppServer
-from factorylm.db.pool import create_pool, prepare_database
+from factorylm.db.pool import DatabaseUnavailable, create_pool, prepare_database
 from factorylm.plant import Plant
 from factorylm.settings import Settings, SettingsError, unsafe_listener
 from ingest.drift import DriftConfig
@@ -59,8 +59,19 @@ class Stack:
         problem = unsafe_listener(self.settings) if self.run_api else None
         if problem:
             raise SettingsError(f"refusing to start the API: {problem}")
-        await prepare_database(self.settings)
-        self.pool = await create_pool(self.settings)
+        ingest_only = self.run_ingest and not (
+            self.run_agents_worker or self.run_edge_worker or self.run_api
+        )
+        try:
+            await prepare_database(self.settings)
+        except DatabaseUnavailable as exc:
+            # An edge's ingest rebooted during a central-database outage still collects, into
+            # its spool (ingest/service.py); everything else needs the database to start.
+            if not (ingest_only and self.settings.spool_enabled):
+                raise
+            log.warning("%s; the ingest starts anyway and spools", exc)
+        if not ingest_only:
+            self.pool = await create_pool(self.settings)
         if self.run_agents_worker:
             await ensure_schedules(self.client, self.settings)
             self._workers.append(

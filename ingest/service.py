@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import datetime
 
+import asyncpg
 from temporalio.client import Client
 
 from factorylm.plant import Plant, Plc
@@ -22,6 +24,8 @@ from ingest.spool import Spool
 from ingest.writer import BatchWriter
 
 log = logging.getLogger(__name__)
+
+_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 class IngestService:
@@ -94,9 +98,14 @@ class IngestService:
         self.alarms.alarmed = self.detector.alarmed
         self.alarms.offline = self._offline
         self.commands = CommandListener(settings.pg_dsn, self.manager.restart)
+        self.detecting = False
+        self._started: set[str] = set()
+        self._late_start: asyncio.Task[None] | None = None
 
     def _on_samples(self, plc: Plc, when: datetime, mono: float, values: dict[str, float]) -> None:
         self.writer.add((when, plc.id, name, value) for name, value in values.items())
+        if not self.detecting:
+            return  # started while PostgreSQL was away: stored (spooled), not yet judged
         for name, value in values.items():
             self.detector.observe(plc.id, name, mono, value, when)
         self.alarms.samples(plc.id, values)
@@ -107,23 +116,76 @@ class IngestService:
         return collector is not None and self.manager.state(collector) in ("failing", "stale")
 
     async def start(self) -> None:
-        await self.baselines.start()
-        self.forecasts.start()
-        await self.alarms.start()  # the points' codes and the open shelves, before any alarm
-        self.outbox.start()  # delivers what a previous ingest left pending, too
+        """Sampling first, then detection. An edge rebooted while the central database is
+        away (with a spool) starts collecting at once into the spool; detection, which needs
+        the baselines, the shelves and the alarm outbox from PostgreSQL, follows when it
+        answers. Without a spool an unreachable database fails the start, as before."""
         self.writer.start()
         await self.manager.start()
-        await self.commands.start()
+        try:
+            await self._start_detection()
+        except _DB_ERRORS as exc:
+            if self.writer.spool is None:
+                await self.manager.stop()
+                await self.writer.stop()
+                raise
+            log.warning(
+                "PostgreSQL unreachable at start (%s): collecting into the spool %s; drift "
+                "detection starts when it answers",
+                exc,
+                self.writer.spool.directory,
+            )
+            self._late_start = asyncio.create_task(self._start_detection_later())
         log.info("ingest started: %d PLCs", len(self.collectors))
+
+    async def _start_detection(self) -> None:
+        # Each part once, in order, so that a retry after a partial start resumes where it was.
+        if "baselines" not in self._started:
+            await self.baselines.start()
+            self._started.add("baselines")
+        if "forecasts" not in self._started:
+            self.forecasts.start()
+            self._started.add("forecasts")
+        if "alarms" not in self._started:
+            await self.alarms.start()  # the points' codes and open shelves, before any alarm
+            self._started.add("alarms")
+        if "outbox" not in self._started:
+            self.outbox.start()  # delivers what a previous ingest left pending, too
+            self._started.add("outbox")
+        if "commands" not in self._started:
+            await self.commands.start()
+            self._started.add("commands")
+        self.detecting = True
+
+    async def _start_detection_later(self) -> None:
+        backoff = 1.0
+        while True:
+            await asyncio.sleep(backoff)
+            try:
+                await self._start_detection()
+            except _DB_ERRORS as exc:
+                log.info("PostgreSQL still unreachable (%s); detection waits", exc)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            log.info("PostgreSQL answers: drift detection started")
+            return
 
     async def stop(self) -> None:
         """Stop polling, then flush every accepted sample before returning."""
-        await self.commands.stop()
+        if self._late_start is not None:
+            self._late_start.cancel()
+            await asyncio.gather(self._late_start, return_exceptions=True)
+        if "commands" in self._started:
+            await self.commands.stop()
         await self.manager.stop()
-        await self.alarms.stop()
-        await self.outbox.stop()  # undelivered alarms stay in the outbox for the next start
-        await self.baselines.stop()
-        await self.forecasts.stop()
+        if "alarms" in self._started:
+            await self.alarms.stop()
+        if "outbox" in self._started:
+            await self.outbox.stop()  # undelivered alarms stay in the outbox for the next start
+        if "baselines" in self._started:
+            await self.baselines.stop()
+        if "forecasts" in self._started:
+            await self.forecasts.stop()
         await self.writer.stop()
         await self.manager.close()  # records the writer's final counters
         log.info(
