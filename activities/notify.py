@@ -21,7 +21,7 @@ from factorylm.grafana import plant_link
 from factorylm.models.approvals import CloseApprovalInput, RequestApprovalInput
 from factorylm.models.messages import MessageKind, SendMessageInput, SendReportInput
 from factorylm.models.outcomes import CloseOutcomeInput, RequestOutcomeInput
-from factorylm.roster import load_roster
+from factorylm.roster import ON_CALL, load_roster
 from factorylm.settings import Settings
 from factorylm.whatsapp import WHATSAPP_MAX_CHARS, clip, fit_whatsapp, in_session
 
@@ -204,17 +204,22 @@ class NotifyActivities:
             key = f"{req.dedup_key}/{recipient}"
             if req.ack_code is None and await self.outbound.handed_over(key):
                 continue
+            address = recipient
+            if recipient == ON_CALL:  # whoever is on duty now (a Schedule's message)
+                if self._roster is None:
+                    continue
+                address = self._roster.on_call(datetime.now(UTC))[0].address
             sent = await self.outbound.send(
                 Outgoing(
                     key=key,
                     kind=req.kind,
-                    address=recipient,
+                    address=address,
                     body=body,
                     workflow_id=req.workflow_id,
                     run_id=run_id,
                     code=req.ack_code,
                     # The roster's SMS number for anyone it knows, whoever sends.
-                    fallback=req.fallbacks.get(recipient) or self._fallback_for(recipient),
+                    fallback=req.fallbacks.get(recipient) or self._fallback_for(address),
                 )
             )
             if not await self.outbound.unreached_now(sent) and sent["state"] != "failed":

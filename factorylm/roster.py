@@ -365,6 +365,16 @@ def read_roster(path: Path, settings: Settings) -> Roster:
     return parse_roster(data, settings, where=f"roster {path}")
 
 
+# A recipient resolved when the message is sent, not when it was scheduled: a Temporal Schedule
+# made on Monday still reaches Thursday's on-duty person (activities/notify.py).
+ON_CALL = "roster:on-duty"
+
+
+def scheduled_recipients(settings: Settings) -> list[str]:
+    """Whom a scheduled message (health alerts, the daily summary, reports) goes to."""
+    return [ON_CALL] if settings.roster_file is not None else list(settings.approvers)
+
+
 def approver_addresses(settings: Settings) -> frozenset[str]:
     """Who may answer an approval request: the roster's people (all their channels), and the
     configured approvers (tokens and older deployments name them)."""

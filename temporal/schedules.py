@@ -24,6 +24,7 @@ from factorylm.models.baselines import BaselineWorkflowInput
 from factorylm.models.health import DailySummaryInput, HealthMonitorInput
 from factorylm.models.lifecycle import DataLifecycleInput
 from factorylm.models.monkey import MonkeyReportInput
+from factorylm.roster import scheduled_recipients
 from factorylm.settings import Settings
 from workflows.baseline import BaselineWorkflow
 from workflows.health import DailySummaryWorkflow, HealthMonitorWorkflow
@@ -65,7 +66,7 @@ def health_schedule(settings: Settings) -> Schedule:
             HealthMonitorInput(
                 task_queues=[settings.task_queue, settings.plc_task_queue],
                 schedule_ids=[BASELINE_SCHEDULE_ID, DAILY_SUMMARY_SCHEDULE_ID],
-                recipients=list(settings.approvers),
+                recipients=scheduled_recipients(settings),
             ),
             id="health-monitor",
             task_queue=settings.task_queue,
@@ -84,7 +85,7 @@ def daily_summary_schedule(settings: Settings) -> Schedule:
             DailySummaryWorkflow.run,
             DailySummaryInput(
                 hours=24,
-                recipients=list(settings.approvers),
+                recipients=scheduled_recipients(settings),
                 flood_alarms=settings.alarm_flood_alarms,
             ),
             id="daily-summary",
@@ -106,7 +107,7 @@ def monkey_report_schedule(settings: Settings) -> Schedule:
             MonkeyReportWorkflow.run,
             MonkeyReportInput(
                 board_id=settings.trello_board_id,
-                recipients=list(settings.approvers),
+                recipients=scheduled_recipients(settings),
                 report_key="",  # the workflow keys each report by its own run
             ),
             id="monkey-report",

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +21,18 @@ import yaml
 from pydantic import SecretStr
 from temporalio.client import Client, WorkflowHandle
 
+from activities.notify import NotifyActivities
 from app.stack import Stack
 from dev.fakes.server import LocalServer
 from dev.fakes.twilio import FakeTwilio, SentMessage, post_inbound, sign
 from dev.simulator.modbus import SimulatedModbusPlc
 from factorylm.models.drift import DriftResponseResult
+from factorylm.models.messages import SendMessageInput
+from factorylm.roster import ON_CALL, scheduled_recipients
 from factorylm.settings import Settings
 from helpers import free_port, make_alert, plant_with_free_ports, until
+from ingest.alert_notifier import OutboundNotifier
+from ingest.manager import CollectorAlert
 from workflows.drift_response import DriftResponseWorkflow
 
 # Numbers of their own (other modules leave requests to theirs); fictional 555-01xx style.
@@ -276,6 +282,7 @@ async def test_the_backup_is_paged_and_ack_stops_the_escalation(
     assert not [m for m in rig.twilio.to(ANA_WA) if "FactoryLM page" in m.body]
     row = await rig.row(BEN_WA, "page", handle.id)
     assert row is not None and row["acked_by"] == BEN_WA
+    assert result.work_order_id is not None
     description = await rig.pool.fetchval(
         "SELECT description FROM work_orders WHERE id = $1",
         int(result.work_order_id.removeprefix("WO-")),
@@ -332,3 +339,43 @@ async def test_a_status_callback_with_a_bad_signature_is_refused_and_changes_not
     assert after is not None and dict(after) == dict(row)
     assert not rig.twilio.to(BEN_WA) and not rig.twilio.to(ANA_SMS)
     await handle.terminate("test over")
+
+
+async def test_a_scheduled_message_reaches_whoever_is_on_duty_when_it_is_sent(rig: Rig) -> None:
+    notify = NotifyActivities(rig.pool, rig.settings)
+    assert scheduled_recipients(rig.settings) == [ON_CALL]  # a roster: resolved at send time
+    key = f"daily/{uuid.uuid4().hex}"
+    sent = await notify.send_message(
+        SendMessageInput(dedup_key=key, recipients=[ON_CALL], body="FactoryLM daily summary")
+    )
+    assert sent == 1
+    message = await rig.message_to(ANA_WA, "FactoryLM daily summary")  # ana: outside_shifts
+    row = await rig.pool.fetchrow(
+        "SELECT * FROM outbound_messages WHERE idem_key = $1", f"{key}/{ON_CALL}"
+    )
+    assert row["address"] == ANA_WA and row["message_sid"] == message.sid
+    assert row["fallback"] == ANA_SMS  # the roster's SMS number, whoever sends
+    again = await notify.send_message(
+        SendMessageInput(dedup_key=key, recipients=[ON_CALL], body="FactoryLM daily summary")
+    )
+    assert again == 0 and len(rig.twilio.to(ANA_WA)) == 1  # a repeat sends nothing
+
+
+async def test_a_collector_alert_reaches_the_person_on_duty_with_its_graphs(rig: Rig) -> None:
+    since = datetime.now(UTC)
+    alert = CollectorAlert(
+        plc_id="press-1",
+        vendor="siemens_s7",
+        protocol="s7",
+        consecutive_errors=3,
+        last_error="connection refused",
+        failing_since=since,
+        dedup_key=f"collector/press-1/{since.isoformat()}-{uuid.uuid4().hex[:6]}",
+        body="PLC press-1 (siemens_s7, s7 at 10.0.0.5:102) has failed 3 polls in a row",
+    )
+    # The ingest holds no Twilio secret: it hands the alert to a workflow the worker sends.
+    await OutboundNotifier(rig.settings, rig.stack.client)(alert)
+    message = await rig.message_to(ANA_WA, "press-1 (siemens_s7")
+    assert message.body.startswith("FactoryLM alert: PLC press-1")
+    assert f"Graphs: {GRAFANA}/d/factorylm-plant/plant-health?var-plc=press-1" in message.body
+    assert "Details: http" in message.body  # the notice workflow in the Web UI
