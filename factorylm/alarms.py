@@ -251,27 +251,23 @@ async def alarm_kpis(
         since,
         until,
     )
+    # Standing: the point's last raise/clear before `until` is a raise; since its first raise
+    # after the clear before it. Per standing point, two index range scans (plc, metric, at).
     standing = await conn.fetch(
-        """SELECT code, plc_id, metric, at FROM (
-               SELECT DISTINCT ON (plc_id, metric) code, plc_id, metric, event, at
+        """WITH last AS (
+               SELECT DISTINCT ON (plc_id, metric) plc_id, metric, code, event
                FROM alarm_journal WHERE event IN ('raise', 'clear') AND at < $1
-               ORDER BY plc_id, metric, id DESC) last
-           WHERE event = 'raise'""",
+               ORDER BY plc_id, metric, at DESC, id DESC)
+           SELECT l.code, l.plc_id, l.metric, (
+                   SELECT min(j.at) FROM alarm_journal j
+                   WHERE j.plc_id = l.plc_id AND j.metric = l.metric AND j.event = 'raise'
+                     AND j.at < $1 AND j.at > coalesce((
+                         SELECT max(c.at) FROM alarm_journal c
+                         WHERE c.plc_id = l.plc_id AND c.metric = l.metric
+                           AND c.event = 'clear' AND c.at < $1), '-infinity')) AS since
+           FROM last l WHERE l.event = 'raise'""",
         until,
     )
-    # The raise that started a standing alarm is its first since the last clear.
-    since_of = {
-        (r["plc_id"], r["metric"]): r["first"]
-        for r in await conn.fetch(
-            """SELECT j.plc_id, j.metric, min(j.at) AS first FROM alarm_journal j
-               WHERE j.event = 'raise' AND j.at < $1 AND j.at > coalesce((
-                   SELECT max(c.at) FROM alarm_journal c WHERE c.event = 'clear'
-                       AND c.plc_id = j.plc_id AND c.metric = j.metric AND c.at < $1),
-                   '-infinity')
-               GROUP BY j.plc_id, j.metric""",
-            until,
-        )
-    }
     shelved = await conn.fetch(
         """SELECT code, plc_id, metric, shelved_by, until FROM alarm_shelves
            WHERE shelved_at <= $1 AND until > $1 AND (ended_at IS NULL OR ended_at > $1)
@@ -303,10 +299,7 @@ async def alarm_kpis(
         standing=sorted(
             (
                 StandingAlarm(
-                    code=r["code"],
-                    plc_id=r["plc_id"],
-                    metric=r["metric"],
-                    since=since_of.get((r["plc_id"], r["metric"]), r["at"]),
+                    code=r["code"], plc_id=r["plc_id"], metric=r["metric"], since=r["since"]
                 )
                 for r in standing
             ),
