@@ -44,7 +44,11 @@ def approval_text(req: RequestApprovalInput, link: str, graphs: str | None = Non
     alert, forecast = req.alert, req.alert.forecast
     head = [
         "FactoryLM approval needed"
-        + (" (escalated: on-duty approver did not answer)" if req.escalation else ""),
+        + (
+            f" (escalated: {req.escalation_reason or 'on-duty approver did not answer'})"
+            if req.escalation
+            else ""
+        ),
         clip(alert.model_copy(update={"forecast": None}).describe() + ".", 300),
         *([clip(f"Trend: {forecast.describe()}.", 200)] if forecast is not None else []),
         clip(f"Proposed: {p.action} — {p.description}. Why: {p.reason}.", 400),

@@ -412,6 +412,7 @@ class DriftResponseWorkflow:
             approvers=list(dict.fromkeys(allowed)),
         )
         asked: list[str] = []
+        before = ""  # why the previous person is not the one answering
         for round_ in range(plan.chain_repeat + 1):
             for i, step in enumerate(plan.chain):
                 later = bool(round_ or i)
@@ -429,6 +430,7 @@ class DriftResponseWorkflow:
                         recipients=[step.address],
                         summary=self._summary,
                         escalation=later,
+                        escalation_reason=before,
                         timeout_s=step.wait_s,
                         fallbacks={step.address: step.fallback} if step.fallback else {},
                         attempt=round_,
@@ -449,8 +451,10 @@ class DriftResponseWorkflow:
                 )
                 if self._decision is not None:
                     break
+                before = f"{step.person} did not answer in {step.wait_s / 60:g} min"
                 if (code, step.address) in self._unreachable:
                     asked[-1] = f"{step.person} (not reachable)"
+                    before = f"{step.person} could not be reached"
             if self._decision is not None:
                 break
         decision = self._decision

@@ -18,6 +18,9 @@ class RequestApprovalInput(Model):
     recipients: list[str]
     summary: str = Field(default="", description="the agents' findings, in a few lines")
     escalation: bool = Field(default=False, description="the on-duty approver did not answer")
+    escalation_reason: str = Field(
+        default="", description="who was asked before and why they are not answering"
+    )
     timeout_s: float = 300.0
     fallbacks: dict[str, str] = Field(
         default_factory=dict, description="recipient -> SMS number tried when WhatsApp fails"

@@ -190,7 +190,7 @@ async def test_an_undelivered_approval_request_escalates_at_once_to_the_next_per
     # Each step's timer is 10 minutes: cho is asked within seconds only because ana's two
     # channels and ben's WhatsApp were reported undelivered by Twilio's callbacks.
     to_cho = await rig.message_to(CHO_SMS, f"YES {code}")
-    assert "escalated" in to_cho.body
+    assert "(escalated: ben could not be reached)" in to_cho.body
     ana = await rig.row(ANA_WA, "approval", handle.id)
     assert ana is not None
     assert (ana["state"], ana["error_code"], ana["escalated"]) == ("failed", "63024", True)
