@@ -223,7 +223,11 @@ async def alarm_kpis(
     periods count); a period is in flood when more than `flood_alarms` alarms were shown in
     it; standing and shelved alarms are those at `until`."""
     annunciated = list(ANNUNCIATED)
-    periods = max(1, round((until - since).total_seconds() / 600))
+    # The fixed 10-minute buckets the period touches (partial ones at its ends included), so
+    # the share in flood never exceeds 100 %.
+    first = int(since.timestamp() // 600)
+    last = int((until.timestamp() - 1e-6) // 600)
+    periods = max(1, last - first + 1)
     counts = await conn.fetchrow(
         """SELECT count(*) FILTER (WHERE annunciation = ANY($3::text[])) AS shown,
                   count(*) AS raised,

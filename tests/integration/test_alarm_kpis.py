@@ -14,31 +14,33 @@ from factorylm.alarms import alarm_kpis
 from factorylm.models.health import DailySummaryInput
 from helpers import TANK_METRICS, modbus_plant
 
-# A morning in 2020: no other test writes journal rows that long ago.
+# Mornings in 2020: no other test writes journal rows that long ago. Each test here writes its
+# journal on a day of its own (the KPIs cover the whole database): the one that checks the
+# standing alarms exactly on the first, since alarms left standing on a day still stand later.
 T0 = datetime(2020, 3, 2, 6, 0, tzinfo=UTC)
 
 
-def at(minute: float) -> datetime:
-    return T0 + timedelta(minutes=minute)
+def at(minute: float, day: int = 0) -> datetime:
+    return T0 + timedelta(days=day, minutes=minute)
 
 
-async def write_journal(pool: asyncpg.Pool, tag: str) -> dict[str, str]:
+async def write_journal(pool: asyncpg.Pool, tag: str, day: int = 0) -> dict[str, str]:
     plc = {c: f"kpi-{tag}-{c}" for c in ("K1", "K2", "K3", "K4", "K5")}
     rows: list[tuple[datetime, str, str, str | None]] = []
     # 06:00–06:10: 12 alarms shown (K1 ×8, K2 ×4) — a flood (more than 10).
-    rows += [(at(0.5 * i), "K1", "raise", "sent") for i in range(8)]
-    rows += [(at(5 + i), "K2", "raise", "sent") for i in range(4)]
-    rows.append((at(5.5), "K1", "chatter", None))
+    rows += [(at(0.5 * i, day), "K1", "raise", "sent") for i in range(8)]
+    rows += [(at(5 + i, day), "K2", "raise", "sent") for i in range(4)]
+    rows.append((at(5.5, day), "K1", "chatter", None))
     # 06:10–06:20: 3 shown (K3), 2 while K1 was shelved, 1 suppressed (K4's PLC offline).
-    rows += [(at(11 + i), "K3", "raise", "sent") for i in range(3)]
-    rows += [(at(12), "K4", "raise", "suppressed")]
-    rows += [(at(16 + i), "K1", "raise", "shelved") for i in range(2)]
-    rows.append((at(15), "K2", "clear", None))
+    rows += [(at(11 + i, day), "K3", "raise", "sent") for i in range(3)]
+    rows += [(at(12, day), "K4", "raise", "suppressed")]
+    rows += [(at(16 + i, day), "K1", "raise", "shelved") for i in range(2)]
+    rows.append((at(15, day), "K2", "clear", None))
     # 06:20–06:30: one alarm listed in a flood's grouped message (shown); K3 clears.
-    rows.append((at(21), "K5", "raise", "flood"))
-    rows.append((at(25), "K3", "clear", None))
+    rows.append((at(21, day), "K5", "raise", "flood"))
+    rows.append((at(25, day), "K3", "clear", None))
     # 06:30–07:00: quiet. After the period (07:05): a raise that must not count.
-    rows.append((at(65), "K2", "raise", "sent"))
+    rows.append((at(65, day), "K2", "raise", "sent"))
     await pool.executemany(
         """INSERT INTO alarm_journal (at, site, plc_id, metric, code, event, annunciation)
            VALUES ($1, 'kpi', $2, 'm', $3, $4, $5)""",
@@ -49,8 +51,15 @@ async def write_journal(pool: asyncpg.Pool, tag: str) -> dict[str, str]:
         """INSERT INTO alarm_shelves (code, plc_id, metric, shelved_by, shelved_at, until,
                ended_at, ended_by) VALUES ($1, $2, 'm', 'whatsapp:+15550300009', $3, $4, $5, $6)""",
         [
-            (f"K1-{tag}", plc["K1"], at(15), at(135), None, None),
-            (f"K3-{tag}", plc["K3"], at(12), at(72), at(20), "whatsapp:+15550300009"),
+            (f"K1-{tag}", plc["K1"], at(15, day), at(135, day), None, None),
+            (
+                f"K3-{tag}",
+                plc["K3"],
+                at(12, day),
+                at(72, day),
+                at(20, day),
+                "whatsapp:+15550300009",
+            ),
         ],
     )
     return plc
@@ -94,8 +103,8 @@ async def test_a_threshold_of_three_puts_the_second_period_in_flood_too(
     pool: asyncpg.Pool,
 ) -> None:
     tag = uuid.uuid4().hex[:6]
-    await write_journal(pool, tag)
-    k = await alarm_kpis(pool, at(0), at(60), flood_alarms=2)
+    await write_journal(pool, tag, day=1)
+    k = await alarm_kpis(pool, at(0, 1), at(60, 1), flood_alarms=2)
     assert k.flood_pct == 33.3  # 12 and 3 are above 2; the third period's 1 is not
 
 
@@ -115,3 +124,15 @@ async def test_the_daily_summary_carries_the_alarm_kpis(pool: asyncpg.Pool, clie
     assert summary.alarms.raised >= 3 and summary.alarms.flood_threshold == 10
     assert f"D-{tag}" in [a.code for a in summary.alarms.standing]
     assert "Standing: " in summary.as_text() and f"D-{tag} m on daily-{tag}" in summary.as_text()
+
+
+async def test_a_period_off_the_10_minute_grid_counts_the_partial_buckets_at_its_ends(
+    pool: asyncpg.Pool,
+) -> None:
+    tag = uuid.uuid4().hex[:6]
+    await write_journal(pool, tag, day=2)
+    # 06:05–07:05 touches seven buckets (06:00 … 07:00). K1's eight raises before 06:05 and
+    # K2's at 07:05 fall outside; K2 ×4 (06:05–06:08), K3 ×3 and K5 ×1 are shown.
+    k = await alarm_kpis(pool, at(5, 2), at(65, 2), flood_alarms=3)
+    assert (k.annunciated, k.per_10_min, k.peak_10_min) == (8, 1.14, 4)
+    assert k.flood_pct == 14.3  # the 06:00 bucket's 4 > 3, one of seven
