@@ -132,6 +132,9 @@ class Mosquitto:
         # A persistent session keeps what arrives while its client is away; the defaults (1000
         # messages) would drop a few seconds of a busy plant's data during a short disconnect.
         lines += ["max_queued_messages 200000", "max_inflight_messages 100"]
+        # Sparkplug edge nodes publish data at QoS 0; without this a persistent session keeps
+        # only QoS 1/2 messages for its client while it is away, and the data would be lost.
+        lines += ["queue_qos0_messages true"]
         if self.users:
             passwords = self.directory / "passwords"
             passwords.write_text("")
@@ -224,7 +227,8 @@ async def start_brokers(plant: Plant, plcs: list[Plc] | None = None) -> list[Mos
     for plc in plcs if plcs is not None else plant.plcs:
         if plc.protocol in MQTT_PROTOCOLS and not plc.tls and plc.username is None:
             endpoints.append((plc.host, plc.tcp_port))
-    if plant.publish is not None and plcs is None and not plant.publish.tls:
+    # The publisher's broker too, when the plant simulates one for its MQTT entries anyway.
+    if plant.publish is not None and plcs is None and endpoints and not plant.publish.tls:
         endpoints.append((plant.publish.host, plant.publish.port))
     started: list[Mosquitto] = []
     try:

@@ -221,9 +221,6 @@ class Plc(_Strict):
     password_env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]*$")
     tls: bool = False
     ca_file: str | None = None  # the CA that signed the broker's certificate (system CAs if unset)
-    # How long a broker may keep this client's session (and its queued QoS 1 messages) while
-    # the ingest is disconnected.
-    session_expiry_s: int = Field(default=3600, ge=0)
     opcua: OpcUa | None = None  # OPC UA: endpoint path, security, trust list
     metrics: list[Metric] = Field(min_length=1)
     setpoints: list[Setpoint] = Field(default_factory=list)
@@ -344,7 +341,6 @@ class MqttPublish(_Strict):
     ca_file: str | None = None
     interval_ms: int = Field(default=1000, ge=50)  # how often the audit tables are read
     timeout_ms: int = Field(default=5000, ge=100)
-    session_expiry_s: int = Field(default=0, ge=0)
 
     id: str = "publisher"  # names the connection in messages, as a PLC's id does
 

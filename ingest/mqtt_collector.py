@@ -1,9 +1,8 @@
 """Push collectors for MQTT: Sparkplug B edge nodes and plain JSON topics.
 
 Each PLC entry of protocol sparkplug_b or mqtt_json gets one of these in place of the polling
-collector (factorylm.protocols names them). It keeps one MQTT 5 connection with a fixed client
-id and a persistent session (clean start off, the plant file's session expiry) and subscribes
-at QoS 1, so a short disconnect of the ingest or a broker restart (Mosquitto with persistence)
+collector (factorylm.protocols names them). It keeps one MQTT connection with a fixed client
+id and a persistent session (clean session off) and subscribes at QoS 1, so a short disconnect of the ingest or a broker restart (Mosquitto with persistence)
 loses nothing: the broker queues what arrives and delivers it on reconnection.
 
 Sparkplug B: births (NBIRTH, DBIRTH) declare each metric's name, alias and datatype and carry

@@ -56,7 +56,7 @@ class Samples:
 @contextlib.asynccontextmanager
 async def mqtt(broker: Mosquitto, name: str, **kwargs: Any) -> AsyncIterator[aiomqtt.Client]:
     async with aiomqtt.Client(
-        broker.host, broker.port, identifier=name, protocol=aiomqtt.ProtocolVersion.V5, **kwargs
+        broker.host, broker.port, identifier=name, protocol=aiomqtt.ProtocolVersion.V311, **kwargs
     ) as client:
         yield client
 
@@ -76,7 +76,14 @@ class HandNode:
         return str(sp.Topic(GROUP, kind, self.node, device))
 
     async def raw(self, kind: sp.MessageType, payload: bytes, device: str | None = None) -> None:
-        await self.client.publish(self.topic(kind, device), payload, qos=1)
+        # QoS 0, as Sparkplug has edge nodes publish everything but their death certificate.
+        await self.client.publish(self.topic(kind, device), payload, qos=0)
+
+    async def flush(self) -> None:
+        """Return once the broker has every QoS 0 message sent before: a QoS 1 message's
+        acknowledgement comes after them (a client that disconnects at once may drop the
+        QoS 0 messages it has not written yet)."""
+        await self.client.publish(f"test/flush/{self.node}", b"", qos=1)
 
     async def births(self, speed: float, temp: float, run: bool, *, stamp: int) -> None:
         self.seq = 0

@@ -29,8 +29,6 @@ from functools import partial
 from typing import Protocol
 
 import aiomqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from factorylm import sparkplug as sp
 from factorylm.drivers import PlcError
@@ -75,8 +73,6 @@ class Broker(Protocol):
     @property
     def ca_file(self) -> str | None: ...
     @property
-    def session_expiry_s(self) -> int: ...
-    @property
     def timeout_ms(self) -> int: ...
 
 
@@ -100,26 +96,29 @@ def mqtt_client(
     will: aiomqtt.Will | None = None,
     max_queued_incoming: int | None = None,
 ) -> aiomqtt.Client:
-    """An MQTT 5 client for the PLC's broker. A persistent client resumes its session
-    (clean start off, the plant file's session expiry), so the broker keeps what arrives for
-    its QoS 1 subscriptions while it is disconnected."""
+    """An MQTT 3.1.1 client for the PLC's broker. A persistent client keeps its session (clean
+    session off), so the broker queues what arrives for its QoS 1 subscriptions while it is
+    disconnected, until the broker's own session expiry (Mosquitto:
+    `persistent_client_expiration`, none by default).
+
+    Not MQTT 5, although its session expiry would be the client's to choose: paho builds a
+    Properties object for every message an MQTT 5 client receives, which cost more than all
+    of the ingest's own work per message (decoding, aliases, the writer, the detector) and cut
+    the Sparkplug ingest's rate to about a third (docs/ingest.md, the benchmark)."""
     tls: ssl.SSLContext | None = None
     if plc.tls:
         try:
             tls = ssl.create_default_context(cafile=plc.ca_file)
         except (OSError, ssl.SSLError) as exc:
             raise PlcError(f"{plc.id}: cannot load ca_file {plc.ca_file}: {exc}") from exc
-    properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-    properties.SessionExpiryInterval = plc.session_expiry_s if persistent else 0
     return aiomqtt.Client(
         plc.host,
         plc.tcp_port,
         username=plc.username,
         password=broker_password(plc),
         identifier=identifier,
-        protocol=aiomqtt.ProtocolVersion.V5,
-        clean_start=not persistent,
-        properties=properties,
+        protocol=aiomqtt.ProtocolVersion.V311,
+        clean_session=not persistent,
         tls_context=tls,
         will=will,
         keepalive=15,

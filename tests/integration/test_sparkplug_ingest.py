@@ -79,7 +79,7 @@ async def test_births_and_aliased_data_are_stored_with_the_nodes_timestamps_over
                 username="edge",
                 password="e",
                 tls_context=tls_context(broker),
-                protocol=aiomqtt.ProtocolVersion.V5,
+                protocol=aiomqtt.ProtocolVersion.V311,
             )
             async with edge:
                 node = HandNode(edge, f"edge-{plc_id}")
@@ -270,6 +270,7 @@ async def test_nothing_published_while_the_ingest_is_away_is_lost_even_across_a_
         # The ingest is away (its session stays on the broker): the node keeps publishing.
         for i in range(1, 51):
             await node.ddata(T0 + i, a1=100.0 + i)
+        await node.flush()
     await broker.restart()  # the queued messages are in mosquitto's persistence file
     async with running(collector):
         await until("all 50", lambda: len(samples.values("speed")) == 51)
