@@ -30,6 +30,7 @@ from asyncua.crypto import security_policies
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
 from factorylm.drivers import PlcError
@@ -148,19 +149,27 @@ class TrustList:
                     # a reason nobody sees; say which file is wrong now.
                     raise PlcError(f"trust list entry {file}: not a certificate ({exc})") from exc
 
-    def trusts(self, cert: x509.Certificate) -> bool:
+    def untrusted(self, cert: x509.Certificate) -> str | None:
+        """Why `cert` is not to be trusted, or None: it must be one of the trusted
+        certificates or signed by one of them, and be within its validity period."""
+        now = datetime.now(UTC)
+        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+            return (
+                f"it is valid from {cert.not_valid_before_utc:%Y-%m-%d %H:%M} to "
+                f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
+            )
         der = cert.public_bytes(serialization.Encoding.DER)
         for trusted in self.certificates:
             if trusted.public_bytes(serialization.Encoding.DER) == der:
-                return True
+                return None
             try:
                 cert.verify_directly_issued_by(trusted)
-            except (ValueError, TypeError, Exception):  # signature, algorithm or issuer mismatch
+            except (ValueError, TypeError, InvalidSignature):  # another issuer or key
                 continue
-            now = datetime.now(UTC)
-            if cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-                return True
-        return False
+            return None
+        return (
+            f"it is not in, nor issued by a certificate in, opcua.trust ({', '.join(self.sources)})"
+        )
 
 
 @dataclass
@@ -417,11 +426,11 @@ async def _secure(client: Client, url: str, settings: OpcUa, who: str) -> None:
         server_cert = x509.load_der_x509_certificate(_first_der(offered[0].ServerCertificate))
     except ValueError as exc:
         raise PlcError(f"{who}: {url} sent no readable certificate ({exc})") from exc
-    if not trust.trusts(server_cert):
+    why = trust.untrusted(server_cert)
+    if why is not None:
         raise PlcError(
-            f"{who}: the server certificate of {url}, "
-            f"{describe_certificate(server_cert)}, is not trusted: it is not in, nor issued "
-            f"by a certificate in, opcua.trust ({', '.join(trust.sources)})"
+            f"{who}: the server certificate of {url}, {describe_certificate(server_cert)}, "
+            f"is not trusted: {why}"
         )
     assert settings.certificate and settings.private_key  # the plant file checks it
     try:

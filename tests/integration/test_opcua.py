@@ -206,6 +206,7 @@ async def test_after_a_server_restart_the_ingest_resubscribes_and_keeps_what_it_
     count = "SELECT count(*) FROM samples WHERE plc_id = $1 AND time < $2"
     try:
         collector = ingest.collectors[0]
+        assert isinstance(collector, OpcUaCollector)
         await until("samples before the restart", lambda: collector.cycles >= 10)
         await peer.set_offline(True)  # the server stops: its sessions and subscriptions go
         down_at = datetime.now(UTC)
