@@ -20,6 +20,7 @@ import pytest
 import yaml
 from pydantic import SecretStr
 from temporalio.client import Client, WorkflowHandle
+from twilio.base.exceptions import TwilioRestException
 
 from activities.notify import NotifyActivities
 from app.stack import Stack
@@ -27,7 +28,8 @@ from dev.fakes.server import LocalServer
 from dev.fakes.twilio import FakeTwilio, SentMessage, post_inbound, sign
 from dev.simulator.modbus import SimulatedModbusPlc
 from factorylm.models.drift import DriftResponseResult
-from factorylm.models.messages import SendMessageInput
+from factorylm.models.messages import SendMessageInput, SendReportInput
+from factorylm.models.outcomes import RequestOutcomeInput
 from factorylm.roster import ON_CALL, scheduled_recipients
 from factorylm.settings import Settings
 from helpers import free_port, make_alert, plant_with_free_ports, until
@@ -379,3 +381,38 @@ async def test_a_collector_alert_reaches_the_person_on_duty_with_its_graphs(rig:
     assert message.body.startswith("FactoryLM alert: PLC press-1")
     assert f"Graphs: {GRAFANA}/d/factorylm-plant/plant-health?var-plc=press-1" in message.body
     assert "Details: http" in message.body  # the notice workflow in the Web UI
+
+
+async def test_an_outcome_question_whose_send_failed_is_sent_by_the_retry(rig: Rig) -> None:
+    notify = NotifyActivities(rig.pool, rig.settings)
+    question = RequestOutcomeInput(
+        workflow_id=f"outcome-{uuid.uuid4().hex[:8]}",
+        event_id=1,
+        recipient=ANA_WA,
+        work_order_id="WO-000042",
+        summary="vibration on conveyor-1",
+    )
+    rig.twilio.fail_next = 1  # Twilio answers 500 once
+    with pytest.raises(TwilioRestException):
+        await notify.request_outcome(question)
+    assert not rig.twilio.to(ANA_WA)
+    # The waiting row is there already; before, the retry saw it and asked nobody.
+    await notify.request_outcome(question)
+    (asked,) = rig.twilio.to(ANA_WA)
+    assert "WO-000042" in asked.body and "reply with what you found" in asked.body
+    row = await rig.pool.fetchrow(
+        "SELECT * FROM outbound_messages WHERE idem_key = $1", f"outcome/{question.workflow_id}"
+    )
+    # Twilio answered the first attempt (with an error): the resend is no duplicate.
+    assert (row["attempts"], row["duplicates"], row["message_sid"]) == (2, 0, asked.sid)
+
+
+async def test_a_report_reaches_the_person_on_duty(rig: Rig) -> None:
+    notify = NotifyActivities(rig.pool, rig.settings)
+    key = f"baseline-report/{uuid.uuid4().hex[:8]}"
+    report = SendReportInput(dedup_key=key, subject="Baselines updated", body="12 metrics")
+    assert await notify.send_report(report) is True
+    message = await rig.message_to(ANA_WA, "FactoryLM report: Baselines updated")
+    assert "12 metrics" in message.body
+    assert await notify.send_report(report) is False  # recorded once, sent once
+    assert len(rig.twilio.to(ANA_WA)) == 1
