@@ -38,7 +38,18 @@ TAG = "bench-spb"
 GROUP = "bench"
 NODES = 10
 METRICS = 10
-LADDER = (2_000, 5_000, 10_000, 20_000, 40_000, 80_000, 160_000)  # metrics/s offered
+LADDER = (
+    2_000,
+    5_000,
+    10_000,
+    20_000,
+    30_000,
+    40_000,
+    60_000,
+    80_000,
+    120_000,
+    160_000,
+)  # metrics/s
 REACHED = 0.9  # of the offered rate: the publisher kept up
 KEPT_UP_S = 1.0  # a subscriber had every message at most this long after the last was sent
 
