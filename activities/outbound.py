@@ -72,6 +72,7 @@ class Outgoing:
 class Unreached:
     """A message that reached nobody: its workflow, code and the person's first address."""
 
+    message_id: int
     kind: str
     workflow_id: str | None
     run_id: str | None
@@ -263,7 +264,13 @@ class Outbound:
             "message %s to %r %s (Twilio error %s)", row["id"], row["address"], status, error_code
         )
         if row["channel"] == "whatsapp" and row["fallback"] and self._settings.twilio_sms_from:
-            sms = await self._fallback(row)
+            try:
+                sms = await self._fallback(row)
+            except Exception as exc:
+                # Nothing retries a callback's work: rather than wait on an SMS that may never
+                # go, the person counts as unreached (the SMS row stays queued, visible).
+                log.warning("SMS fallback for message %s not sent: %s", row["id"], exc)
+                return row, await self._unreached(row, f"{status}; SMS not sent: {exc}")
             if sms["state"] != "failed":
                 return row, None
             row = sms
@@ -284,12 +291,19 @@ class Outbound:
         if claimed is None:
             return None
         return Unreached(
+            message_id=first["id"],
             kind=first["kind"],
             workflow_id=first["workflow_id"],
             run_id=first["run_id"],
             code=first["code"],
             address=first["address"],
             error=error,
+        )
+
+    async def unclaim(self, failed: Unreached) -> None:
+        """The workflow could not be told: a later callback may tell it."""
+        await self._pool.execute(
+            "UPDATE outbound_messages SET escalated = false WHERE id = $1", failed.message_id
         )
 
     async def unreached_now(self, row: asyncpg.Record) -> bool:

@@ -81,6 +81,7 @@ class TwilioStatusWebhook:
             )
         except RPCError as exc:
             if exc.status != RPCStatusCode.NOT_FOUND:
+                await self._outbound.unclaim(failed)
                 raise
             log.info(
                 "workflow %r has ended; its failed message needs no escalation", failed.workflow_id
