@@ -14,6 +14,7 @@ from starlette.routing import Route
 from temporalio.client import Client
 
 from api.auth import READ, AccessGuard
+from api.board import BoardRoutes
 from api.budget import BudgetEndpoint
 from api.codec import CodecRoutes
 from api.forecasts import ForecastsEndpoint
@@ -82,5 +83,7 @@ def create_app(settings: Settings, client: Client, pool: asyncpg.Pool) -> Starle
             *OperatorRoutes(settings, client, pool).routes(guard),
             *PhotoRoutes(settings, pool, intake).routes(guard),
             *CodecRoutes(payload_codec(settings)).routes(guard),
+            # The plant board at / (its own login page; reads only): api/board.py.
+            *BoardRoutes(settings, client, pool, guard).routes(),
         ],
     )

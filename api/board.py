@@ -35,6 +35,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import asyncpg
+import numpy as np
 from starlette.requests import Request
 from starlette.responses import (
     FileResponse,
@@ -68,7 +69,7 @@ MAX_TOKEN_CHARS = 512
 # Live points: the hub sends 1 s buckets of the last few seconds on every tick, so a browser
 # that missed a tick (a reconnect, a slow flush) is filled in by the next one.
 LIVE_BUCKET_S = 1
-LIVE_LOOKBACK_S = 4
+LIVE_LOOKBACK_S = 3
 # Ticks: at most every half second (a busy writer flushes more often), at least every two
 # (collector ages, approval countdowns and work orders change without new samples too).
 MIN_TICK_S = 0.5
@@ -81,9 +82,12 @@ STREAM_RETRY_MS = 300
 # Without browsers the listener stops after this long (longer than a reconnect takes).
 HUB_IDLE_STOP_S = 20.0
 SUBSCRIBER_QUEUE = 8  # events a slow browser may lag behind before it is dropped (it reconnects)
-TEMPORAL_TIMEOUT = timedelta(seconds=2)
+TEMPORAL_TIMEOUT = timedelta(seconds=1)
 RESPONSES_CACHE_S = 2.0
-FRESH_LOOKBACK_S = 30
+# Collector states, responses, writes, work orders and messages change at human pace: in an
+# update every this often (a browser's ages and countdowns tick on between).
+STATUS_EVERY_S = 1.5
+FRESH_LOOKBACK_S = 5
 MAX_OPEN_RESPONSES = 25
 # The approval code is for the approver's eyes; a viewer's board never shows it.
 _CODE = re.compile(r"\s*\(code \d{4}\)")
@@ -247,8 +251,9 @@ class BoardData:
         self._pool = pool
         self.plant = plant
         self._plc_ids = [p.id for p in plant.plcs]
-        self._responses: tuple[float, list[tuple[Any, str]]] | None = None
-        self._message_state: tuple[float, str | None] | None = None
+        self._responses: tuple[float, list[tuple[Any, str]] | BaseException] | None = None
+        self._refreshing: asyncio.Task[None] | None = None
+        self._message_state: tuple[float, str] | None = None
 
     # -- trends ------------------------------------------------------------------------------
     async def metrics(self) -> list[MetricInfo]:
@@ -286,57 +291,25 @@ class BoardData:
             return None
         return await self._pool.fetchval("SELECT rolled_up_to FROM data_lifecycle LIMIT 1")
 
-    async def series(self, range_s: int, width: int) -> dict[str, Any]:
+    async def series(self, range_s: int, width: int, cache: TrendCache | None = None) -> str:
+        """Every metric's trend as JSON text, bucketed to the chart's width. PostgreSQL
+        averages the buckets and writes the arrays (as 4-byte floats: 7 digits are more
+        than a pixel can show), so the API only splices text: a 200-PLC board is thousands
+        of arrays, and encoding them in Python would be most of the request's time."""
         points = max(MIN_WIDTH, min(width, MAX_WIDTH)) // 2
         step = max(1, math.ceil(range_s / points))
         span = timedelta(seconds=range_s)
         bucket = timedelta(seconds=step)
-        acc: dict[tuple[str, str], dict[float, list[float]]] = {}
-        raw_from = None
-        if step >= 60:
-            rolled = await self._rollups_until()
-            if rolled is not None:
-                # Minutes already rolled up come from the rollups (one row per minute instead
-                # of hundreds of samples); the rest from the raw samples.
-                rows = await self._pool.fetch(
-                    """SELECT plc_id, metric,
-                              extract(epoch FROM time_bucket($1::interval, bucket))::float8 AS t,
-                              sum(mean * samples) AS s, sum(samples)::float8 AS n
-                       FROM samples_1m
-                       WHERE bucket > now() - $2::interval AND bucket < $3
-                         AND plc_id = ANY($4::text[])
-                       GROUP BY 1, 2, 3""",
-                    bucket,
-                    span,
-                    rolled,
-                    self._plc_ids,
-                )
-                for r in rows:
-                    acc.setdefault((r["plc_id"], r["metric"]), {})[r["t"]] = [r["s"], r["n"]]
-                raw_from = rolled
-        rows = await self._pool.fetch(
-            """SELECT plc_id, metric,
-                      extract(epoch FROM time_bucket($1::interval, time))::float8 AS t,
-                      sum(value) AS s, count(*)::float8 AS n
-               FROM samples
-               WHERE time > greatest(now() - $2::interval, coalesce($3::timestamptz, '-infinity'::timestamptz))
-                 AND plc_id = ANY($4::text[])
-               GROUP BY 1, 2, 3""",
-            bucket,
-            span,
-            raw_from,
-            self._plc_ids,
-        )
-        for r in rows:
-            cell = acc.setdefault((r["plc_id"], r["metric"]), {}).setdefault(r["t"], [0.0, 0.0])
-            cell[0] += r["s"]
-            cell[1] += r["n"]
-        out = []
+        # The grid every series shares: bucket i starts at t0 + i * step.
+        now_s = int(time.time())
+        t0 = ((now_s - range_s) // step) * step
+        if cache is not None and cache.covers(range_s, step):
+            data = dict(zip(cache.keys, cache.window(range_s, step, t0, now_s), strict=True))
+        else:
+            data = await self._bucketed(span, bucket, t0, step)
+        parts = []
         for info in await self.metrics():
-            cells = acc.get((info.plc_id, info.metric), {})
-            ts = sorted(cells)
-            values = [_finite(cells[t][0] / cells[t][1]) for t in ts]
-            out.append(
+            head = _dumps(
                 {
                     "plc": info.plc_id,
                     "metric": info.metric,
@@ -346,11 +319,63 @@ class BoardData:
                     "threshold_sigma": info.threshold_sigma,
                     "min": info.min,
                     "max": info.max,
-                    "t": ts,
-                    "v": values,
                 }
             )
-        return {"range_s": range_s, "step_s": step, "series": out}
+            got = data.get((info.plc_id, info.metric), '{"i0":0,"v":[]}')
+            parts.append(head[:-1] + ',"data":' + got + "}")
+        return f'"range_s":{range_s},"step_s":{step},"t0":{t0},"series":[{",".join(parts)}]'
+
+    async def _bucketed(
+        self, span: timedelta, bucket: timedelta, t0: int, step: int
+    ) -> dict[tuple[str, str], str]:
+        rolled = await self._rollups_until() if step >= 60 else None
+        # Minutes already rolled up come from the rollups (one row per minute instead of
+        # hundreds of samples), the rest from the raw samples.
+        rollup_cells = (
+            """SELECT plc_id, metric, time_bucket($1::interval, bucket) AS b,
+                      sum(mean * samples) AS s, sum(samples)::float8 AS n
+               FROM samples_1m
+               WHERE bucket > now() - $2::interval AND bucket < $3 AND plc_id = ANY($4::text[])
+               GROUP BY 1, 2, 3
+               UNION ALL"""
+            if rolled is not None
+            else ""
+        )
+        rows = await self._pool.fetch(
+            f"""WITH cells AS (
+                    {rollup_cells}
+                    SELECT plc_id, metric, time_bucket($1::interval, time) AS b,
+                           sum(value) AS s, count(*)::float8 AS n
+                    FROM samples
+                    WHERE time > greatest(now() - $2::interval,
+                                          coalesce($3::timestamptz, '-infinity'::timestamptz))
+                      AND plc_id = ANY($4::text[])
+                      AND value NOT IN ('NaN'::float8, 'Infinity'::float8, '-Infinity'::float8)
+                    GROUP BY 1, 2, 3
+                ), merged AS (
+                    SELECT plc_id, metric, b, (sum(s) / sum(n))::real AS v
+                    FROM cells GROUP BY 1, 2, 3
+                )
+                SELECT plc_id, metric, json_build_object(
+                           'i', json_agg(round((extract(epoch FROM b) - $5) / $6)::int ORDER BY b),
+                           'v', json_agg(v ORDER BY b))::text AS data
+                FROM merged GROUP BY 1, 2""",
+            bucket,
+            span,
+            rolled,
+            self._plc_ids,
+            float(t0),
+            float(step),
+        )
+        out = {}
+        for r in rows:
+            sparse = json.loads(r["data"])
+            first = sparse["i"][0]
+            dense: list[float | None] = [None] * (sparse["i"][-1] - first + 1)
+            for i, v in zip(sparse["i"], sparse["v"], strict=True):
+                dense[i - first] = v
+            out[(r["plc_id"], r["metric"])] = f'{{"i0":{first},"v":{_dumps(dense)}}}'
+        return out
 
     async def markers(self, range_s: int) -> list[dict[str, Any]]:
         """Where drift alarms fired: the ingest's outbox holds every alarm (delivered to
@@ -379,18 +404,39 @@ class BoardData:
             for r in rows
         ]
 
-    async def live_points(self) -> list[list[Any]]:
-        rows = await self._pool.fetch(
-            """SELECT plc_id, metric,
-                      extract(epoch FROM time_bucket($1::interval, time))::float8 AS t,
+    def keys(self) -> list[tuple[str, str]]:
+        return [(p.id, m.name) for p in self.plant.plcs for m in p.metrics]
+
+    async def live_rows(self) -> list[asyncpg.Record]:
+        """The last few seconds of every metric in 1 s buckets."""
+        rows: list[asyncpg.Record] = await self._pool.fetch(
+            """SELECT plc_id, metric, extract(epoch FROM time_bucket($1::interval, time))::int8 AS t,
                       avg(value) AS v
-               FROM samples WHERE time > now() - $2::interval AND plc_id = ANY($3::text[])
+               FROM samples
+               WHERE time > now() - $2::interval AND plc_id = ANY($3::text[])
+                 AND value NOT IN ('NaN'::float8, 'Infinity'::float8, '-Infinity'::float8)
                GROUP BY 1, 2, 3 ORDER BY 3""",
             timedelta(seconds=LIVE_BUCKET_S),
             timedelta(seconds=LIVE_LOOKBACK_S),
             self._plc_ids,
         )
-        return [[r["plc_id"], r["metric"], r["t"], _finite(r["v"])] for r in rows]
+        return rows
+
+    async def prime(self, cache: TrendCache) -> None:
+        now_s = int(time.time())
+        rows = await self._pool.fetch(
+            """SELECT plc_id, metric, array_agg(t) AS t, array_agg(v) AS v FROM (
+                   SELECT plc_id, metric, extract(epoch FROM time_bucket('1 s', time))::int8 AS t,
+                          avg(value) AS v
+                   FROM samples
+                   WHERE time > now() - $1::interval AND plc_id = ANY($2::text[])
+                     AND value NOT IN ('NaN'::float8, 'Infinity'::float8, '-Infinity'::float8)
+                   GROUP BY 1, 2, 3
+               ) cells GROUP BY 1, 2""",
+            timedelta(seconds=TrendCache.SPAN_S),
+            self._plc_ids,
+        )
+        cache.prime(now_s, rows)
 
     # -- status ------------------------------------------------------------------------------
     def history_link(self, workflow_id: str, run_id: str | None = None) -> str:
@@ -451,27 +497,44 @@ class BoardData:
         return {"items": await self._open_responses(running), "error": None}
 
     async def _running(self) -> list[tuple[Any, str]]:
-        """The Temporal part, cached briefly: every browser's update shares it, and the list
-        and the queries are the dearest reads of a tick."""
-        now = time.monotonic()
-        if self._responses is not None and now - self._responses[0] < RESPONSES_CACHE_S:
-            return self._responses[1]
-        running = []
-        async for wf in self._client.list_workflows(
-            "WorkflowType = 'DriftResponseWorkflow' AND ExecutionStatus = 'Running'",
-            limit=MAX_OPEN_RESPONSES,
-            rpc_timeout=TEMPORAL_TIMEOUT,
+        """The Temporal part. Every browser's update shares it, and a query to a workflow
+        whose worker is down waits for its timeout: refreshed in the background at most every
+        RESPONSES_CACHE_S, the last answer served meanwhile (the very first is awaited)."""
+        if self._responses is None:
+            await self._refresh_running()
+        elif time.monotonic() - self._responses[0] >= RESPONSES_CACHE_S and (
+            self._refreshing is None or self._refreshing.done()
         ):
-            running.append(wf)
-        statuses = await asyncio.gather(
-            *(self._status_of(wf.id, wf.run_id) for wf in running), return_exceptions=True
-        )
+            self._refreshing = asyncio.create_task(self._refresh_quietly())
+        assert self._responses is not None
+        if isinstance(self._responses[1], BaseException):
+            raise self._responses[1]
+        return self._responses[1]
+
+    async def _refresh_quietly(self) -> None:
+        with contextlib.suppress(RPCError, TimeoutError):
+            await self._refresh_running()
+
+    async def _refresh_running(self) -> None:
+        try:
+            running = []
+            async for wf in self._client.list_workflows(
+                "WorkflowType = 'DriftResponseWorkflow' AND ExecutionStatus = 'Running'",
+                limit=MAX_OPEN_RESPONSES,
+                rpc_timeout=TEMPORAL_TIMEOUT,
+            ):
+                running.append(wf)
+            statuses = await asyncio.gather(
+                *(self._status_of(wf.id, wf.run_id) for wf in running), return_exceptions=True
+            )
+        except (RPCError, TimeoutError) as exc:
+            self._responses = (time.monotonic(), exc)
+            raise
         found = [
             (wf, _CODE.sub("", st) if isinstance(st, str) else "running")
             for wf, st in zip(running, statuses, strict=True)
         ]
-        self._responses = (now, found)
-        return found
+        self._responses = (time.monotonic(), found)
 
     async def _open_responses(self, found: list[tuple[Any, str]]) -> list[dict[str, Any]]:
         if not found:
@@ -544,23 +607,17 @@ class BoardData:
         status: str = await handle.query("status", rpc_timeout=TEMPORAL_TIMEOUT)
         return status
 
-    async def _state_column(self) -> str | None:
-        """Outbound messages may carry a delivery state (a later migration): shown when the
-        column is there."""
+    async def _messages_table(self) -> str:
+        """Where messages are read from: `outbound_messages` (one row per message to one
+        address, with its delivery state from Twilio's callbacks) where that table exists,
+        else `notifications`. Looked up once a minute."""
         now = time.monotonic()
         if self._message_state is not None and now - self._message_state[0] < 60:
-            return self._message_state[1]
-        cols = await self._pool.fetch(
-            """SELECT column_name FROM information_schema.columns
-               WHERE table_schema = current_schema() AND table_name = 'notifications'"""
-        )
-        names = {c["column_name"] for c in cols}
-        found = next(
-            (c for c in ("delivery_state", "delivery_status", "status", "state") if c in names),
-            None,
-        )
-        self._message_state = (now, found)
-        return found
+            return self._message_state[1] or "notifications"
+        found = await self._pool.fetchval("SELECT to_regclass('outbound_messages') IS NOT NULL")
+        table = "outbound_messages" if found else "notifications"
+        self._message_state = (now, table)
+        return table
 
     async def recent(self) -> dict[str, Any]:
         writes = await self._pool.fetch(
@@ -576,15 +633,23 @@ class BoardData:
                FROM work_orders ORDER BY created_at DESC, id DESC LIMIT $1""",
             RECENT_ROWS,
         )
-        state = await self._state_column()
-        # The column name comes from the catalog, among four fixed names: safe to interpolate.
-        state_sql = f", {state}::text AS state" if state else ""
-        messages = await self._pool.fetch(
-            f"""SELECT channel, recipient, body, workflow_id{state_sql},
-                       extract(epoch FROM sent_at)::float8 AS at
-                FROM notifications ORDER BY sent_at DESC, id DESC LIMIT $1""",
-            RECENT_ROWS,
-        )
+        table = await self._messages_table()
+        delivery = table == "outbound_messages"
+        # Both statements are fixed text: the table is one of two names chosen above.
+        if delivery:
+            messages = await self._pool.fetch(
+                """SELECT channel, address AS recipient, body, workflow_id, state,
+                          extract(epoch FROM created_at)::float8 AS at
+                   FROM outbound_messages ORDER BY created_at DESC, id DESC LIMIT $1""",
+                RECENT_ROWS,
+            )
+        else:
+            messages = await self._pool.fetch(
+                """SELECT channel, recipient, body, workflow_id,
+                          extract(epoch FROM sent_at)::float8 AS at
+                   FROM notifications ORDER BY sent_at DESC, id DESC LIMIT $1""",
+                RECENT_ROWS,
+            )
         return {
             "writes": [
                 {
@@ -609,11 +674,11 @@ class BoardData:
                     "to": r["recipient"],
                     "body": _clip(r["body"], 280),
                     "workflow_id": r["workflow_id"],
-                    **({"state": r["state"]} if state else {}),
+                    **({"state": r["state"]} if delivery else {}),
                 }
                 for r in messages
             ],
-            "message_state": state is not None,
+            "message_state": delivery,
         }
 
     def _work_order(self, r: asyncpg.Record) -> dict[str, Any]:
@@ -637,13 +702,26 @@ class BoardData:
             **(await self.recent()),
         }
 
-    async def initial(self, range_s: int, width: int) -> dict[str, Any]:
-        return {
-            "plant": self.plant.name,
-            **(await self.series(range_s, width)),
-            "markers": await self.markers(range_s),
-            **(await self.status()),
-        }
+    async def initial(self, range_s: int, width: int, cache: TrendCache | None = None) -> str:
+        series = await self.series(range_s, width, cache)
+        rest = _dumps(
+            {
+                "plant": self.plant.name,
+                "markers": await self.markers(range_s),
+                **(await self.status()),
+            }
+        )
+        return "{" + series + "," + rest[1:]
+
+
+def _round6(value: float | None) -> float | None:
+    if value is None or not math.isfinite(value):
+        return None
+    return float(f"{value:.6g}")
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
 
 
 def _agents_summary(body: str) -> str:
@@ -654,9 +732,92 @@ def _agents_summary(body: str) -> str:
 
 
 # -- live updates ------------------------------------------------------------------------------
+class TrendCache:
+    """The last 16 minutes of every metric in 1 s buckets, in this API process's memory: the
+    hub fills it from the rows it reads for the live updates anyway, so the default 15 min
+    view is served without reading the samples table again. A ring of SPAN_S columns; a
+    column holds the second its stamp says, or nothing."""
+
+    SPAN_S = 960
+
+    def __init__(self, keys: list[tuple[str, str]]) -> None:
+        self.keys = keys
+        self._index = {k: i for i, k in enumerate(keys)}
+        self._values = np.full((len(keys), self.SPAN_S), np.nan)
+        self._stamp = np.full(self.SPAN_S, -1, dtype=np.int64)
+        self.primed = False
+
+    def covers(self, range_s: int, step: int) -> bool:
+        return self.primed and range_s + step < self.SPAN_S
+
+    def _claim(self, sec: int) -> int | None:
+        col = sec % self.SPAN_S
+        if self._stamp[col] != sec:
+            if self._stamp[col] > sec:
+                return None  # older than the ring: gone
+            self._values[:, col] = np.nan
+            self._stamp[col] = sec
+        return col
+
+    def prime(self, now_s: int, rows: list[asyncpg.Record]) -> None:
+        first = now_s - self.SPAN_S + 1
+        secs = np.arange(first, now_s + 1, dtype=np.int64)
+        self._stamp[secs % self.SPAN_S] = secs
+        self._values[:] = np.nan
+        for r in rows:
+            i = self._index.get((r["plc_id"], r["metric"]))
+            if i is None:
+                continue
+            t = np.asarray(r["t"], dtype=np.int64)
+            v = np.asarray(r["v"], dtype=np.float64)
+            keep = t >= first
+            self._values[i, t[keep] % self.SPAN_S] = v[keep]
+        self.primed = True
+
+    def put(self, plc: str, metric: str, sec: int, value: float | None) -> int | None:
+        """Stores one 1 s bucket; the series' index when that is news (a new or changed
+        bucket), None when browsers have it already."""
+        i = self._index.get((plc, metric))
+        if i is None or value is None:
+            return None
+        col = self._claim(sec)
+        if col is None or self._values[i, col] == value:
+            return None
+        self._values[i, col] = value
+        return i
+
+    def window(self, range_s: int, step: int, t0: int, now_s: int) -> list[str]:
+        """Each series' bucketed trend as {"i": [...], "v": [...]} JSON text."""
+        secs = np.arange(t0, now_s + 1, dtype=np.int64)
+        cols = secs % self.SPAN_S
+        m = self._values[:, cols]
+        m[:, self._stamp[cols] != secs] = np.nan
+        pad = (-m.shape[1]) % step
+        if pad:
+            m = np.concatenate([m, np.full((m.shape[0], pad), np.nan)], axis=1)
+        cells = m.reshape(m.shape[0], -1, step)
+        counts = np.count_nonzero(~np.isnan(cells), axis=2)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = np.nansum(cells, axis=2) / counts
+            # Six significant digits: what a trend can show, in half the JSON.
+            mag = np.where(means == 0, 1.0, 10.0 ** (5 - np.floor(np.log10(np.abs(means)))))
+            means = np.round(means * mag) / mag
+        out = []
+        for row_counts, row_means in zip(counts, means, strict=True):
+            idx = np.flatnonzero(row_counts)
+            if not len(idx):
+                out.append('{"i0":0,"v":[]}')
+                continue
+            seg = row_means[idx[0] : idx[-1] + 1].tolist()
+            values = [None if x != x else x for x in seg]  # NaN (an empty bucket): a gap
+            out.append(f'{{"i0":{idx[0]},"v":{_dumps(values)}}}')
+        return out
+
+
 class BoardHub:
     """One LISTEN connection and one reader per API process; every browser gets the same
-    encoded event. Started by the first browser, stopped a while after the last one left."""
+    encoded event, and the 15 min trends are served from the hub's memory (TrendCache).
+    Started by the first browser, stopped a while after the last one left."""
 
     def __init__(self, settings: Settings, data: BoardData) -> None:
         self._settings = settings
@@ -665,6 +826,11 @@ class BoardHub:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._last_event: bytes | None = None
+        self._woke: float | None = None  # when the first notify since the last update came
+        self._last_use = time.monotonic()
+        self._status_at = 0.0
+        self.cache = TrendCache(data.keys())
+        self._pages: dict[tuple[int, int], tuple[int, str]] = {}
         self.ticks = 0
         self.notifications = 0
 
@@ -672,18 +838,37 @@ class BoardHub:
     def subscribers(self) -> int:
         return len(self._subscribers)
 
+    def _ensure_running(self) -> None:
+        self._last_use = time.monotonic()
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="board-hub")
+
     def subscribe(self) -> asyncio.Queue[bytes | None]:
         queue: asyncio.Queue[bytes | None] = asyncio.Queue(SUBSCRIBER_QUEUE)
         if self._last_event is not None:
             queue.put_nowait(self._last_event)  # a reconnecting browser is current at once
         self._subscribers.add(queue)
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="board-hub")
+        self._ensure_running()
         self._wake.set()
         return queue
 
     def unsubscribe(self, queue: asyncio.Queue[bytes | None]) -> None:
         self._subscribers.discard(queue)
+        self._last_use = time.monotonic()
+
+    async def page_data(self, range_s: int, width: int) -> str:
+        """The page's data; browsers that load the same view within one tick share one
+        encoding of it."""
+        self._ensure_running()
+        memo = self._pages.get((range_s, width))
+        if memo is not None and memo[0] == self.ticks and self.cache.primed:
+            return memo[1]
+        body = await self._data.initial(range_s, width, self.cache)
+        if self.cache.primed:
+            self._pages = {(range_s, width): (self.ticks, body)} | {
+                k: v for k, v in self._pages.items() if v[0] == self.ticks
+            }
+        return body
 
     async def close(self) -> None:
         if self._task is not None:
@@ -697,11 +882,12 @@ class BoardHub:
 
     def _notified(self, *_args: object) -> None:
         self.notifications += 1
+        if self._woke is None:
+            self._woke = time.time()
         self._wake.set()
 
     async def _run(self) -> None:
         conn: asyncpg.Connection | None = None
-        idle_since: float | None = None
         last_tick = 0.0
         try:
             while True:
@@ -712,44 +898,71 @@ class BoardHub:
                     except (OSError, asyncpg.PostgresError) as exc:
                         log.warning("board: cannot listen for samples (%s); ticking on time", exc)
                         conn = None
+                try:
+                    if not self.cache.primed:
+                        await self._data.prime(self.cache)
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    log.warning("board: cannot read the trends (%s)", exc)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), IDLE_TICK_S)
                 self._wake.clear()
-                if not self._subscribers:
-                    idle_since = idle_since or time.monotonic()
-                    if time.monotonic() - idle_since > HUB_IDLE_STOP_S:
-                        return
-                    continue
-                idle_since = None
+                if not self._subscribers and time.monotonic() - self._last_use > HUB_IDLE_STOP_S:
+                    return
                 # A rate limit, not a poll: a writer flushing many times a second is read at
                 # most twice a second for all browsers together.
                 wait = MIN_TICK_S - (time.monotonic() - last_tick)
                 if wait > 0:
                     await asyncio.sleep(wait)
                 last_tick = time.monotonic()
+                woke, self._woke = self._woke, None
                 try:
-                    event = await self.build_event()
+                    event = await self.tick(woke)
                 except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                     log.warning("board: update failed: %s", exc)
                     continue
-                self.publish(event)
+                if event is not None:
+                    self.publish(event)
         finally:
+            # Stopped: the trends in memory stop being kept, so they are no longer served.
+            self.cache.primed = False
+            self._pages.clear()
             if conn is not None:
                 with contextlib.suppress(Exception):
                     await conn.close()
 
-    async def build_event(self) -> bytes:
-        payload = {
-            "points": await self._data.live_points(),
-            "markers": await self._data.markers(LIVE_LOOKBACK_S * 15),
-            **(await self._data.status()),
-        }
+    async def tick(self, woke: float | None = None) -> bytes | None:
+        """Reads the new points once (into the cache) and, with browsers open, makes the one
+        update they all get: the 1 s buckets that are new or changed, as [series index, t,
+        value] (the index into the page's series list), and every STATUS_EVERY_S the
+        status sections. `woke`: when the notify that asked for it arrived (the benchmark
+        measures from there to each browser)."""
+        rows = await self._data.live_rows()
+        points = []
+        for r in rows:
+            value = _round6(r["v"])
+            i = self.cache.put(r["plc_id"], r["metric"], r["t"], value)
+            if i is not None:
+                points.append([i, r["t"], value])
         self.ticks += 1
-        data = json.dumps(payload, separators=(",", ":"), allow_nan=False)
-        return f"event: update\ndata: {data}\n\n".encode()
+        if not self._subscribers:
+            return None
+        payload: dict[str, Any] = {
+            "woke": woke if woke is not None else time.time(),
+            "now": time.time(),
+            "markers": await self._data.markers(LIVE_LOOKBACK_S * 15),
+        }
+        if time.monotonic() - self._status_at >= STATUS_EVERY_S:
+            status = await self._data.status()
+            payload |= status
+            self._status_at = time.monotonic()
+            # What a browser that connects meanwhile gets first (no "woke": it is no update).
+            replay = _dumps({"now": status["now"], "markers": payload["markers"], **status})
+            self._last_event = f'event: update\ndata: {replay[:-1]},"p":[]}}\n\n'.encode()
+        payload["built"] = time.time()
+        head = _dumps(payload)
+        return f'event: update\ndata: {head[:-1]},"p":{_dumps(points)}}}\n\n'.encode()
 
     def publish(self, event: bytes) -> None:
-        self._last_event = event
         for queue in list(self._subscribers):
             try:
                 queue.put_nowait(event)
@@ -869,8 +1082,7 @@ class BoardRoutes:
             width = int(request.query_params.get("width", DEFAULT_WIDTH))
         except ValueError:
             return JSONResponse({"error": "width is a number of pixels"}, 400)
-        payload = await self.data.initial(RANGES[key], width)
-        body = json.dumps(payload, separators=(",", ":"), allow_nan=False)
+        body = await self.hub.page_data(RANGES[key], width)
         return Response(body, media_type="application/json", headers={"cache-control": "no-store"})
 
     async def events(self, request: Request) -> Response:

@@ -350,6 +350,12 @@ ROLES: tuple[DatabaseRole, ...] = (
             "alarm_points": R,
             "alarm_journal": RI,
             "alarm_shelves": RIU,
+            # The plant board (api/board.py): trends, alarms, writes and messages, read only.
+            "samples": R,
+            "drift_events": R,
+            "alarm_outbox": R,
+            "plc_writes": R,
+            "notifications": R,
         },
         (Process.API,),
         column_grants={"approval_requests": {"UPDATE": ("status",)}},

@@ -15,6 +15,7 @@
     responses: [],
     lastEvent: 0,
     dirty: new Set(),
+    order: [], // series index (as the server numbers them) -> "plc/metric"
   };
   const key = (plc, metric) => plc + "/" + metric; // ids and metric names have no "/"
   const now = () => Date.now() / 1000 + state.skew;
@@ -215,6 +216,7 @@
       byPlc.get(info.plc).push(info);
     }
     const fresh = state.series.size === 0;
+    state.order = d.series.map((info) => key(info.plc, info.metric));
     if (fresh) box.textContent = "";
     for (const [plc, infos] of byPlc) {
       let grid = null;
@@ -245,14 +247,26 @@
           state.series.set(k, s);
         }
         s.info = info;
-        s.t = info.t.slice();
-        s.v = info.v.slice();
+        // Bucket i of every series starts at t0 + i * step (the server's shared grid).
+        s.t = [];
+        s.v = [];
+        info.data.v.forEach((v, j) => {
+          if (v === null) return; // an empty bucket: a gap in the line
+          s.t.push(d.t0 + (info.data.i0 + j) * d.step_s);
+          s.v.push(v);
+        });
         s.subBucket = null;
         s.subs = new Map();
         if (!s.chart) s.chart = makeChart(s, k, Math.max(200, s.plot.clientWidth || width));
         else s.chart.setData(dataOf(s));
         showLast(s);
       }
+    }
+  }
+
+  function fitCharts() {
+    for (const s of state.series.values()) {
+      if (s.chart) s.chart.setSize({ width: Math.max(200, s.plot.clientWidth), height: 150 });
     }
   }
 
@@ -277,10 +291,11 @@
   function addPoints(points) {
     const step = state.step;
     const oldest = now() - state.rangeS;
-    for (const [plc, metric, t, v] of points) {
+    for (const [i, t, v] of points) {
       if (v === null) continue;
-      const k = key(plc, metric);
-      const s = state.series.get(k);
+      // The index into the page's series list (the server keeps the same order).
+      const k = state.order[i];
+      const s = k === undefined ? undefined : state.series.get(k);
       if (!s) continue;
       const bucket = Math.floor(t / step) * step;
       const lastT = s.t.length ? s.t[s.t.length - 1] : -Infinity;
@@ -430,10 +445,11 @@
   }
 
   function applyStatus(d) {
+    // Updates carry the status sections only every second or two; points come in all.
     state.skew = d.now - Date.now() / 1000;
-    applyCollectors(d.collectors);
-    applyResponses(d.responses);
-    applyRecent(d);
+    if (d.collectors) applyCollectors(d.collectors);
+    if (d.responses) applyResponses(d.responses);
+    if (d.writes) applyRecent(d);
   }
 
   // -- loading and live updates --------------------------------------------------------------
@@ -449,6 +465,8 @@
     addMarkers(d.markers);
     applyStatus(d);
     buildTrends(d);
+    // The first charts were sized before the grid had all its cards: fit them once laid out.
+    requestAnimationFrame(fitCharts);
     state.dirty.clear();
   }
 
@@ -457,7 +475,7 @@
     source.addEventListener("update", (e) => {
       const d = JSON.parse(e.data);
       state.lastEvent = Date.now();
-      addPoints(d.points);
+      addPoints(d.p);
       addMarkers(d.markers);
       applyStatus(d);
       requestAnimationFrame(redraw);
@@ -483,9 +501,7 @@
   window.addEventListener("resize", () => {
     clearTimeout(resizeTimer);
     resizeTimer = setTimeout(() => {
-      for (const s of state.series.values()) {
-        if (s.chart) s.chart.setSize({ width: Math.max(200, s.plot.clientWidth), height: 150 });
-      }
+      fitCharts();
     }, 150);
   });
 
