@@ -79,6 +79,7 @@ async def ingest_writer(settings: Settings, n: int = 200_000, rounds: int = 3) -
 def _registry() -> dict[str, Bench]:
     from dev.bench.approval import approval_to_write_p99_ms, fault_to_whatsapp_s
     from dev.bench.board import board_p99_ms
+    from dev.bench.delivery import delivery_failover
     from dev.bench.detection import detection
     from dev.bench.drift import drift_storm_workflows, drift_to_workflow_p99_ms
     from dev.bench.ingest import ingest_end_to_end, poll_cycle
@@ -99,6 +100,7 @@ def _registry() -> dict[str, Bench]:
         "ingest_end_to_end": ingest_end_to_end,
         "approval_to_write_p99_ms": approval_to_write_p99_ms,
         "fault_to_whatsapp_s": fault_to_whatsapp_s,
+        "delivery_failover": delivery_failover,
         "photo_to_workorder_p99_ms": photo_to_workorder_p99_ms,
         "similarity_top5_p99_ms": similarity_top5_p99_ms,
         "embed_throughput": embed_throughput,

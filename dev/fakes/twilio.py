@@ -21,6 +21,7 @@ import base64
 import hmac
 import itertools
 import re
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -53,6 +54,7 @@ class Callback:
     url: str
     form: dict[str, str]
     answered: int  # the HTTP status the callback URL answered (0: unreachable)
+    at: float = 0.0  # time.time() when its answer came back
 
 
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
@@ -192,7 +194,9 @@ class FakeTwilio:
                 except httpx.HTTPError:
                     answered = 0
                 message.statuses.append(status)
-                self.callbacks.append(Callback(message.status_callback, form, answered))
+                self.callbacks.append(
+                    Callback(message.status_callback, form, answered, at=time.time())
+                )
 
     async def _media(self, request: Request) -> Response:
         if not self._authorised(request):
