@@ -1,6 +1,8 @@
 """The demo plant's MQTT side on a stack with free ports (the code `make demo` runs): its
-start-up lines name the broker, the Sparkplug edge node and the event publisher; the ingest
-stores the edge node's metrics; a PLC write FactoryLM audits reaches the plant's broker."""
+start-up lines name the broker, the Sparkplug edge node and the event publisher; a drift of the
+edge node's seal temperature runs the drift workflow to the catalog action stop_filler, approved
+on WhatsApp, written as a DCMD and read back from the node's next DDATA; the plant's SCADA sees
+each step on the broker."""
 
 from __future__ import annotations
 
@@ -15,12 +17,13 @@ import asyncpg
 import pytest
 from temporalio.client import Client
 
-from dev.demo.environment import Demo, demo_settings
+from dev.demo.drift import run_drift_scenario
+from dev.demo.environment import Demo, Scenario, demo_settings, say
 from factorylm.settings import Settings
 from helpers import free_port, plant_with_free_ports, until
 
 
-async def test_the_demo_starts_a_broker_a_sparkplug_node_and_publishes_factorylms_events(
+async def test_a_sparkplug_drift_is_answered_by_an_approved_dcmd_read_back_and_seen_on_the_broker(
     tmp_path: Path,
     settings: Settings,
     client: Client,
@@ -42,7 +45,7 @@ async def test_the_demo_starts_a_broker_a_sparkplug_node_and_publishes_factorylm
             }
         )
     )
-    demo = Demo(s)
+    demo = Demo(s, scenario=Scenario(plc_id="filler-1", metric="seal_temp", step_sigma=6.0))
     events: list[dict[str, object]] = []
     try:
         await demo.up()
@@ -54,7 +57,7 @@ async def test_the_demo_starts_a_broker_a_sparkplug_node_and_publishes_factorylm
         publisher = demo.stack.publisher
         await until("the publisher's cursor", lambda: len(publisher.cursors) == 5)
         async with aiomqtt.Client("127.0.0.1", filler.tcp_port, identifier="scada") as scada:
-            await scada.subscribe("demo-plant/factorylm/+/+", qos=1)
+            await scada.subscribe("demo-plant/factorylm/+/filler-1", qos=1)
 
             async def listen() -> None:
                 with contextlib.suppress(aiomqtt.MqttError):
@@ -63,32 +66,32 @@ async def test_the_demo_starts_a_broker_a_sparkplug_node_and_publishes_factorylm
                         events.append(json.loads(message.payload))
 
             listening = asyncio.create_task(listen())
-            rows = await until(
-                "filler-1's metrics stored",
-                lambda: pool.fetchval(
-                    "SELECT count(DISTINCT metric) FROM samples WHERE plc_id = 'filler-1'"
-                    " AND time > now() - interval '1 minute'"
-                ),
-            )
-            assert rows == 2
-            # A write as the edge worker audits it: the plant's SCADA hears of it.
-            await pool.execute(
-                """INSERT INTO plc_writes (action_id, workflow_id, action, plc_id, target,
-                       value_written, value_before, value_read_back, status, completed_at)
-                   VALUES ($1, 'wf-demo', 'stop_filler', 'filler-1', 'filler_run', 0, 1, 0,
-                           'verified', now())""",
-                f"wf-demo/{queue}/stop_filler",
-            )
-            await until(
-                "the write on the broker", lambda: any(e.get("kind") == "plc_write" for e in events)
-            )
+            summary = await run_drift_scenario(demo, say)
+            kinds = {"drift_alarm", "approval_requested", "approval_answered", "plc_write"}
+            await until("the events on the broker", lambda: kinds <= {e["kind"] for e in events})
             listening.cancel()
             await asyncio.gather(listening, return_exceptions=True)
+        peer_run = await demo.sims["filler-1"].read("filler_run")
     finally:
         await demo.down()
-    write = next(e for e in events if e.get("kind") == "plc_write")
-    assert (write["plc_id"], write["setpoint"], write["status"]) == (
-        "filler-1",
+    assert summary["status"] == "completed"
+    assert summary["workflow_id"] == "drift-filler-1-seal_temp"
+    assert summary["action"] == "stop_filler" and summary["approved_by"] == s.approvers[0]
+    assert summary["value_written"] == summary["value_read_back"] == 0
+    assert peer_run == 0  # the edge node's own memory: the DCMD landed
+    audit = await pool.fetchrow(
+        "SELECT * FROM plc_writes WHERE workflow_id = $1 ORDER BY requested_at DESC LIMIT 1",
+        summary["workflow_id"],
+    )
+    assert (audit["status"], audit["value_before"], audit["value_read_back"]) == ("verified", 1, 0)
+    write = next(e for e in events if e["kind"] == "plc_write")
+    assert (write["setpoint"], write["status"], write["value_read_back"]) == (
         "filler_run",
         "verified",
+        0,
     )
+    stored = await pool.fetchval(
+        "SELECT count(DISTINCT metric) FROM samples WHERE plc_id = 'filler-1'"
+        " AND time > now() - interval '5 minutes'"
+    )
+    assert stored == 2
