@@ -78,6 +78,8 @@ async def _simulate(settings: Settings, control_port: int) -> None:
 
     sim = PlantSimulator(load_plant(settings.plant_file), control_port=control_port)
     await sim.start()
+    for broker in sim.brokers:
+        print(f"MQTT broker (Mosquitto) on {broker.host}:{broker.port}", flush=True)
     for peer in sim.peers.values():
         print(f"simulating {peer.plc.id} ({peer.protocol_label}) on {peer.address}", flush=True)
     print(f"fault control on {sim.control.url if sim.control else '-'}", flush=True)

@@ -344,3 +344,48 @@ async def test_the_demo_plants_edge_node_is_simulated_on_a_broker_the_simulator_
             abs(v - metric.baseline.mean) < 6 * metric.baseline.std for v in values
         )
     assert collector.bad_samples == {} and collector.gaps == 0
+
+
+async def test_the_simulated_json_device_feeds_the_json_collector(broker: Mosquitto) -> None:
+    from dev.simulator.mqtt_json import SimulatedJsonDevice
+
+    plc = Plc.model_validate(
+        {
+            "id": "json-sim",
+            "vendor": "gateway",
+            "protocol": "mqtt_json",
+            "port": broker.port,
+            "poll_interval_ms": 50,
+            "metrics": [
+                {
+                    "name": "level",
+                    "topic": "site/t1",
+                    "json_path": "tank.level",
+                    "baseline": {"mean": 3.0, "std": 0.1},
+                },
+                {
+                    "name": "flow",
+                    "topic": "site/t2",
+                    "json_path": "flow",
+                    "baseline": {"mean": 40.0, "std": 1.0},
+                },
+            ],
+        }
+    )
+    samples = Samples()
+    collector = MqttJsonCollector(plc, samples)
+    device = SimulatedJsonDevice(plc, seed=4)
+    async with running(collector):
+        await until("subscribed", lambda: collector.connects == 1)
+        await device.start()
+        try:
+            await until(
+                "both topics",
+                lambda: len(samples.values("level")) >= 5 and len(samples.values("flow")) >= 5,
+            )
+        finally:
+            await device.stop()
+    # The device's signals, through the nested (tank.level) and top-level (flow) paths.
+    assert all(abs(v - 3.0) < 0.6 for v in samples.values("level"))
+    assert all(abs(v - 40.0) < 6.0 for v in samples.values("flow"))
+    assert collector.bad_samples == {}
