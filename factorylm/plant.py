@@ -342,7 +342,10 @@ class MqttPublish(_Strict):
     interval_ms: int = Field(default=1000, ge=50)  # how often the audit tables are read
     timeout_ms: int = Field(default=5000, ge=100)
 
-    id: str = "publisher"  # names the connection in messages, as a PLC's id does
+    @property
+    def id(self) -> str:
+        """Names the connection in error messages, as a PLC's id does."""
+        return "publisher"
 
     @property
     def tcp_port(self) -> int:
