@@ -416,3 +416,30 @@ async def test_a_report_reaches_the_person_on_duty(rig: Rig) -> None:
     assert "12 metrics" in message.body
     assert await notify.send_report(report) is False  # recorded once, sent once
     assert len(rig.twilio.to(ANA_WA)) == 1
+
+
+async def test_callbacks_of_another_account_or_unknown_messages_change_nothing(rig: Rig) -> None:
+    handle = await rig.start(5.0, "vibration")
+    row = await until("ana's request delivered", lambda: _delivered(rig, ANA_WA, handle.id))
+    url = f"{rig.settings.public_url}/webhooks/twilio/status"
+
+    async def post(form: dict[str, str], query: str = "") -> int:
+        signed = sign(rig.twilio.auth_token, url + query, form)
+        async with httpx.AsyncClient(timeout=10) as http:
+            answer = await http.post(url + query, data=form, headers={"X-Twilio-Signature": signed})
+        return answer.status_code
+
+    undelivered = {"MessageStatus": "undelivered", "ErrorCode": "30003"}
+    other_account = {"AccountSid": "AC" + "0" * 32, "MessageSid": row["message_sid"]}
+    unknown = {"AccountSid": rig.twilio.account_sid, "MessageSid": "SM" + "f" * 32}
+    statuses = [
+        await post({**other_account, **undelivered}, f"?m={row['id']}"),
+        await post({**unknown, **undelivered}),  # no message of ours
+        await post({**unknown, **undelivered}, "?m=99999999999999999999999"),  # no such row
+        await post({"AccountSid": rig.twilio.account_sid}),  # no MessageSid
+    ]
+    assert statuses == [400, 204, 204, 400]
+    after = await rig.row(ANA_WA, "approval", handle.id)
+    assert after is not None and dict(after) == dict(row)
+    assert not rig.twilio.to(BEN_WA)
+    await handle.terminate("test over")
