@@ -326,7 +326,10 @@ class NodeSession:
             return f"sequence gap: expected {expected}, got {seq}"
         return None
 
-    def birth(self, device: str | None, payload: SpPayload) -> None:
+    def birth(self, device: str | None, payload: SpPayload, *, record: bool = True) -> None:
+        """A node's (device None) or a device's birth. `record` False: a device this host does
+        not read, whose aliases are not kept (a node announcing ever new devices must not grow
+        the host's memory); its birth still counts in the sequence."""
         if device is None:
             # A node birth starts everything afresh, its devices' births follow.
             self.aliases.clear()
@@ -337,6 +340,9 @@ class NodeSession:
             self.online_devices.add(device)
             for key in [k for k in self.aliases if k[0] == device]:
                 del self.aliases[key]
+            if not record:
+                self.seq = payload.seq
+                return
         for m in payload.metrics:
             if m.name is None:
                 continue

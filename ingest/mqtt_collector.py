@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 # At most one rebirth request per edge node in this time, unless a birth answered the last.
 REBIRTH_EVERY_S = 2.0
 PAYLOAD_ISSUE = "(payload)"  # the bad_samples key of messages that name no metric we can tell
+# One key for every alias no birth declared: keyed per alias, a node sending random aliases
+# would grow bad_samples (and the status row) without bound.
+UNDECLARED_ALIAS = "(undeclared alias)"
 
 
 class _MqttCollector(CollectorBase):
@@ -230,7 +233,7 @@ class SparkplugCollector(_MqttCollector):
                 )
             return
         if kind is sp.MessageType.DBIRTH:
-            session.birth(parsed.device, message)
+            session.birth(parsed.device, message, record=parsed.device == self.device)
         if parsed.device != self.device:
             self._mark_alive()
             return
@@ -251,7 +254,7 @@ class SparkplugCollector(_MqttCollector):
                     self._request_rebirth("data before any birth")
                     continue
                 self._issue(
-                    f"alias {metric.alias}",
+                    UNDECLARED_ALIAS,
                     topic,
                     "undeclared alias",
                     f"alias {metric.alias} was declared in no birth of {self.session.node}",

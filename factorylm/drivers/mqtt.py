@@ -319,8 +319,10 @@ class SparkplugDriver(_MqttDriver):
         if parsed.type is sp.MessageType.DDEATH and parsed.device == self.plc.device:
             self._values.clear()
             return {}
-        if parsed.type in (sp.MessageType.NBIRTH, sp.MessageType.DBIRTH):
-            session.birth(parsed.device, message)
+        if parsed.type is sp.MessageType.NBIRTH:
+            session.birth(None, message)
+        elif parsed.type is sp.MessageType.DBIRTH:
+            session.birth(parsed.device, message, record=parsed.device == self.plc.device)
         elif parsed.type not in (sp.MessageType.NDATA, sp.MessageType.DDATA):
             return {}
         if parsed.device != self.plc.device:

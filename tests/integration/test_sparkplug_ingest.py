@@ -21,7 +21,12 @@ from factorylm.plant import Plant, Plc
 from factorylm.settings import Settings
 from helpers import until
 from ingest.manager import CollectorManager
-from ingest.mqtt_collector import PAYLOAD_ISSUE, MqttJsonCollector, SparkplugCollector
+from ingest.mqtt_collector import (
+    PAYLOAD_ISSUE,
+    UNDECLARED_ALIAS,
+    MqttJsonCollector,
+    SparkplugCollector,
+)
 from ingest.writer import BatchWriter
 from mqtt_rig import HandNode, Samples, mqtt, sparkplug_plc, tls_context
 
@@ -218,7 +223,7 @@ async def test_bad_payloads_aliases_and_json_fields_are_counted_never_crash_and_
         await until("the last JSON message", lambda: json_samples.values("level") == [3.5, 4.0])
     assert samples.values("speed") == [5.0, 7.0, 8.0]
     assert samples.values("temp") == [6.0]
-    assert collector.bad_samples == {PAYLOAD_ISSUE: 3, "alias 9": 1}
+    assert collector.bad_samples == {PAYLOAD_ISSUE: 3, UNDECLARED_ALIAS: 1}
     assert json_samples.values("temp") == [21.0]
     assert json_collector.bad_samples == {"temp": 2, "level": 1}
     undecodable = [r for r in caplog.records if "undecodable payload" in r.getMessage()]

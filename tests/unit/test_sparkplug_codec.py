@@ -73,3 +73,15 @@ def test_sequence_numbers_wrap_at_256_and_a_repeat_is_a_duplicate() -> None:
     assert session.check_seq(0) is None
     assert session.check_seq(255) == "duplicate"
     assert session.check_seq(2) == "sequence gap: expected 0, got 2"
+
+
+def test_a_device_the_host_does_not_read_keeps_no_aliases_but_counts_in_the_sequence() -> None:
+    session = sp.NodeSession("g", "n")
+    session.birth(None, sp.SpPayload(timestamp_ms=None, seq=0, metrics=()))
+    other = sp.SpPayload(
+        timestamp_ms=None, seq=1, metrics=(sp.SpMetric("x", 1, sp.DataType.DOUBLE, 1.0),)
+    )
+    assert session.check_seq(1) is None
+    session.birth("other", other, record=False)
+    assert session.aliases == {} and session.seq == 1
+    assert session.check_seq(2) is None
