@@ -396,7 +396,8 @@ class DriftDetector:
     def _check_forecast(
         self, plc_id: str, metric: str, window: _Window, base: Baseline, when: datetime
     ) -> None:
-        """A trend that will reach a threshold within the horizon is an alarm of its own (like a
+        """A trend that will reach a threshold within the horizon (the whole 95 % range of its
+        arrival) is an alarm of its own (like a
         hard limit, it neither opens nor joins the metric's drift alarm, which would then
         swallow the real one). It clears when the forecast is gone or beyond twice the
         horizon, so an estimate wavering at the horizon does not chatter."""
@@ -408,7 +409,9 @@ class DriftDetector:
             if f is None or f.eta_s > 2 * horizon:
                 window.forecast_alarmed = False
             return
-        if f is None or f.eta_s > horizon or window.episode:
+        # Even the slow end of the slope's interval must arrive within the horizon: a trend the
+        # noise could have drawn (a 10-minute wander of autocorrelated noise) stays a forecast.
+        if f is None or f.eta_high_s is None or f.eta_high_s > horizon or window.episode:
             return
         window.forecast_alarmed = True
         self._raise(

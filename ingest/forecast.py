@@ -20,7 +20,7 @@ import logging
 import math
 from collections import deque
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import numpy as np
@@ -191,6 +191,7 @@ class Trend:
 
 
 PUBLISH_EVERY_S = 60.0
+STALE_S = 300.0
 
 _UPSERT = """
 INSERT INTO forecasts (plc_id, metric, forecast, updated_at)
@@ -245,7 +246,10 @@ class ForecastPublisher:
                 await conn.close()
 
     async def publish(self, conn: asyncpg.Connection) -> None:
-        forecasts = [f for f in self._source() if f.plc_id in self._plcs]
+        # A metric whose samples stopped (its PLC went silent) keeps its last forecast in the
+        # detector; after STALE_S without a new minute it is no longer published as current.
+        fresh = datetime.now(UTC) - timedelta(seconds=STALE_S)
+        forecasts = [f for f in self._source() if f.plc_id in self._plcs and f.computed_at >= fresh]
         plcs = [f.plc_id for f in forecasts]
         metrics = [f.metric for f in forecasts]
         async with conn.transaction():

@@ -90,14 +90,20 @@ def configs() -> list[Config]:
     textbook = bare.model_copy(update={"cusum": Cusum(k=0.5, h=5), "ewma": Ewma(lam=0.2, width=3)})
     stuck = _SHIPPED_METRIC.stuck or Stuck(after_s=120)
     return [
-        Config("seed_rule", bare, use_phi=False),
+        # The plan's rule as it shipped: the window alone, no on-delay.
+        Config(
+            "seed_rule", bare, use_phi=False, drift=replace(_shipped_drift_config(), on_delay_s=0.0)
+        ),
         Config("default", _SHIPPED_METRIC),
         Config("default_without_phi", _SHIPPED_METRIC, use_phi=False),
         Config("textbook_cusum_ewma", textbook.model_copy(update={"stuck": stuck}), use_phi=False),
-        Config(
-            "default_with_forecast_alarm_24h",
-            _SHIPPED_METRIC,
-            drift=replace(_shipped_drift_config(), forecast_horizon_s=24 * 3600.0),
+        *(
+            Config(
+                f"default_with_forecast_alarm_{hours}h",
+                _SHIPPED_METRIC,
+                drift=replace(_shipped_drift_config(), forecast_horizon_s=hours * 3600.0),
+            )
+            for hours in (4, 24)
         ),
     ]
 

@@ -175,6 +175,7 @@ async def _drift_latencies(
             try:
                 seen = 0
                 while len(latencies) < faults:
+                    injected = time.monotonic()
                     for m in metrics:
                         sim.inject(m, FaultKind.STEP, 8.0)
                     want = seen + len(metrics)
@@ -193,11 +194,16 @@ async def _drift_latencies(
                         await handle.terminate("benchmark")
                     seen = want
                     sim.clear()
+                    faulty_s = time.monotonic() - injected
                     await wait_for(
                         "the alarms to clear",
                         lambda: not any(ingest.detector.alarmed(plc.id, m) for m in metrics),
                     )
                     await asyncio.sleep(ingest.starter.coalesce_s)  # next fault is a new episode
+                    # A long window still holds this fault's samples: back to back, its mean
+                    # would climb to an alarm of its own. Faulty a quarter of the time at most.
+                    if drift.window_s > 10 * faulty_s:
+                        await asyncio.sleep(3 * faulty_s)
             finally:
                 await ingest.stop()
             await _terminate_open(client, queue)

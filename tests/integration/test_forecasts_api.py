@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -27,14 +27,15 @@ async def rig(tmp_path: Path, settings: Settings, client: Client) -> AsyncIterat
         yield rig
 
 
-def ramping(plc: str, per_hour: dict[str, float]) -> DriftDetector:
-    """A detector fed an hour of noise-free ramps, 1 Hz, from 2.1 (baseline 2.1 ± 0.3)."""
+def ramping(plc: str, per_hour: dict[str, float], ago: timedelta = timedelta()) -> DriftDetector:
+    """A detector fed an hour of noise-free ramps, 1 Hz, from 2.1 (baseline 2.1 ± 0.3), the
+    samples stamped `ago` before now."""
     d = DriftDetector(DriftConfig(), lambda alert: None, units={(plc, m): "mm/s" for m in per_hour})
     for name in per_hour:
         d.configure(plc, Metric.model_validate({"name": name, "register": 0, "cusum": None,
                                                 "ewma": None, "stuck": None}))  # fmt: skip
         d.set_baseline(plc, name, Baseline(mean=2.1, std=0.3))
-    now = datetime.now(UTC)
+    now = datetime.now(UTC) - ago
     for i in range(3600):
         for name, slope in per_hour.items():
             d.observe(plc, name, float(i), 2.1 + slope * i / 3600, now)
@@ -47,7 +48,12 @@ async def test_forecasts_are_served_soonest_first_to_readers_and_leave_when_the_
     plc = f"fc-{uuid.uuid4().hex[:6]}"
     # 4σ is 3.3: from ~2.39 after the hour, 0.3 mm/s/h gets there in ~3 h, 0.6 in ~1 h.
     detector = ramping(plc, {"slow": 0.3, "fast": 0.6})
-    publisher = ForecastPublisher(rig.settings.pg_dsn, detector.forecasts, [plc])
+    # A metric whose PLC went silent 10 minutes ago keeps its last forecast in the detector;
+    # it is not published as current.
+    silent = ramping(plc, {"silent": 0.6}, ago=timedelta(minutes=10))
+    publisher = ForecastPublisher(
+        rig.settings.pg_dsn, lambda: detector.forecasts() + silent.forecasts(), [plc]
+    )
     async with pool.acquire() as conn:
         await publisher.publish(conn)
     viewer = await rig.token(Role.VIEWER)
@@ -76,3 +82,9 @@ async def test_forecasts_are_served_soonest_first_to_readers_and_leave_when_the_
         "SELECT count(*) FROM forecasts WHERE plc_id = $1 AND forecast IS NULL", plc
     )
     assert stored == 2
+    assert (
+        await pool.fetchval(
+            "SELECT count(*) FROM forecasts WHERE plc_id = $1 AND metric = 'silent'", plc
+        )
+        == 0
+    )
