@@ -24,6 +24,7 @@ from temporalio.worker import Worker
 
 from activities.notify import NotifyActivities
 from api.app import create_app
+from dev.demo.narrator import Narrator
 from dev.fakes.server import LocalServer
 from dev.fakes.twilio import post_inbound
 from dev.simulator.modbus import SimulatedModbusPlc
@@ -320,8 +321,10 @@ async def test_an_alarm_raised_more_than_k_times_an_hour_is_flagged_as_chatterin
             lambda n=n: _events(rig, plc, "temp", "clear", n),  # type: ignore[misc]
         )
     events = [e for e, _ in await rig.journal(plc, "temp")]
-    # Flagged with the third raise (more than 2), once: the fourth within the hour is not.
-    assert events == ["raise", "clear", "raise", "clear", "chatter", "raise", "clear"]
+    # Flagged with the third raise (more than 2), once: later ones within the hour are not.
+    # (One fault may raise more than once when several detectors watch the metric.)
+    raises = [i for i, e in enumerate(events) if e == "raise"]
+    assert events.count("chatter") == 1 and events.index("chatter") == raises[2] - 1
     detail = await pool.fetchval(
         "SELECT detail FROM alarm_journal WHERE plc_id = $1 AND event = 'chatter'", plc
     )
@@ -389,3 +392,38 @@ async def test_alarms_held_in_a_flood_go_to_their_workflows_when_it_is_over(
     for plc, metric in points:
         await until(f"{plc}/{metric} sent", partial(rig.outbox_rows, plc, metric))
     assert rig.ingest.alarms.flood_messages == 1
+
+
+async def test_the_demo_narrator_tells_an_injected_faults_alarm_and_its_workflow_start(
+    settings: Settings, client: Client, pool: asyncpg.Pool, exits: AsyncExitStack
+) -> None:
+    rig = await make_rig(settings, client, pool, exits, flood_alarms=0)
+    lines: list[str] = []
+    narrator = Narrator(rig.settings.pg_dsn, lines.append)
+    await narrator.start()
+    exits.push_async_callback(narrator.stop)
+    plc = rig.plant.plcs[1].id
+    code = rig.code(plc, "pressure")
+    rig.sims[plc].inject("pressure", FaultKind.STEP, 6.0)
+    # The detector that fires first depends on the metric's configuration (window, EWMA…).
+    raised = await until(
+        "the alarm narrated",
+        lambda: next(
+            (
+                x
+                for x in lines
+                if x.startswith(f"alarm {code} (pressure on {plc}) raised by the ")
+                and x.endswith(" detector — sent to its workflow")
+            ),
+            None,
+        ),
+    )
+    started = await until(
+        "the workflow start narrated",
+        lambda: next((x for x in lines if x.startswith(f"workflow drift-{plc}-pressure")), None),
+    )
+    run_id = (
+        await client.get_workflow_handle(drift_workflow_id(plc, "pressure")).describe()
+    ).run_id
+    assert started == f"workflow drift-{plc}-pressure started (run {run_id[:8]}) for alarm {code}"
+    assert lines.index(raised) < lines.index(started)
