@@ -41,6 +41,11 @@ log = logging.getLogger(__name__)
 # At most one rebirth request per edge node in this time, unless a birth answered the last.
 REBIRTH_EVERY_S = 2.0
 PAYLOAD_ISSUE = "(payload)"  # the bad_samples key of messages that name no metric we can tell
+# Messages received and not yet handled, at most (about 100 MB): an ingest that falls behind
+# for longer than its queue lasts drops the newest, counted under QUEUE_FULL, rather than
+# growing until the machine runs out of memory. The broker has acknowledged them already.
+RECEIVE_QUEUE = 100_000
+QUEUE_FULL = "(dropped: receive queue full)"
 # One key for every alias no birth declared: keyed per alias, a node sending random aliases
 # would grow bad_samples (and the status row) without bound.
 UNDECLARED_ALIAS = "(undeclared alias)"
@@ -69,6 +74,22 @@ class _MqttCollector(CollectorBase):
     def _filters(self) -> list[str]:
         raise NotImplementedError
 
+    def _queue_type(self) -> type[asyncio.Queue[aiomqtt.Message]]:
+        collector = self
+
+        class CountingQueue(asyncio.Queue[aiomqtt.Message]):
+            def put_nowait(self, item: aiomqtt.Message) -> None:
+                if self.full():
+                    collector._issue(
+                        QUEUE_FULL,
+                        item.topic.value,
+                        "receive queue full",
+                        f"the ingest is {self.qsize()} messages behind; newest dropped",
+                    )
+                super().put_nowait(item)  # raises QueueFull: aiomqtt discards the message
+
+        return CountingQueue
+
     def _receive(self, client: aiomqtt.Client, topic: str, payload: bytes) -> None:
         raise NotImplementedError
 
@@ -94,7 +115,13 @@ class _MqttCollector(CollectorBase):
         backoff = 0.5
         while True:
             try:
-                client = mqtt_client(self.plc, self.client_id, persistent=True)
+                client = mqtt_client(
+                    self.plc,
+                    self.client_id,
+                    persistent=True,
+                    max_queued_incoming=RECEIVE_QUEUE,
+                    queue_type=self._queue_type(),
+                )
                 async with client:
                     for topic in self._filters():
                         await client.subscribe(topic, qos=1)

@@ -95,6 +95,7 @@ def mqtt_client(
     persistent: bool,
     will: aiomqtt.Will | None = None,
     max_queued_incoming: int | None = None,
+    queue_type: type[asyncio.Queue[aiomqtt.Message]] | None = None,
 ) -> aiomqtt.Client:
     """An MQTT 3.1.1 client for the PLC's broker. A persistent client keeps its session (clean
     session off), so the broker queues what arrives for its QoS 1 subscriptions while it is
@@ -124,6 +125,7 @@ def mqtt_client(
         keepalive=15,
         timeout=max(plc.timeout_ms / 1000, 1.0),
         max_queued_incoming_messages=max_queued_incoming,
+        queue_type=queue_type,
     )
 
 

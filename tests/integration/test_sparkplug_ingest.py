@@ -23,6 +23,7 @@ from helpers import until
 from ingest.manager import CollectorManager
 from ingest.mqtt_collector import (
     PAYLOAD_ISSUE,
+    QUEUE_FULL,
     UNDECLARED_ALIAS,
     MqttJsonCollector,
     SparkplugCollector,
@@ -394,3 +395,15 @@ async def test_the_simulated_json_device_feeds_the_json_collector(broker: Mosqui
     assert all(abs(v - 3.0) < 0.6 for v in samples.values("level"))
     assert all(abs(v - 40.0) < 6.0 for v in samples.values("flow"))
     assert collector.bad_samples == {}
+
+
+def test_a_full_receive_queue_counts_what_it_drops(broker: Mosquitto) -> None:
+    plc = sparkplug_plc(broker, "spb-full")
+    collector = SparkplugCollector(plc, Samples())
+    queue = collector._queue_type()(maxsize=2)
+    message = aiomqtt.Message("spBv1.0/plant/DDATA/edge-spb-full/filler", b"", 0, False, 1, None)
+    queue.put_nowait(message)
+    queue.put_nowait(message)
+    with pytest.raises(asyncio.QueueFull):
+        queue.put_nowait(message)  # aiomqtt catches this and discards the message
+    assert queue.qsize() == 2 and collector.bad_samples == {QUEUE_FULL: 1}
