@@ -202,6 +202,42 @@ SPEC: dict[str, Any] = {
                 },
             }
         },
+        "/webhooks/twilio/status": {
+            "post": {
+                "summary": "delivery status of a message FactoryLM sent (Twilio-signed)",
+                "parameters": [
+                    {
+                        "name": "m",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string"},
+                        "description": "the outbox row the callback is about",
+                    }
+                ],
+                "requestBody": {
+                    "content": {
+                        "application/x-www-form-urlencoded": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "AccountSid": {"type": "string"},
+                                    "MessageSid": {"type": "string"},
+                                    "MessageStatus": {"type": "string"},
+                                    "ErrorCode": {"type": "string"},
+                                },
+                            }
+                        }
+                    }
+                },
+                "responses": {
+                    "204": {"description": "applied (or not about a message of ours)"},
+                    "400": _ERROR,
+                    "403": _ERROR,
+                    "413": _ERROR,
+                    "503": {"description": "not configured"},
+                },
+            }
+        },
         "/webhooks/trello": {
             "post": {
                 "summary": "board events (Trello-signed)",
