@@ -191,11 +191,11 @@ def board_page(plant: Plant, client: ApiClient) -> Response:
 <main>
 <section aria-labelledby="h-plcs" class="plcs">
 <h2 id="h-plcs">PLCs</h2>
-<table id="plcs">
+<div class="table-wrap"><table id="plcs">
 <thead><tr><th scope="col">PLC</th><th scope="col">Protocol</th>
 <th scope="col">Collector</th><th scope="col">Last sample</th></tr></thead>
 <tbody>{rows}</tbody>
-</table>
+</table></div>
 </section>
 <section aria-labelledby="h-responses" class="responses">
 <h2 id="h-responses">Open drift responses</h2>
@@ -304,7 +304,11 @@ class BoardData:
         now_s = int(time.time())
         t0 = ((now_s - range_s) // step) * step
         if cache is not None and cache.covers(range_s, step):
-            data = dict(zip(cache.keys, cache.window(range_s, step, t0, now_s), strict=True))
+            # In a thread: a 200-PLC window is tens of milliseconds of array work, during which
+            # the event loop keeps serving the live updates (a torn read of a bucket being
+            # written is one stale value for one tick).
+            window = await asyncio.to_thread(cache.window, range_s, step, t0, now_s)
+            data = dict(zip(cache.keys, window, strict=True))
         else:
             data = await self._bucketed(span, bucket, t0, step)
         parts = []
@@ -849,7 +853,11 @@ class BoardHub:
             queue.put_nowait(self._last_event)  # a reconnecting browser is current at once
         self._subscribers.add(queue)
         self._ensure_running()
-        self._wake.set()
+        if self._last_event is None:
+            # The first browser: an update at once. Later ones got the last status above and
+            # must not wake the hub (50 reconnecting browsers would make every notify wait
+            # for the rate limit).
+            self._wake.set()
         return queue
 
     def unsubscribe(self, queue: asyncio.Queue[bytes | None]) -> None:

@@ -222,7 +222,8 @@
       let grid = null;
       if (fresh) {
         grid = el("div", { class: "grid" });
-        box.append(el("section", { class: "plc-trends", "aria-label": "trends of " + plc }, el("h3", {}, plc), grid));
+        // A PLC's trends fold away (a phone scrolls less); open by default.
+        box.append(el("details", { class: "plc-trends", open: "" }, el("summary", {}, el("h3", {}, plc)), grid));
       }
       for (const info of infos) {
         const k = key(info.plc, info.metric);
