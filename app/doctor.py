@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import asyncpg
 
@@ -153,12 +154,39 @@ def _sandbox() -> Check:
     return Check("sandbox", True, "bubblewrap runs the Monkey's checks")
 
 
+def _roster(settings: Settings) -> Check:
+    """Who is on call: the roster file, checked as the workers will load it."""
+    from factorylm.roster import RosterError, load_roster
+
+    where = settings.roster_file or "FACTORYLM_APPROVERS"
+    try:
+        roster = load_roster(settings)
+    except RosterError as exc:
+        return Check("roster", False, str(exc), f"fix the entry in {where}")
+    if roster is None:  # the default: a plant names its own people
+        return Check("roster", True, "nobody configured (FACTORYLM_APPROVERS, a roster file)")
+    on_duty, backup = roster.on_call(datetime.now(UTC))
+    return Check(
+        "roster",
+        True,
+        f"{len(roster.people)} people ({where}); on duty now {on_duty.id}"
+        + (f", backup {backup.id}" if backup else ""),
+    )
+
+
 async def run_checks(settings: Settings) -> list[Check]:
     pg, tp, sandbox = await asyncio.gather(
         _postgres(settings), _temporal(settings), asyncio.to_thread(_sandbox)
     )
     lifecycle = await _lifecycle(settings) if pg[0].ok else None
-    return [*pg, *([lifecycle] if lifecycle else []), *tp, _embedding(settings), sandbox]
+    return [
+        *pg,
+        *([lifecycle] if lifecycle else []),
+        *tp,
+        _embedding(settings),
+        sandbox,
+        _roster(settings),
+    ]
 
 
 def report(checks: list[Check]) -> tuple[str, int]:
