@@ -29,7 +29,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -336,7 +336,7 @@ class BoardData:
         # Minutes already rolled up come from the rollups (one row per minute instead of
         # hundreds of samples), the rest from the raw samples.
         rollup_cells = (
-            """SELECT plc_id, metric, time_bucket($1::interval, bucket) AS b,
+            """SELECT plc_id, metric, time_bucket($1::interval, bucket, $7::timestamptz) AS b,
                       sum(mean * samples) AS s, sum(samples)::float8 AS n
                FROM samples_1m
                WHERE bucket > now() - $2::interval AND bucket < $3 AND plc_id = ANY($4::text[])
@@ -348,7 +348,7 @@ class BoardData:
         rows = await self._pool.fetch(
             f"""WITH cells AS (
                     {rollup_cells}
-                    SELECT plc_id, metric, time_bucket($1::interval, time) AS b,
+                    SELECT plc_id, metric, time_bucket($1::interval, time, $7::timestamptz) AS b,
                            sum(value) AS s, count(*)::float8 AS n
                     FROM samples
                     WHERE time > greatest(now() - $2::interval,
@@ -370,6 +370,9 @@ class BoardData:
             self._plc_ids,
             float(t0),
             float(step),
+            # Buckets counted from the Unix epoch, as the page's grid (t0 + i * step) and the
+            # memory's are; TimescaleDB's default origin is a Monday in 2000.
+            datetime(1970, 1, 1, tzinfo=UTC),
         )
         out = {}
         for r in rows:

@@ -1,0 +1,217 @@
+"""The plant board's data and live endpoints over HTTP, on the real API, PostgreSQL and
+Temporal (tests/api_rig.py): bucket averages on the page's grid, the baseline band and limits
+from the plant file, non-finite samples left out, the memory path equal to the database's, one
+listener for every browser, and the sign-in cookie."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import yaml
+from temporalio.client import Client
+
+from api.board import BoardData, TrendCache
+from api_rig import api_rig
+from factorylm.api_tokens import Role
+from factorylm.plant import load_plant
+from factorylm.settings import Settings
+from helpers import free_port, until
+
+
+def _plant_file(tmp_path: Path) -> tuple[Path, str]:
+    plc = f"board-{uuid.uuid4().hex[:8]}"
+    raw = {
+        "name": "board-test",
+        "plcs": [
+            {
+                "id": plc,
+                "vendor": "generic_modbus",
+                "protocol": "modbus_tcp",
+                "port": free_port(),
+                "metrics": [
+                    {
+                        "name": "level",
+                        "register": 0,
+                        "baseline": {"mean": 50.0, "std": 1.0},
+                        "drift_threshold_sigma": 3.0,
+                        "min": 10.0,
+                        "max": 90.0,
+                    },
+                    {"name": "temp", "register": 1},
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "board-plant.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path, plc
+
+
+def _at(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+def _values_by_time(payload: dict[str, Any], plc: str, metric: str) -> dict[float, float]:
+    series = next(s for s in payload["series"] if s["plc"] == plc and s["metric"] == metric)
+    data = series["data"]
+    return {
+        payload["t0"] + (data["i0"] + j) * payload["step_s"]: v
+        for j, v in enumerate(data["v"])
+        if v is not None
+    }
+
+
+async def _insert(pool: asyncpg.Pool, rows: list[tuple[datetime, str, str, float]]) -> None:
+    async with pool.acquire() as conn:
+        await conn.copy_records_to_table(
+            "samples", records=rows, columns=("time", "plc_id", "metric", "value")
+        )
+
+
+async def test_board_data_averages_buckets_on_the_pages_grid_and_leaves_out_nan(
+    tmp_path: Path, settings: Settings, client: Client
+) -> None:
+    plant_file, plc = _plant_file(tmp_path)
+    async with api_rig(tmp_path, settings, client, plant_file=plant_file) as rig:
+        assert rig.stack.pool is not None
+        viewer = await rig.token(Role.VIEWER)
+        # 15 min over 300 points (a 600 px chart) is a 3 s bucket; one that ended a minute ago.
+        start = (int(time.time()) - 60) // 3 * 3
+        await _insert(
+            rig.stack.pool,
+            [
+                (_at(start + 0.5), plc, "level", 10.0),
+                (_at(start + 1.5), plc, "level", 20.0),
+                (_at(start + 2.5), plc, "level", math.nan),  # a bad sample: no bucket's mean
+                (_at(start + 3.2), plc, "level", 40.0),
+            ],
+        )
+        async with rig.http(viewer) as http:
+            r = await http.get("/board/data", params={"range": "15m", "width": 600})
+            assert r.status_code == 200
+            payload = json.loads(r.text)  # strict JSON: a NaN would not parse as a number
+            assert payload["step_s"] == 3
+            values = _values_by_time(payload, plc, "level")
+            assert values == {float(start): 15.0, float(start + 3): 40.0}
+            level = next(s for s in payload["series"] if s["metric"] == "level")
+            assert (level["mean"], level["std"], level["threshold_sigma"]) == (50.0, 1.0, 3.0)
+            assert (level["min"], level["max"]) == (10.0, 90.0)
+            temp = next(s for s in payload["series"] if s["metric"] == "temp")
+            assert temp["mean"] is None and temp["data"]["v"] == []
+            # Beyond what the page offers: refused, not guessed.
+            assert (await http.get("/board/data", params={"range": "30d"})).status_code == 400
+            bad_width = await http.get("/board/data", params={"width": "wide"})
+            assert bad_width.status_code == 400
+
+
+async def test_the_15_minutes_from_memory_equal_the_databases(
+    tmp_path: Path, settings: Settings, client: Client, pool: asyncpg.Pool
+) -> None:
+    plant_file, plc = _plant_file(tmp_path)
+    plant = load_plant(plant_file)
+    now = int(time.time())
+    # Two samples in each of the last 600 seconds but a few, values no rounding touches.
+    rows = [
+        (_at(now - 600 + k + frac), plc, "level", float(k % 13) + frac)
+        for k in range(590)
+        for frac in (0.25, 0.75)
+    ]
+    await _insert(pool, rows)
+    data = BoardData(settings, client, pool, plant)
+    cache = TrendCache(data.keys())
+    await data.prime(cache)
+    for width in (600, 284):
+        from_db = json.loads("{" + await data.series(900, width) + "}")
+        from_memory = json.loads("{" + await data.series(900, width, cache) + "}")
+        assert from_db["step_s"] == from_memory["step_s"]
+        db_values = _values_by_time(from_db, plc, "level")
+        memory_values = _values_by_time(from_memory, plc, "level")
+        assert len(db_values) >= 590 // from_db["step_s"]
+        shared = db_values.keys() & memory_values.keys()
+        # The two reads may fall either side of a bucket's edge: all but the newest agree.
+        assert len(shared) >= len(db_values) - 1
+        for t in shared:
+            assert math.isclose(db_values[t], memory_values[t], rel_tol=1e-5), t
+
+
+async def test_one_listener_fans_each_update_out_to_every_browser(
+    tmp_path: Path, settings: Settings, client: Client
+) -> None:
+    plant_file, plc = _plant_file(tmp_path)
+    async with api_rig(tmp_path, settings, client, plant_file=plant_file) as rig:
+        assert rig.stack.pool is not None
+        pool = rig.stack.pool
+        viewer = await rig.token(Role.VIEWER)
+        got: list[list[dict[str, Any]]] = [[], []]
+
+        async def listeners() -> int:
+            count: int = await pool.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND query LIKE 'LISTEN%samples_written%'"
+            )
+            return count
+
+        async def browser(n: int, http: httpx.AsyncClient) -> None:
+            async with http.stream("GET", "/board/events") as response:
+                assert response.status_code == 200
+                assert response.headers["content-type"].startswith("text/event-stream")
+                async for line in response.aiter_lines():
+                    if line.startswith("data: "):
+                        got[n].append(json.loads(line.removeprefix("data: ")))
+
+        async with rig.http(viewer) as one, rig.http(viewer) as two:
+            first = asyncio.create_task(browser(0, one))
+            await until("the first browser's first update", lambda: got[0])
+            alone = await listeners()
+            assert alone >= 1
+            second = asyncio.create_task(browser(1, two))
+            await until("the second browser's first update", lambda: got[1])
+            assert await listeners() == alone  # no second listener for a second browser
+            # A sample, and the writer's notify: both browsers get its 1 s bucket.
+            now = time.time()
+            await _insert(pool, [(_at(now), plc, "level", 42.5)])
+            await pool.execute("SELECT pg_notify('samples_written', '1')")
+            point = [0, int(now), 42.5]  # series 0: the plant file's first metric
+
+            def both_have_it() -> bool:
+                return all(any(point in u.get("p", []) for u in updates) for updates in got)
+
+            await until("the point in both browsers", both_have_it)
+            first.cancel()
+            second.cancel()
+            await asyncio.gather(first, second, return_exceptions=True)
+
+
+async def test_sign_in_sets_an_httponly_strict_cookie_and_a_revoked_token_sees_no_data(
+    tmp_path: Path, settings: Settings, client: Client
+) -> None:
+    plant_file, plc = _plant_file(tmp_path)
+    async with api_rig(tmp_path, settings, client, plant_file=plant_file) as rig:
+        name = f"viewer-{uuid.uuid4().hex[:6]}"
+        viewer = await rig.tokens.add(name, Role.VIEWER, approvers=list(rig.settings.approvers))
+        async with httpx.AsyncClient(base_url=rig.url, timeout=10) as http:
+            r = await http.post("/board/login", data={"token": viewer})
+            assert r.status_code == 303 and r.headers["location"] == "/"
+            cookie = r.headers["set-cookie"].lower()
+            assert "httponly" in cookie and "samesite=strict" in cookie
+            board = await http.get("/")  # the client keeps the cookie
+            assert board.status_code == 200 and plc in board.text
+            assert "default-src 'none'" in board.headers["content-security-policy"]
+            assert (await http.get("/board/data")).status_code == 200
+            await rig.tokens.revoke(name)
+            after = await http.get("/")
+            assert after.status_code == 401 and plc not in after.text
+            assert (await http.get("/board/data")).status_code == 401
+            assert (await http.get("/board/events")).status_code == 401
+            signed_out = await http.post("/board/logout")
+            assert signed_out.status_code == 303
+            assert "max-age=0" in signed_out.headers["set-cookie"].lower()
