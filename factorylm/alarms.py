@@ -96,6 +96,16 @@ async def alarm_reply(
         return None
     if command.error is not None:
         return command.error
+    try:
+        return await _apply(pool, sender, command, max_shelve_s)
+    except asyncpg.UniqueViolationError:
+        # Two replies for one alarm at the same moment: the other one's shelf stands.
+        return f"Alarm {command.code} was shelved by someone else just now. Nothing was changed."
+
+
+async def _apply(
+    pool: asyncpg.Pool, sender: str, command: ShelveCommand, max_shelve_s: float
+) -> str:
     async with pool.acquire() as conn, conn.transaction():
         point = await conn.fetchrow(
             "SELECT plc_id, metric FROM alarm_points WHERE code = $1", command.code
@@ -103,6 +113,15 @@ async def alarm_reply(
         if point is None:
             return f"There is no alarm {command.code}. Nothing was changed."
         name = f"{command.code} ({point['metric']} on {point['plc_id']})"
+        # A shelf whose time ran out while the ingest was not there to close it: closed here,
+        # or it would stand in the way of a new one (one open shelf per alarm).
+        expired = await conn.fetch(
+            """UPDATE alarm_shelves SET ended_at = until, ended_by = 'expired'
+               WHERE code = $1 AND ended_at IS NULL AND until <= now() RETURNING id""",
+            command.code,
+        )
+        if expired:
+            await _journal(conn, point, command.code, "unshelve", None, "shelf time ran out")
         open_shelf = await conn.fetchrow(
             """SELECT id, until, shelved_by FROM alarm_shelves
                WHERE code = $1 AND ended_at IS NULL AND until > now() FOR UPDATE""",
@@ -177,7 +196,7 @@ async def _journal(
     point: asyncpg.Record,
     code: str,
     event: str,
-    actor: str,
+    actor: str | None,
     detail: str,
 ) -> None:
     # The site is the one the point's alarms were raised on (its latest journal row).

@@ -4,6 +4,7 @@ worker computes the KPIs; Grafana charts them. Each connects as a real login of 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import uuid
@@ -162,3 +163,65 @@ async def test_the_agents_role_computes_the_kpis_and_grafana_runs_the_alarm_pane
             await conn.execute("SELECT code FROM alarm_points")
     finally:
         await conn.close()
+
+
+async def test_a_shelf_that_ran_out_unclosed_gives_way_and_simultaneous_shelves_leave_one(
+    as_role: dict[str, Settings], base_settings: Settings
+) -> None:
+    plc = f"roles-api2-{uuid.uuid4().hex[:6]}"
+    owner = await asyncpg.connect(base_settings.pg_dsn)
+    try:
+        code = await owner.fetchval(
+            "INSERT INTO alarm_points (plc_id, metric) VALUES ($1, 'temp') RETURNING code", plc
+        )
+        await owner.execute(
+            """INSERT INTO alarm_journal (site, plc_id, metric, code, event, annunciation)
+               VALUES ('plant', $1, 'temp', $2, 'raise', 'sent')""",
+            plc,
+            code,
+        )
+        # Ran out an hour ago with no ingest running to close it.
+        await owner.execute(
+            """INSERT INTO alarm_shelves (code, plc_id, metric, shelved_by, shelved_at, until)
+               VALUES ($1, $2, 'temp', 'whatsapp:+15550300004', now() - interval '2 hours',
+                       now() - interval '1 hour')""",
+            code,
+            plc,
+        )
+        pool = await asyncpg.create_pool(as_role["factorylm_api"].pg_dsn, min_size=2, max_size=4)
+        try:
+            who = "whatsapp:+15550300003"
+            answer = await alarm_reply(pool, who, f"SHELVE {code} 1h", 8 * 3600)
+            assert answer is not None and "is shelved until" in answer
+            rows = await owner.fetch(
+                "SELECT ended_by FROM alarm_shelves WHERE code = $1 ORDER BY id", code
+            )
+            assert [r["ended_by"] for r in rows] == ["expired", None]
+            events = await owner.fetch(
+                "SELECT event, detail FROM alarm_journal WHERE code = $1 ORDER BY id", code
+            )
+            assert [(e["event"], e["detail"]) for e in events][1] == (
+                "unshelve",
+                "shelf time ran out",
+            )
+            # Two people shelve it at the same moment: every answer is a clear one (never an
+            # error), and one shelf is open afterwards.
+            answers = await asyncio.gather(
+                *(alarm_reply(pool, who, f"SHELVE {code} 2h", 8 * 3600) for _ in range(4))
+            )
+            for a in answers:
+                assert a is not None
+                assert "is shelved until" in a or a == (
+                    f"Alarm {code} was shelved by someone else just now. Nothing was changed."
+                )
+            assert (
+                await owner.fetchval(
+                    "SELECT count(*) FROM alarm_shelves WHERE code = $1 AND ended_at IS NULL",
+                    code,
+                )
+                == 1
+            )
+        finally:
+            await pool.close()
+    finally:
+        await owner.close()
