@@ -146,6 +146,7 @@ class SimulatedOpcUaPlc(SimulatedPeer):
         self._server: Server | None = None
         self._nodes: dict[str, tuple[Node, ua.VariantType]] = {}
         self._ns = 2
+        self._retained: dict[str, float] = {}  # setpoints across an offline spell
 
     @property
     def address(self) -> str:
@@ -218,10 +219,13 @@ class SimulatedOpcUaPlc(SimulatedPeer):
     async def _set_answering(self, answering: bool) -> None:
         # Off the network: the server goes away (clients see the connection drop) and comes
         # back fresh, as after a power cycle: new sessions, no subscriptions.
+        # Setpoints are retentive, as in a PLC: what they held comes back with the server.
         if answering:
             await self._serve()
+            await self._store([(s, self._retained[s.name]) for s in self.plc.setpoints])
             await self.tick()
         else:
+            self._retained = {s.name: await self.read(s.name) for s in self.plc.setpoints}
             await self._unserve()
 
     async def _store(self, values: Sequence[tuple[Point, float]]) -> None:

@@ -192,11 +192,16 @@ class OpcUaDriver:
         self.resolved: dict[str, ResolvedPoint] = {}
         self.unusable: dict[str, str] = {}  # point name -> why it cannot be read or written
         self.on_lost: LostCallback | None = None
+        self._lost_connection = False
 
     # -- connection ---------------------------------------------------------------------------
     async def connect(self) -> None:
-        if self.client is not None:
+        if self.client is not None and not self._lost_connection:
             return
+        if self.client is not None:
+            # asyncua's watchdog saw the connection go: start afresh rather than fail the
+            # next request on a dead client.
+            await self.close()
         password = None
         if self.plc.username and self.plc.password_env:
             password = os.environ.get(self.plc.password_env)
@@ -220,12 +225,19 @@ class OpcUaDriver:
             await self.close()
             raise PlcError(f"PLC {self.plc.id}: resolving nodes at {self.url}: {exc!r}") from exc
 
+    @property
+    def connected(self) -> bool:
+        """A client whose connection asyncua has not seen drop."""
+        return self.client is not None and not self._lost_connection
+
     async def _lost(self, exc: Exception) -> None:
+        self._lost_connection = True
         if self.on_lost is not None:
             await self.on_lost(exc)
 
     async def close(self) -> None:
         client, self.client = self.client, None
+        self._lost_connection = False
         self.resolved.clear()
         if client is None:
             return
