@@ -157,10 +157,11 @@ async def _rig(
     await sim.start()
     stack = Stack(s, plant, client, run_ingest=False)
     await stack.start()
+    rig = Rig(s, stack, twilio, pool)
     try:
-        yield Rig(s, stack, twilio, pool)
+        yield rig
     finally:
-        await stack.stop()
+        await rig.stack.stop()  # a test may have replaced a stack it stopped
         await sim.stop()
         await server.stop()
 
@@ -264,6 +265,42 @@ async def test_a_crash_between_send_and_record_duplicates_once_and_is_counted(
         assert again is not None and again["message_sid"] == copies[1].sid
         assert again["state"] == "delivered"
         assert len([m for m in rig.twilio.to(ANA_WA) if "approval needed" in m.body]) == 2
+        await rig.reply(ANA_WA, f"NO {code_in(copies[1])}")
+        assert (await handle.result()).status == "denied"
+
+
+async def test_a_worker_that_dies_between_send_and_record_duplicates_once_counted(
+    tmp_path: Path, settings: Settings, client: Client, pool: asyncpg.Pool
+) -> None:
+    async with _rig(tmp_path, settings, client, pool) as rig:
+        # Twilio takes the request, then answers after 2 s: by then the worker (and the API,
+        # where the message's status callbacks go) is gone, and nothing recorded the SID.
+        rig.twilio.stall_next, rig.twilio.stall_s = 1, 2.0
+        handle = await rig.start(5.0, "vibration")
+        first = await rig.message_to(ANA_WA, "approval needed")
+        await rig.stack.stop()
+        await until(
+            "the first copy's callbacks to find nobody",
+            lambda: [c for c in rig.twilio.callbacks if c.form["MessageSid"] == first.sid],
+        )
+        assert all(c.answered == 0 for c in rig.twilio.callbacks)
+        row = await rig.row(ANA_WA, "approval", handle.id)
+        assert row is not None and (row["state"], row["message_sid"], row["in_flight"]) == (
+            "queued",
+            None,
+            True,
+        )
+        # A new worker: the activity's retry finds the row unconfirmed, sends again, counts it.
+        rig.stack = Stack(rig.settings, rig.stack.plant, client, run_ingest=False)
+        await rig.stack.start()
+        row = await until(
+            "the resent request delivered",
+            lambda: _delivered(rig, ANA_WA, handle.id),
+            timeout_s=90,
+        )
+        copies = [m for m in rig.twilio.to(ANA_WA) if "approval needed" in m.body]
+        assert len(copies) == 2 and copies[1].body == first.body
+        assert (row["attempts"], row["duplicates"], row["message_sid"]) == (2, 1, copies[1].sid)
         await rig.reply(ANA_WA, f"NO {code_in(copies[1])}")
         assert (await handle.result()).status == "denied"
 
