@@ -31,11 +31,14 @@ async def broker(tmp_path: Path) -> AsyncIterator[Mosquitto]:
         yield running
 
 
-def _plant(broker: Mosquitto, plc_id: str) -> Plant:
+def _plant(broker: Mosquitto, plc_id: str, *, device: bool = True) -> Plant:
     plc = sparkplug_plc(broker, plc_id)
+    raw = plc.model_dump(by_alias=True, exclude_none=True)
+    if not device:
+        del raw["device"]  # the node's own metrics
     return Plant.model_validate(
         {
-            "plcs": [plc.model_dump(by_alias=True, exclude_none=True)],
+            "plcs": [raw],
             "actions": [
                 {
                     "name": "stop_filler",
@@ -53,11 +56,11 @@ def _plant(broker: Mosquitto, plc_id: str) -> Plant:
 
 @contextlib.asynccontextmanager
 async def _commands(
-    broker: Mosquitto, plc_id: str
+    broker: Mosquitto, plc_id: str, kind: str = "DCMD"
 ) -> AsyncIterator[list[tuple[str, sp.SpPayload]]]:
     seen: list[tuple[str, sp.SpPayload]] = []
     async with mqtt(broker, f"watch-{plc_id}") as watcher:
-        await watcher.subscribe(f"spBv1.0/plant/DCMD/edge-{plc_id}/#", qos=1)
+        await watcher.subscribe(f"spBv1.0/plant/{kind}/edge-{plc_id}/#", qos=1)
 
         async def watch() -> None:
             with contextlib.suppress(aiomqtt.MqttError):
@@ -118,3 +121,31 @@ async def test_an_offline_edge_node_is_never_written_and_the_attempt_is_audited(
     assert commands == []
     row = await pool.fetchrow("SELECT * FROM plc_writes WHERE action_id = $1", req.action_id)
     assert row["status"] == "failed" and "read before write" in row["error"]
+
+
+async def test_a_node_level_setpoint_is_written_with_an_ncmd(
+    broker: Mosquitto, pool: asyncpg.Pool
+) -> None:
+    plant = _plant(broker, "spb-node", device=False)
+    peer = SimulatedSparkplugNode(plant.plcs[0], seed=5)
+    acts = PlcWriteActivities(pool, plant, [])
+    req = PlcWriteInput(
+        action_id="wf-node/run/stop", workflow_id="wf-node", action="stop_filler", value=0
+    )
+    await peer.start()
+    try:
+        async with _commands(broker, "spb-node", "NCMD") as commands:
+            result = await ActivityEnvironment().run(acts.write_plc_setpoint, req)
+            # Besides the driver's rebirth request, the write.
+            await until(
+                "the NCMD seen on the broker",
+                lambda: any(c[1].metrics[0].name == "Motor/Run" for c in commands),
+            )
+    finally:
+        await acts.close()
+        await peer.stop()
+    assert result.verified and result.value_read_back == 0.0
+    assert await peer.read("run") == 0.0
+    writes = [c for c in commands if c[1].metrics[0].name == "Motor/Run"]
+    assert [topic for topic, _ in writes] == ["spBv1.0/plant/NCMD/edge-spb-node"]
+    assert writes[0][1].metrics[0].value == 0.0
