@@ -53,7 +53,7 @@ from activities.cmms import work_order_label
 from api.auth import READ, AccessGuard
 from factorylm.api_tokens import ApiClient
 from factorylm.channels import SAMPLES_CHANNEL
-from factorylm.plant import Plant, load_plant
+from factorylm.plant import Plant, PlantConfigError, load_plant
 from factorylm.settings import PROJECT_ROOT, Settings
 
 log = logging.getLogger(__name__)
@@ -816,8 +816,10 @@ class TrendCache:
                 out.append('{"i0":0,"v":[]}')
                 continue
             seg = row_means[idx[0] : idx[-1] + 1].tolist()
-            values = [None if x != x else x for x in seg]  # NaN (an empty bucket): a gap
-            out.append(f'{{"i0":{idx[0]},"v":{_dumps(values)}}}')
+            # An empty bucket (NaN) is a gap, null in JSON: the C encoder writes NaN, the
+            # replace makes it null (no value of a finite float contains those letters).
+            text = json.dumps(seg, separators=(",", ":")).replace("NaN", "null")
+            out.append(f'{{"i0":{idx[0]},"v":{text}}}')
         return out
 
 
@@ -1002,11 +1004,22 @@ class BoardRoutes:
 
     @property
     def data(self) -> BoardData:
-        """Loaded on first use: an API without a readable plant file still serves the rest."""
+        """Loaded on first use: an API without a readable plant file still serves the rest
+        (the board's routes answer 503, see `_unavailable`)."""
         if self._data is None:
             self._plant = load_plant(self._settings.plant_file)
             self._data = BoardData(self._settings, self._client, self._pool, self._plant)
         return self._data
+
+    def _unavailable(self) -> Response | None:
+        try:
+            _ = self.data  # loads the plant file
+        except PlantConfigError as exc:
+            log.error("board: the plant file cannot be read: %s", exc)
+            return PlainTextResponse(
+                "the plant board is unavailable: the plant file cannot be read", 503
+            )
+        return None
 
     @property
     def hub(self) -> BoardHub:
@@ -1043,6 +1056,8 @@ class BoardRoutes:
 
     async def page(self, request: Request) -> Response:
         client = await self._client_of(request)
+        if client is not None and client.role in READ and (down := self._unavailable()):
+            return down
         if client is None:
             return login_page("" if COOKIE not in request.cookies else "Please sign in again.")
         if client.role not in READ:
@@ -1086,6 +1101,8 @@ class BoardRoutes:
         who = await self._reader(request)
         if isinstance(who, Response):
             return who
+        if down := self._unavailable():
+            return down
         key = request.query_params.get("range", DEFAULT_RANGE)
         if key not in RANGES:
             return JSONResponse({"error": f"range is one of {', '.join(RANGES)}"}, 400)
@@ -1100,6 +1117,8 @@ class BoardRoutes:
         who = await self._reader(request)
         if isinstance(who, Response):
             return who
+        if down := self._unavailable():
+            return down
         hub = self.hub
         queue = hub.subscribe()
 

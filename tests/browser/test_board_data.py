@@ -215,3 +215,19 @@ async def test_sign_in_sets_an_httponly_strict_cookie_and_a_revoked_token_sees_n
             signed_out = await http.post("/board/logout")
             assert signed_out.status_code == 303
             assert "max-age=0" in signed_out.headers["set-cookie"].lower()
+
+
+async def test_an_unreadable_plant_file_makes_the_board_503_and_leaves_the_api_up(
+    tmp_path: Path, settings: Settings, client: Client
+) -> None:
+    broken = tmp_path / "broken-plant.yaml"
+    broken.write_text("plcs: [not a plc]\n")
+    async with api_rig(tmp_path, settings, client, plant_file=broken) as rig:
+        viewer = await rig.token(Role.VIEWER)
+        async with rig.http(viewer) as http:
+            page = await http.get("/")
+            assert page.status_code == 503 and "plant file" in page.text
+            assert (await http.get("/board/data")).status_code == 503
+            assert (await http.get("/baselines")).status_code == 200
+        async with rig.http() as anon:
+            assert (await anon.get("/")).status_code == 401  # still no hint without a token
