@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -33,6 +34,7 @@ from factorylm.models.plc_writes import PlcWriteInput
 from factorylm.plant import Plant, Plc
 from factorylm.settings import Settings
 from helpers import free_port, until
+from ingest.manager import CollectorManager
 from ingest.service import IngestService
 from ingest.subscription import OpcUaCollector
 
@@ -276,6 +278,31 @@ async def test_a_deadband_holds_back_changes_smaller_than_it(
     try:
         await until("rpm changes", lambda: counts["rpm"] >= 20)
         assert counts["temp"] == 1  # the initial value, then nothing within the deadband
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_quiet_server_is_not_stale_its_keep_alives_say_it_is_there(
+    mixer: tuple[Plant, SimulatedOpcUaPlc], settings: Settings
+) -> None:
+    served, _peer = mixer
+    raw = served.plcs[0].model_dump(by_alias=True, exclude_none=True)
+    for metric in raw["metrics"]:
+        metric["deadband"] = 1e9  # after the first values nothing is ever reported again
+    plant = Plant.model_validate({"plcs": [raw], "actions": []})
+    manager = CollectorManager(plant, lambda _p, _w, _m, _v: None, dsn=settings.pg_dsn)
+    collector = manager.collectors[0]
+    assert isinstance(collector, OpcUaCollector)
+    task = asyncio.create_task(collector.run())
+    try:
+        await until("the first values", lambda: collector.cycles >= 1)
+        first = collector.cycles
+        started = time.monotonic()
+        # The manager calls a PLC stale after max(3 periods, 5 s) without a sign of life.
+        await until("past the staleness window", lambda: time.monotonic() - started > 6.0)
+        assert collector.cycles == first  # no data came in the window
+        assert manager.state(collector) == "ok"
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
