@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 
 _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 _JOURNAL_KEPT = 100_000  # rows waiting for the database: bounded, the oldest go first
+_INSERT = """INSERT INTO alarm_journal
+                 (at, site, plc_id, metric, code, event, annunciation, detector, detail)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"""
 
 Key = tuple[str, str]  # (plc id, metric)
 
@@ -119,7 +122,11 @@ class AlarmGate:
         self._raises: dict[Key, deque[float]] = {}
         self._chatter_flagged: dict[Key, float] = {}
         self._flood: _Flood | None = None
-        self._journal: deque[tuple[Any, ...]] = deque(maxlen=_JOURNAL_KEPT)
+        # (sequence number, row): the writer removes exactly what it wrote, even when rows
+        # were added, or the oldest dropped past the bound, while it was writing.
+        self._journal: deque[tuple[int, tuple[Any, ...]]] = deque()
+        self._seq = 0
+        self.journal_dropped = 0
         self._write_now = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._side: set[asyncio.Task[None]] = set()
@@ -134,8 +141,7 @@ class AlarmGate:
         self._pool = await asyncpg.create_pool(self._dsn, min_size=0, max_size=2, timeout=5)
         await self._load_points()
         await self._load_shelves()
-        self._listener = await asyncpg.connect(self._dsn)
-        await self._listener.add_listener(SHELVES_CHANNEL, self._on_shelves)
+        await self._listen()
         self._tasks = [
             asyncio.create_task(self._writer(), name="alarm-journal"),
             asyncio.create_task(self._ticker(), name="alarm-gate-tick"),
@@ -182,6 +188,19 @@ class AlarmGate:
             sorted({p for p, _ in self._points}),
         )
         self._active |= {(r["plc_id"], r["metric"]) for r in standing} & set(self.codes)
+
+    async def _listen(self) -> None:
+        self._listener = await asyncpg.connect(self._dsn, timeout=5)
+        await self._listener.add_listener(SHELVES_CHANNEL, self._on_shelves)
+
+    async def _relisten(self) -> None:
+        """After the database went away the LISTEN connection is gone, and with it the news
+        of shelves: listen again, then reload them (what was missed meanwhile)."""
+        if self._listener is not None and not self._listener.is_closed():
+            return
+        await self._listen()
+        await self._load_shelves()
+        log.info("alarm shelves: listening again")
 
     async def _load_shelves(self) -> None:
         assert self._pool is not None
@@ -290,17 +309,24 @@ class AlarmGate:
     ) -> None:
         if annunciation is not None:
             self.counts[annunciation] += 1
+        if len(self._journal) >= _JOURNAL_KEPT:
+            self._journal.popleft()
+            self.journal_dropped += 1
+        self._seq += 1
         self._journal.append(
             (
-                datetime.now(UTC),
-                self.config.site,
-                key[0],
-                key[1],
-                code,
-                event,
-                annunciation,
-                detector,
-                detail[:1000],
+                self._seq,
+                (
+                    datetime.now(UTC),
+                    self.config.site,
+                    key[0],
+                    key[1],
+                    code,
+                    event,
+                    annunciation,
+                    detector,
+                    detail[:1000],
+                ),
             )
         )
         self._write_now.set()
@@ -424,13 +450,19 @@ class AlarmGate:
             self._forward(alert)
 
     async def _ticker(self) -> None:
+        failing = False
         while True:
             await asyncio.sleep(self.config.tick_s)
-            try:
-                await self._expire_shelves()
-            except _DB_ERRORS as exc:
-                log.warning("alarm shelves not expired: %s", exc)
+            # First what needs no database: a flood ends on time during an outage too.
             self._check_flood_end(asyncio.get_running_loop().time())
+            try:
+                await self._relisten()
+                await self._expire_shelves()
+                failing = False
+            except (*_DB_ERRORS, TimeoutError) as exc:
+                if not failing:  # once per outage, not every tick
+                    log.warning("alarm shelves not checked (database unavailable): %s", exc)
+                failing = True
 
     # -- the journal -------------------------------------------------------------------------
     async def _writer(self) -> None:
@@ -450,12 +482,18 @@ class AlarmGate:
     async def _write(self) -> None:
         if not self._journal or self._pool is None:
             return
-        rows = list(self._journal)
-        await self._pool.executemany(
-            """INSERT INTO alarm_journal
-                   (at, site, plc_id, metric, code, event, annunciation, detector, detail)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
-            rows,
-        )
-        for _ in rows:  # only what was written: rows added meanwhile stay
+        batch = list(self._journal)
+        rows = [row for _, row in batch]
+        try:
+            await self._pool.executemany(_INSERT, rows)
+        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError):
+            # A row the table refuses would block the journal for good: the others are
+            # written one by one, the refused one is logged and dropped.
+            for row in rows:
+                try:
+                    await self._pool.execute(_INSERT, *row)
+                except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+                    log.error("alarm journal refused %r: %s", row[2:6], exc)
+        last = batch[-1][0]
+        while self._journal and self._journal[0][0] <= last:
             self._journal.popleft()

@@ -32,8 +32,8 @@ from dev.simulator.signals import FaultKind
 from factorylm.models.drift import drift_workflow_id
 from factorylm.plant import Plant
 from factorylm.settings import Settings
-from helpers import TANK_METRICS, free_port, make_alert, modbus_plant, until
-from ingest.alarms import AlarmConfig
+from helpers import TANK_METRICS, SwitchableProxy, free_port, make_alert, modbus_plant, until
+from ingest.alarms import AlarmConfig, AlarmGate
 from ingest.drift import DriftConfig
 from ingest.outbox import OutboxConfig
 from ingest.service import IngestService
@@ -427,3 +427,53 @@ async def test_the_demo_narrator_tells_an_injected_faults_alarm_and_its_workflow
     ).run_id
     assert started == f"workflow drift-{plc}-pressure started (run {run_id[:8]}) for alarm {code}"
     assert lines.index(raised) < lines.index(started)
+
+
+async def test_alarms_journalled_while_postgres_is_away_are_written_when_it_is_back(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    # The gate's database behind a proxy that can be cut (a PostgreSQL outage on demand).
+    proxy = SwitchableProxy(settings.pg_port)
+    await proxy.start()
+    via_proxy = settings.model_copy(update={"pg_port": proxy.port})
+    plant = modbus_plant([f"alarm-pg-{uuid.uuid4().hex[:6]}"], TANK_METRICS)
+    plc = plant.plcs[0].id
+    sent: list[object] = []
+    gate = AlarmGate(via_proxy.pg_dsn, plant, sent.append, config=AlarmConfig(tick_s=0.1))
+    await gate.start()
+    try:
+        code = gate.codes[(plc, "temp")]
+        proxy.cut()
+        for _ in range(3):
+            gate(make_alert(5.0, "temp", plc))
+        # The alarms are not held back by the outage: they go on to the outbox at once.
+        assert len(sent) == 3
+        proxy.up = True
+        await until(
+            "the three raises journalled after the outage",
+            lambda: _journalled(pool, code, 3),
+        )
+        # The shelves' LISTEN connection died with the outage: it is made again, so a shelf
+        # set now is heard.
+        await pool.execute(
+            """INSERT INTO alarm_shelves (code, plc_id, metric, shelved_by, until)
+               VALUES ($1, $2, 'temp', $3, now() + interval '1 hour')""",
+            code,
+            plc,
+            PERSON,
+        )
+        await pool.execute("SELECT pg_notify('alarm_shelves', $1)", code)
+        await until("the shelf heard", lambda: (plc, "temp") in gate._shelves)
+        gate(make_alert(5.0, "temp", plc))
+        assert len(sent) == 3  # shelved: not sent
+    finally:
+        await gate.stop()
+        await proxy.close()
+
+
+async def _journalled(pool: asyncpg.Pool, code: str, n: int) -> bool:
+    count: int = await pool.fetchval(
+        "SELECT count(*) FROM alarm_journal WHERE code = $1 AND event = 'raise'", code
+    )
+    assert count <= n, "a raise written twice"
+    return count == n
