@@ -327,6 +327,69 @@ async def _step(
     }
 
 
+def _client_cost(plant: Plant, rounds: int = 20) -> dict[str, float]:
+    """The product's CPU per value, without a server: publish responses of every item (binary,
+    as they come off the socket) decoded by asyncua and handled by the collector, its sink
+    handing the values to the writer's buffer and the drift detector (the COPY itself is the
+    ingest_writer benchmark's). Beside it, asyncua's decoding alone: what any client pays."""
+    from asyncua import ua
+    from asyncua.common.utils import Buffer
+    from asyncua.ua.ua_binary import struct_from_binary, struct_to_binary
+
+    from ingest.drift import DriftConfig, DriftDetector
+    from ingest.subscription import OpcUaCollector
+    from ingest.writer import BatchWriter
+
+    plc = plant.plcs[0]
+    writer = BatchWriter("postgresql://unused", buffer_rows=10_000_000)
+    detector = DriftDetector(DriftConfig(), lambda alert: None)
+    detector.configure_plant(plant)
+
+    def sink(p: Plc, when: datetime, mono: float, values: dict[str, float]) -> None:
+        writer.add((when, p.id, name, value) for name, value in values.items())
+        for name, value in values.items():
+            detector.observe(p.id, name, mono, value, when)
+
+    collector = OpcUaCollector(plc, sink, driver=object())  # type: ignore[arg-type]
+    # The handles the subscription would have registered (bench only: no server here).
+    collector._handles = {i: (m.name, ua.VariantType.Double) for i, m in enumerate(plc.metrics)}
+    decode, full = [], []
+    for r in range(rounds):
+        now = datetime.now(UTC)
+        items = [
+            ua.MonitoredItemNotification(
+                ClientHandle=i,
+                Value=ua.DataValue(
+                    ua.Variant(float(r + i * 1e-4), ua.VariantType.Double),
+                    SourceTimestamp=now,  # type: ignore[arg-type]
+                    ServerTimestamp=now,  # type: ignore[arg-type]
+                ),
+            )
+            for i in range(len(plc.metrics))
+        ]
+        message = ua.NotificationMessage(
+            SequenceNumber=r + 1,
+            PublishTime=now,
+            NotificationData=[ua.DataChangeNotification(MonitoredItems=items)],
+        )
+        wire = struct_to_binary(
+            ua.PublishResponse(Parameters=ua.PublishResult(NotificationMessage=message))
+        )
+        t0 = time.perf_counter()
+        decoded = struct_from_binary(ua.PublishResponse, Buffer(wire))
+        t1 = time.perf_counter()
+        collector._published(decoded.Parameters)
+        t2 = time.perf_counter()
+        decode.append((t1 - t0) / len(items))
+        full.append((t2 - t0) / len(items))
+        writer._buffer.clear()
+    return {
+        "decode_us": statistics.median(decode) * 1e6,
+        "full_us": statistics.median(full) * 1e6,
+        "full_p95_us": _pct(full, 95) * 1000,
+    }
+
+
 async def opcua_ingest(
     settings: Settings, interval_ms: int = 100, warmup_s: float = 5.0, duration_s: float = 20.0
 ) -> dict[str, Any]:
@@ -346,6 +409,7 @@ async def opcua_ingest(
             break
     best = steps[-1]
     ratio = best["stored_per_s"] / best["anchor_per_s"] if best["anchor_per_s"] else None
+    cost = _client_cost(_plant(_LADDER[0], interval_ms, 1))
     return {
         "bench": "opcua_ingest",
         "value": best["stored_per_s"],
@@ -354,6 +418,12 @@ async def opcua_ingest(
         "ratio": round(ratio, 3) if ratio is not None else None,
         **{k: v for k, v in best.items() if k not in ("stored_per_s", "anchor_per_s")},
         "nominal": f"{_LADDER[0]} items at {interval_ms} ms",
+        # Without a server: the product's CPU per value at the nominal item count, asyncua's
+        # decoding alone, and the values/s one core of this machine would take at that cost.
+        "client_us_per_value": round(cost["full_us"], 2),
+        "client_us_per_value_p95": round(cost["full_p95_us"], 2),
+        "decode_us_per_value": round(cost["decode_us"], 2),
+        "client_capacity_per_s": round(1e6 / cost["full_us"]),
         "measured_at": f"{best['items']} items at {interval_ms} ms"
         + ("" if best["server_sustained"] else " (the server did not keep even this rate)"),
         "steps": [{k: s[k] for k in _STEP_FIGURES} for s in steps],
