@@ -1,6 +1,13 @@
 # One image for every FactoryLM process; the compose file picks the command. It holds the
 # product only: the development package (demo, benchmarks, simulator, fakes) and its `sim`
 # extra stay out.
+# The plant board's charting library, from the npm registry as package-lock.json pins it
+# (api/board.py serves it from /app/node_modules).
+FROM node:20-slim AS board-assets
+WORKDIR /assets
+COPY package.json package-lock.json ./
+RUN npm ci --no-audit --no-fund --omit=dev
+
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 WORKDIR /app
@@ -18,6 +25,7 @@ COPY api ./api
 COPY temporal ./temporal
 COPY app ./app
 COPY config ./config
+COPY --from=board-assets /assets/node_modules/uplot/dist ./node_modules/uplot/dist
 # /var/lib/factorylm is the `appdata` volume (photos, the Monkey's workspace): owned by the
 # process user here, so a new named volume starts writable by it rather than by root.
 RUN pip install --no-cache-dir . && useradd --system --uid 10001 factorylm \

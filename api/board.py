@@ -93,12 +93,23 @@ MAX_OPEN_RESPONSES = 25
 _CODE = re.compile(r"\s*\(code \d{4}\)")
 
 STATIC_DIR = Path(__file__).parent / "board"
+
+
+def _uplot_dir() -> Path:
+    """The charting library, installed from the npm registry (package.json): by `make setup`
+    in the checkout, by the image's build into its working directory (Dockerfile)."""
+    for root in (PROJECT_ROOT, Path.cwd()):
+        if (root / "node_modules/uplot/dist").is_dir():
+            return root / "node_modules/uplot/dist"
+    return PROJECT_ROOT / "node_modules/uplot/dist"  # missing: the route says so
+
+
+_UPLOT = _uplot_dir()
 _STATIC: dict[str, tuple[Path, str]] = {
     "board.js": (STATIC_DIR / "board.js", "text/javascript"),
     "board.css": (STATIC_DIR / "board.css", "text/css"),
-    # The charting library, installed from the npm registry by `make setup` (package.json).
-    "uplot.js": (PROJECT_ROOT / "node_modules/uplot/dist/uPlot.iife.min.js", "text/javascript"),
-    "uplot.css": (PROJECT_ROOT / "node_modules/uplot/dist/uPlot.min.css", "text/css"),
+    "uplot.js": (_UPLOT / "uPlot.iife.min.js", "text/javascript"),
+    "uplot.css": (_UPLOT / "uPlot.min.css", "text/css"),
 }
 # No external requests, no inline script: everything the page loads comes from this API.
 _CSP = (
