@@ -274,8 +274,12 @@ class OpcUaCollector(CollectorBase):
         message = result.NotificationMessage
         data = message.NotificationData
         if not data:
-            # A keep-alive: nothing changed, and the server is there.
-            self.last_good = datetime.now(UTC)
+            # A keep-alive: nothing changed, and the server is there. After a failure it ends
+            # the episode even when no value has changed since (a deadband, a quiet machine).
+            if self.consecutive_errors:
+                self._deliver(datetime.now(UTC), mono, {})
+            else:
+                self.last_good = datetime.now(UTC)
             return
         seq = int(message.SequenceNumber)
         if self._sequence is not None and seq > self._sequence + 1:

@@ -308,6 +308,28 @@ async def test_a_quiet_server_is_not_stale_its_keep_alives_say_it_is_there(
         await asyncio.gather(task, return_exceptions=True)
 
 
+async def test_a_reconnect_ends_the_failure_even_when_no_value_arrives_after_it(
+    mixer: tuple[Plant, SimulatedOpcUaPlc],
+) -> None:
+    served, peer = mixer
+    raw = served.plcs[0].model_dump(by_alias=True, exclude_none=True)
+    raw["metrics"] = [{"name": "ghost", "node_id": "ns=2;s=no.such.node", "type": "double"}]
+    plc = Plc.model_validate(raw)
+    collector = OpcUaCollector(plc, lambda _p, _w, _m, _v: None, max_backoff_s=1.0)
+    task = asyncio.create_task(collector.run())
+    try:
+        await until("connected", lambda: collector.connections >= 1 and collector.subscribed)
+        await peer.set_offline(True)
+        await until("the loss counted", lambda: collector.consecutive_errors >= 1)
+        await peer.set_offline(False)
+        # Nothing is monitored, so only the subscription's keep-alives come: they end it.
+        await until("the failure over", lambda: collector.consecutive_errors == 0)
+        assert collector.connections >= 2 and collector.bad_samples["ghost"] >= 2
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 # -- security -----------------------------------------------------------------------------------
 @pytest.fixture
 def client_cert(tmp_path: Path) -> tuple[Path, Path]:
