@@ -132,3 +132,37 @@ async def test_an_unreadable_notification_is_skipped_and_the_next_one_narrated(
         f"work order {wo} opened (HIGH): vibration drift on conveyor-1 (+6.0σ)"
     )
     assert not any("pg_authid" in line or "not json" in line for line in narrated)
+
+
+async def test_a_messages_delivery_states_are_narrated_as_twilio_reports_them(
+    narrated: list[str], pool: asyncpg.Pool
+) -> None:
+    address = f"whatsapp:+1555041{uuid.uuid4().int % 10000:04d}"
+    mid = await pool.fetchval(
+        """INSERT INTO outbound_messages (idem_key, kind, channel, address, body)
+           VALUES ($1, 'approval', 'whatsapp', $2, 'FactoryLM approval needed') RETURNING id""",
+        f"narrator/{uuid.uuid4().hex[:8]}",
+        address,
+    )
+    for state, error in (("sent", None), ("delivered", None)):
+        await pool.execute(
+            "UPDATE outbound_messages SET state = $2, error_code = $3 WHERE id = $1",
+            mid,
+            state,
+            error,
+        )
+        assert await line_with(narrated, f"{address} on whatsapp: {state}") == (
+            f"message #{mid} to {address} on whatsapp: {state}"
+        )
+    failed = await pool.fetchval(
+        """INSERT INTO outbound_messages (idem_key, kind, channel, address, body, state,
+               error_code) VALUES ($1, 'page', 'whatsapp', $2, 'x', 'failed', '63016')
+           RETURNING id""",
+        f"narrator/{uuid.uuid4().hex[:8]}",
+        address,
+    )
+    assert await line_with(narrated, f"#{failed} ") == (
+        f"message #{failed} to {address} on whatsapp: failed (error 63016)"
+    )
+    # Queued (its insert) is not a line of its own: the text is narrated from notifications.
+    assert not any(f"#{mid} " in line and "queued" in line for line in narrated)
