@@ -96,6 +96,10 @@ class _MqttCollector(CollectorBase):
     async def _on_connected(self, client: aiomqtt.Client) -> None:
         """What the protocol does after (re)subscribing."""
 
+    async def _alive(self) -> None:
+        """While connected: keep `last_good` fresh from the protocol's own sign of life, if it
+        has one (a JSON topic has none: silence there is staleness)."""
+
     def _issue(self, key: str, topic: str, problem: str, detail: str) -> None:
         """Count one bad value under `key`; log it once per topic and kind of problem."""
         self.bad_samples[key] = self.bad_samples.get(key, 0) + 1
@@ -130,12 +134,17 @@ class _MqttCollector(CollectorBase):
                     if self.connects > 1:
                         log.info("PLC %s: reconnected to the broker", self.plc.id)
                     await self._on_connected(client)
-                    async for message in client.messages:
-                        payload = message.payload
-                        if not isinstance(payload, bytes | bytearray):
-                            payload = b"" if payload is None else str(payload).encode()
-                        self.messages += 1
-                        self._receive(client, message.topic.value, bytes(payload))
+                    alive = asyncio.create_task(self._alive(), name=f"alive-{self.plc.id}")
+                    try:
+                        async for message in client.messages:
+                            payload = message.payload
+                            if not isinstance(payload, bytes | bytearray):
+                                payload = b"" if payload is None else str(payload).encode()
+                            self.messages += 1
+                            self._receive(client, message.topic.value, bytes(payload))
+                    finally:
+                        alive.cancel()
+                        await asyncio.gather(alive, return_exceptions=True)
             except (aiomqtt.MqttError, PlcError) as exc:
                 where = f"{self.plc.host}:{self.plc.tcp_port}"
                 self._failed(f"PLC {self.plc.id}: MQTT broker {where}: {exc}", backoff)
@@ -192,6 +201,16 @@ class SparkplugCollector(_MqttCollector):
         if not self.session.born:
             # Started (or restarted) without the node's aliases: ask for them.
             self._request_rebirth("no birth seen yet")
+
+    async def _alive(self) -> None:
+        # Sparkplug says when a node is gone (NDEATH, sent by the broker when the node's
+        # connection drops; DDEATH). Until then a node that reports by exception and whose
+        # values do not change is alive, not stale: the health monitor must not restart it.
+        while True:
+            await asyncio.sleep(max(self.period_s, 1.0))
+            session = self.session
+            if session.born and (self.device is None or self.device in session.online_devices):
+                self._mark_alive()
 
     def _request_rebirth(self, why: str) -> None:
         now = time.monotonic()

@@ -407,3 +407,19 @@ def test_a_full_receive_queue_counts_what_it_drops(broker: Mosquitto) -> None:
     with pytest.raises(asyncio.QueueFull):
         queue.put_nowait(message)  # aiomqtt catches this and discards the message
     assert queue.qsize() == 2 and collector.bad_samples == {QUEUE_FULL: 1}
+
+
+async def test_a_born_node_whose_values_do_not_change_stays_fresh(broker: Mosquitto) -> None:
+    plc = sparkplug_plc(broker, "spb-quiet")
+    samples = Samples()
+    collector = SparkplugCollector(plc, samples)
+    async with mqtt(broker, "edge") as edge, running(collector):
+        await until("subscribed", lambda: collector.connects == 1)
+        node = HandNode(edge, f"edge-{plc.id}")
+        await node.births(speed=1.0, temp=2.0, run=True, stamp=sp.now_ms())
+        await until("born", lambda: collector.last_good is not None)
+        born_at = collector.last_good
+        assert born_at is not None
+        # Not one message more: the node reports by exception and nothing changed.
+        await until("a fresher sign of life", lambda: (collector.last_good or born_at) > born_at)
+    assert len(samples.rows) == 1  # the birth's values only: no data arrived meanwhile
