@@ -89,6 +89,8 @@ def _registry() -> dict[str, Bench]:
     from dev.bench.outage import alarm_outage
     from dev.bench.photo import photo_to_workorder_p99_ms
     from dev.bench.sparkplug import sparkplug_ingest
+    from dev.bench.spool import store_and_forward
+    from dev.bench.telegraf import ingest_vs_telegraf
 
     return {
         "ingest_writer": ingest_writer,
@@ -105,6 +107,8 @@ def _registry() -> dict[str, Bench]:
         "similarity_top5_p99_ms": similarity_top5_p99_ms,
         "embed_throughput": embed_throughput,
         "lifecycle": lifecycle,
+        "store_and_forward": store_and_forward,
+        "ingest_vs_telegraf": ingest_vs_telegraf,
         "board_p99_ms": board_p99_ms,
         "opcua_ingest": opcua_ingest,
         "sparkplug_ingest": sparkplug_ingest,
