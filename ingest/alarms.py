@@ -148,6 +148,15 @@ class AlarmGate:
         ]
 
     async def stop(self) -> None:
+        flood = self._flood
+        if flood is not None and flood.batch:
+            # A grouped message still gathering goes now: stopping must not swallow it.
+            batch, flood.batch = flood.batch, []
+            flood.messages += 1
+            try:
+                await asyncio.wait_for(self._send_notice(flood, batch), 5.0)
+            except TimeoutError:
+                log.error("alarm flood message not sent before stopping: %d alarms", len(batch))
         for task in [*self._tasks, *self._side]:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._side, return_exceptions=True)
@@ -157,7 +166,10 @@ class AlarmGate:
         except _DB_ERRORS as exc:
             log.error("alarm journal: %d rows not written: %s", len(self._journal), exc)
         if self._listener is not None:
-            await self._listener.close()
+            try:
+                await self._listener.close()
+            except _DB_ERRORS:
+                pass  # the connection was already gone
             self._listener = None
         if self._pool is not None:
             await self._pool.close()

@@ -477,3 +477,37 @@ async def _journalled(pool: asyncpg.Pool, code: str, n: int) -> bool:
     )
     assert count <= n, "a raise written twice"
     return count == n
+
+
+async def test_a_flood_message_still_gathering_is_sent_when_the_ingest_stops(
+    settings: Settings, client: Client
+) -> None:
+    plant = modbus_plant([f"alarm-stop-{uuid.uuid4().hex[:6]}"], TANK_METRICS)
+    plc = plant.plcs[0].id
+    queue = f"alarms-stop-{uuid.uuid4().hex[:6]}"  # nobody runs it: the start is what counts
+    config = AlarmConfig(
+        site="stopping",
+        flood_alarms=1,
+        gather_s=600.0,
+        recipients=(PERSON,),
+        notice_task_queue=queue,
+    )
+    gate = AlarmGate(settings.pg_dsn, plant, lambda _a: None, client=client, config=config)
+    await gate.start()
+    stopped = False
+    try:
+        for metric in ("level", "pressure", "temp"):
+            gate(make_alert(5.0, metric, plc))
+        assert gate.flood_messages == 0  # ten minutes of gathering ahead
+        await gate.stop()
+        stopped = True
+        (notice,) = gate.notices
+        handle = client.get_workflow_handle(notice.dedup_key.replace("/", "-"))
+        assert (await handle.describe()).task_queue == queue
+        for metric in ("pressure", "temp"):  # the two beyond the limit of one
+            assert f"{metric} on {plc}" in notice.body
+        assert f"level on {plc}" not in notice.body
+        await handle.terminate("test over")
+    finally:
+        if not stopped:
+            await gate.stop()
