@@ -6,9 +6,11 @@ by a crash or a power cut is recognised and cut off at the next start; whole seg
 deleted once backfilled, which costs nothing; and nothing is written twice (SQLite's WAL would
 write every batch twice and still need a format for the rows).
 
-Segment `000000000042.seg` is a run of records: a 12-byte header (magic, payload length,
-CRC-32 of the payload) and the payload: the batch's PLC·metric keys once, then each sample as
-(microseconds since the epoch, key index, value) — 18 bytes a sample.
+Segment `000000000042.seg` is a run of records, each a 12-byte header (magic, payload length,
+CRC-32 of the payload) and a payload of one kind: `K` declares PLC·metric keys (numbered in the
+order the segment first meets them), `P` holds samples as (microseconds since the epoch, key
+number, value) — 18 bytes a sample, the keys written once a segment. A batch with a key new to
+the segment is written as its K and P records in one write, and counts as one record.
 
 Durability: appends are written at once and fsynced at least every `fsync_interval_s`, so a
 kill -9 or a power cut loses at most that long of spooled samples. Which records are already in
@@ -21,6 +23,8 @@ acts on) and every sample in it is counted as dropped.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -50,28 +54,58 @@ class SpoolError(RuntimeError):
     """The spool directory cannot be used (its message names it and why)."""
 
 
-def encode(batch: list[Sample]) -> bytes:
-    keys: dict[tuple[str, str], int] = {}
-    points = bytearray()
+class KeyTable:
+    """A segment's PLC·metric keys, numbered in the order it first met them."""
+
+    def __init__(self) -> None:
+        self.keys: list[tuple[str, str]] = []
+        self.ids: dict[tuple[str, str], int] = {}
+
+    def declare(self, keys: list[tuple[str, str]]) -> None:
+        for key in keys:
+            self.ids[key] = len(self.keys)
+            self.keys.append(key)
+
+
+def _record(payload: bytes) -> bytes:
+    return _HEADER.pack(_MAGIC, len(payload), zlib.crc32(payload)) + payload
+
+
+def encode(batch: list[Sample], table: KeyTable) -> bytes:
+    """The batch's records for a segment whose keys so far are `table` (which it extends)."""
+    new: list[tuple[str, str]] = []
+    seen = set(table.ids)
+    for _when, plc_id, metric, _value in batch:
+        key = (plc_id, metric)
+        if key not in seen:
+            seen.add(key)
+            new.append(key)
+    out = bytearray()
+    if new:
+        if len(table.keys) + len(new) > _MAX_KEYS:
+            raise OverflowError("segment key table full")
+        keys = bytearray(b"K" + _COUNT.pack(len(new)))
+        for plc_id, metric in new:
+            for part in (plc_id.encode(), metric.encode()):
+                keys += _KEY_LEN.pack(len(part)) + part
+        out += _record(bytes(keys))
+        table.declare(new)
+    ids = table.ids
+    points = bytearray(b"P" + _COUNT.pack(len(batch)))
+    pack = _POINT.pack
     for when, plc_id, metric, value in batch:
-        index = keys.setdefault((plc_id, metric), len(keys))
-        if index >= _MAX_KEYS:
-            raise ValueError(f"a spool record holds at most {_MAX_KEYS} PLC·metric keys")
         delta = when - _EPOCH
         micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-        points += _POINT.pack(micros, index, value)
-    head = bytearray(_COUNT.pack(len(keys)))
-    for plc_id, metric in keys:
-        for part in (plc_id.encode(), metric.encode()):
-            head += _KEY_LEN.pack(len(part)) + part
-    return bytes(head + _COUNT.pack(len(batch)) + points)
+        points += pack(micros, ids[(plc_id, metric)], value)
+    out += _record(bytes(points))
+    return bytes(out)
 
 
-def decode(payload: bytes) -> list[Sample]:
-    (n_keys,) = _COUNT.unpack_from(payload, 0)
-    at = _COUNT.size
+def _decode_keys(payload: bytes) -> list[tuple[str, str]]:
+    (n,) = _COUNT.unpack_from(payload, 1)
+    at = 1 + _COUNT.size
     keys: list[tuple[str, str]] = []
-    for _ in range(n_keys):
+    for _ in range(n):
         parts = []
         for _part in range(2):
             (length,) = _KEY_LEN.unpack_from(payload, at)
@@ -79,13 +113,17 @@ def decode(payload: bytes) -> list[Sample]:
             parts.append(payload[at : at + length].decode())
             at += length
         keys.append((parts[0], parts[1]))
-    (n,) = _COUNT.unpack_from(payload, at)
-    at += _COUNT.size
-    out: list[Sample] = []
-    for micros, index, value in _POINT.iter_unpack(payload[at : at + n * _POINT.size]):
-        plc_id, metric = keys[index]
-        out.append((_EPOCH + timedelta(microseconds=micros), plc_id, metric, value))
-    return out
+    return keys
+
+
+def _decode_points(payload: bytes, keys: list[tuple[str, str]]) -> list[Sample]:
+    (n,) = _COUNT.unpack_from(payload, 1)
+    at = 1 + _COUNT.size
+    epoch, micro = _EPOCH, timedelta(microseconds=1)
+    return [
+        (epoch + micros * micro, *keys[index], value)
+        for micros, index, value in _POINT.iter_unpack(payload[at : at + n * _POINT.size])
+    ]
 
 
 @dataclass
@@ -106,6 +144,7 @@ class _Segment:
     ends: list[int] = field(default_factory=list)  # record end offsets, in order
     firsts: list[datetime] = field(default_factory=list)  # each record's first sample time
     counts: list[int] = field(default_factory=list)  # each record's samples
+    table: KeyTable = field(default_factory=KeyTable)
 
 
 class Spool:
@@ -167,7 +206,7 @@ class Spool:
             valid = 0
             with path.open("rb") as f:
                 data = f.read()
-            for end, samples in _scan(data):
+            for end, samples in _scan(data, seg.table):
                 seg.ends.append(end)
                 seg.firsts.append(samples[0][0] if samples else _EPOCH)
                 seg.counts.append(len(samples))
@@ -213,17 +252,31 @@ class Spool:
     def append(self, batch: list[Sample]) -> None:
         if not batch:
             return
-        payload = encode(batch)
-        record = _HEADER.pack(_MAGIC, len(payload), zlib.crc32(payload)) + payload
-        seg = self._current(len(record))
+        seg = self._current(len(batch) * _POINT.size)
+        known = len(seg.table.keys)
+        try:
+            record = encode(batch, seg.table)
+        except OverflowError:  # more PLC·metrics than a segment numbers: start another
+            seg = self._current(self.segment_bytes + 1)
+            known = 0
+            record = encode(batch, seg.table)
         try:
             assert self._fd is not None
-            os.write(self._fd, record)
+            if os.write(self._fd, record) != len(record):
+                raise OSError(errno.ENOSPC, "short write")
         except OSError as exc:  # ENOSPC, EIO: the batch is lost, counted, and said
             self.dropped += len(batch)
             log.error(
                 "spool write to %s failed (%s): %d samples dropped", seg.path, exc, len(batch)
             )
+            # Nothing of the batch stays: not its keys, not a torn record the next start
+            # would stop reading at.
+            for key in seg.table.keys[known:]:
+                del seg.table.ids[key]
+            del seg.table.keys[known:]
+            with contextlib.suppress(OSError):
+                assert self._fd is not None
+                os.ftruncate(self._fd, seg.size)
             self._close_fd()
             return
         seg.size += len(record)
@@ -302,7 +355,7 @@ class Spool:
                 f.seek(done)
                 data = f.read(seg.size - done)
             start = done
-            for end, samples in _scan(data):
+            for end, samples in _scan(data, seg.table):
                 yield Record(seg.seq, start, done + end, samples)
                 start = done + end
                 taken += len(samples)
@@ -326,16 +379,24 @@ class Spool:
             self._lock = -1
 
 
-def _scan(data: bytes) -> Iterator[tuple[int, list[Sample]]]:
-    """(end offset, samples) of each whole, intact record from the start of `data`."""
+def _scan(data: bytes, table: KeyTable) -> Iterator[tuple[int, list[Sample]]]:
+    """(end offset, samples) of each whole, intact record from the start of `data`; K records
+    extend `table` and belong to the P record after them (a torn P drops its K too)."""
     at = 0
+    pending: list[tuple[str, str]] = []
     while at + _HEADER.size <= len(data):
         magic, length, crc = _HEADER.unpack_from(data, at)
         start, end = at + _HEADER.size, at + _HEADER.size + length
-        if magic != _MAGIC or end > len(data):
+        if magic != _MAGIC or end > len(data) or length < 1 + _COUNT.size:
             return
         payload = data[start:end]
         if zlib.crc32(payload) != crc:
             return
-        yield end, decode(payload)
+        if payload[:1] == b"K":
+            pending += [k for k in _decode_keys(payload) if k not in table.ids]
+        else:
+            if pending:
+                table.declare(pending)
+                pending = []
+            yield end, _decode_points(payload, table.keys)
         at = end

@@ -20,7 +20,7 @@ import yaml
 from dev.simulator.modbus import SimulatedModbusPlc
 from factorylm.settings import PROJECT_ROOT, Settings
 from helpers import SwitchableProxy, plant_with_free_ports, until
-from ingest.spool import Spool, SpoolError, decode, encode
+from ingest.spool import Spool, SpoolError
 from ingest.writer import BatchWriter
 
 T0 = datetime(2026, 11, 21, 8, tzinfo=UTC)
@@ -43,15 +43,24 @@ def drain(spool: Spool) -> list[tuple[datetime, str, str, float]]:
     return out
 
 
-def test_a_record_round_trips_times_to_the_microsecond_keys_and_values() -> None:
+def test_samples_round_trip_to_the_microsecond_and_keys_are_written_once_a_segment(
+    tmp_path: Path,
+) -> None:
     batch = [
         (datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC), "press-1", "vibration", -1.5e-300),
         (datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC), "préss-2", "temp °C", 42.0),
         (datetime(2026, 1, 2, 3, 4, 5, 678902, tzinfo=UTC), "press-1", "vibration", 7.25),
     ]
-    assert decode(encode(batch)) == batch
-    # 18 bytes a sample plus the two keys once.
-    assert len(encode(batch)) == 4 + (2 + 7 + 2 + 9) + (2 + 8 + 2 + 8) + 4 + 3 * 18
+    spool = Spool(tmp_path)
+    for _ in range(10):
+        spool.append(batch)
+    # The keys once (a K record: 12 header + 1 kind + 4 count + 2 × (2 + 7 + 2 + 9 bytes), one
+    # of them 'é' and one '°' in UTF-8: +2), then ten P records of 12 + 1 + 4 + 3 × 18 bytes.
+    assert spool.bytes == (12 + 1 + 4 + (2 + 7 + 2 + 9) + (2 + 8 + 2 + 8)) + 10 * (12 + 5 + 54)
+    spool.close()
+    reopened = Spool(tmp_path)  # the key table is read back from the segment
+    assert drain(reopened) == batch * 10
+    reopened.close()
 
 
 def test_a_torn_record_at_the_end_is_cut_off_and_the_whole_ones_are_kept(tmp_path: Path) -> None:
