@@ -311,6 +311,17 @@ class NodeSession:
     aliases: dict[tuple[str | None, int], str] = field(default_factory=dict)
     datatypes: dict[tuple[str | None, str], DataType] = field(default_factory=dict)
     online_devices: set[str] = field(default_factory=set)
+    bd_seq: int | None = None  # the birth/death sequence of the NBIRTH in force
+
+    def is_current_death(self, payload: SpPayload) -> bool:
+        """Whether an NDEATH ends the session in force. Its bdSeq names the connection whose
+        will it is: a node that reconnected quickly is born again before the broker publishes
+        the old connection's will, and that late death must not kill the new session."""
+        bd_seq = next(
+            (int(m.value) for m in payload.metrics if m.name == BDSEQ and m.value is not None),
+            None,
+        )
+        return bd_seq is None or self.bd_seq is None or bd_seq == self.bd_seq
 
     def check_seq(self, seq: int | None) -> str | None:
         """None when `seq` follows the last one; otherwise what is wrong. A repeat of the last
@@ -336,6 +347,10 @@ class NodeSession:
             self.datatypes.clear()
             self.online_devices.clear()
             self.born = True
+            self.bd_seq = next(
+                (int(m.value) for m in payload.metrics if m.name == BDSEQ and m.value is not None),
+                None,
+            )
         else:
             self.online_devices.add(device)
             for key in [k for k in self.aliases if k[0] == device]:

@@ -244,6 +244,13 @@ class SparkplugCollector(_MqttCollector):
             return
         session = self.session
         if kind is sp.MessageType.NDEATH:
+            if not session.is_current_death(message):
+                log.info(
+                    "PLC %s: a late NDEATH of an earlier session of %s: ignored",
+                    self.plc.id,
+                    session.node,
+                )
+                return
             session.death()
             self._failed(f"PLC {self.plc.id}: edge node {session.node} is offline (NDEATH)", 0)
             return

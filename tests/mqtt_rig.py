@@ -79,15 +79,21 @@ class HandNode:
         # QoS 0, as Sparkplug has edge nodes publish everything but their death certificate.
         await self.client.publish(self.topic(kind, device), payload, qos=0)
 
+    async def death(self, bdseq: int = 0) -> None:
+        payload = sp.encode([sp.OutMetric(sp.BDSEQ, sp.DataType.UINT64, bdseq)], seq=None)
+        await self.raw(sp.MessageType.NDEATH, payload)
+
     async def flush(self) -> None:
         """Return once the broker has every QoS 0 message sent before: a QoS 1 message's
         acknowledgement comes after them (a client that disconnects at once may drop the
         QoS 0 messages it has not written yet)."""
         await self.client.publish(f"test/flush/{self.node}", b"", qos=1)
 
-    async def births(self, speed: float, temp: float, run: bool, *, stamp: int) -> None:
+    async def births(
+        self, speed: float, temp: float, run: bool, *, stamp: int, bdseq: int = 0
+    ) -> None:
         self.seq = 0
-        node = [sp.OutMetric(sp.BDSEQ, sp.DataType.UINT64, 0)]
+        node = [sp.OutMetric(sp.BDSEQ, sp.DataType.UINT64, bdseq)]
         await self.raw(sp.MessageType.NBIRTH, sp.encode(node, seq=0, timestamp_ms=stamp))
         self.seq = 1
         metrics = [

@@ -87,6 +87,7 @@ class SimulatedSparkplugNode(SimulatedPeer):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await runner
         self._client = None
+        self._bdseq = (self._bdseq + 1) % 256  # the next connection is a new session
 
     def _death(self) -> bytes:
         return sp.encode([sp.OutMetric(sp.BDSEQ, sp.DataType.UINT64, self._bdseq)], seq=None)

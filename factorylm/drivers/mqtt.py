@@ -315,6 +315,8 @@ class SparkplugDriver(_MqttDriver):
             return {}  # the ingest counts and logs bad messages; the driver only needs values
         session = self._session
         if parsed.type is sp.MessageType.NDEATH:
+            if not session.is_current_death(message):
+                return {}
             session.death()
             self._values.clear()
             return {}

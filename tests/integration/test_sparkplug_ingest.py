@@ -248,17 +248,21 @@ async def test_ndeath_makes_the_collector_failing_until_the_node_is_born_again(
             await until("subscribed", lambda: getattr(collector, "connects", 0) == 1)
             await node.births(speed=1.0, temp=2.0, run=True, stamp=now)
             await until("ok", lambda: manager.state(collector) == "ok")
-            death = sp.encode([sp.OutMetric(sp.BDSEQ, sp.DataType.UINT64, 0)], seq=None)
-            await node.raw(sp.MessageType.NDEATH, death)
+            await node.death()
             await until("failing", lambda: manager.state(collector) == "failing")
             assert "NDEATH" in (collector.last_error or "")
             await node.ddata(now + 1, a1=9.0)  # after a death, data without a birth is not taken
-            await node.births(speed=3.0, temp=4.0, run=True, stamp=now + 2)
+            await node.births(speed=3.0, temp=4.0, run=True, stamp=now + 2, bdseq=1)
             await until("ok again", lambda: manager.state(collector) == "ok")
+            # The will of the connection before (bdSeq 0) comes late: the new session stands.
+            await node.death(bdseq=0)
+            await node.ddata(now + 3, a1=5.0)
+            await until("data after the late death", lambda: 5.0 in samples.values("speed"))
+            assert manager.state(collector) == "ok"
     finally:
         await manager.stop()
         await manager.close()
-    assert samples.values("speed") == [1.0, 3.0]
+    assert samples.values("speed") == [1.0, 3.0, 5.0]
 
 
 async def test_nothing_published_while_the_ingest_is_away_is_lost_even_across_a_broker_restart(
