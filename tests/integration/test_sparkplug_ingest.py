@@ -427,3 +427,35 @@ async def test_a_born_node_whose_values_do_not_change_stays_fresh(broker: Mosqui
         # Not one message more: the node reports by exception and nothing changed.
         await until("a fresher sign of life", lambda: (collector.last_good or born_at) > born_at)
     assert len(samples.rows) == 1  # the birth's values only: no data arrived meanwhile
+
+
+async def test_ddeath_of_the_entrys_device_makes_it_failing_until_its_next_birth(
+    broker: Mosquitto,
+) -> None:
+    plc = sparkplug_plc(broker, "spb-ddeath")
+    samples = Samples()
+    collector = SparkplugCollector(plc, samples)
+    async with mqtt(broker, "edge") as edge, running(collector):
+        await until("subscribed", lambda: collector.connects == 1)
+        node = HandNode(edge, f"edge-{plc.id}")
+        await node.births(speed=1.0, temp=2.0, run=True, stamp=T0)
+        await until("born", lambda: samples.values("speed") == [1.0])
+        node.seq += 1
+        await node.raw(sp.MessageType.DDEATH, sp.encode([], seq=node.seq), node.device)
+        await until("failing", lambda: collector.consecutive_errors == 1)
+        assert "device filler of edge-spb-ddeath is offline (DDEATH)" in (
+            collector.last_error or ""
+        )
+        # Another device's death is not this entry's.
+        node.seq += 1
+        await node.raw(sp.MessageType.DDEATH, sp.encode([], seq=node.seq), "capper")
+        node.seq += 1
+        metrics = [sp.OutMetric("Motor/Speed", sp.DataType.FLOAT, 9.0, alias=1)]
+        await node.raw(
+            sp.MessageType.DBIRTH,
+            sp.encode(metrics, seq=node.seq, timestamp_ms=T0 + 5),
+            node.device,
+        )
+        await until("back", lambda: collector.consecutive_errors == 0)
+    assert samples.values("speed") == [1.0, 9.0]
+    assert collector.failures == 1 and collector.gaps == 0
