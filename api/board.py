@@ -12,9 +12,10 @@ token works too (scripts, the benchmark). Without a valid token the answer is th
 with a 401, never data.
 
 Live updates are server-sent events. One PostgreSQL listener per API process (`BoardHub`)
-wakes on the ingest writer's `samples_written` NOTIFY (at most a few times a second), reads
-what changed once, and fans the same encoded event out to every open browser: the database
-sees one reader per API process, not one per browser.
+wakes on the ingest writer's `samples_written` NOTIFY (at most twice a second), reads what
+changed once, keeps the last 16 minutes of 1 s buckets in memory (`TrendCache`, which also
+serves the default 15 min view) and fans the same encoded event out to every open browser:
+the database sees one reader per API process, not one per browser.
 """
 
 from __future__ import annotations
@@ -66,13 +67,15 @@ DEFAULT_RANGE = "15m"
 MIN_WIDTH, MAX_WIDTH, DEFAULT_WIDTH = 60, 4000, 600
 RECENT_ROWS = 12
 MAX_TOKEN_CHARS = 512
-# Live points: the hub sends 1 s buckets of the last few seconds on every tick, so a browser
-# that missed a tick (a reconnect, a slow flush) is filled in by the next one.
+# Live points: the hub reads the 1 s buckets of the last few seconds on every tick, so a
+# sample committed late (a slow flush) still lands in its bucket; it sends only those that
+# are new or changed.
 LIVE_BUCKET_S = 1
 LIVE_LOOKBACK_S = 3
-# Ticks: at most every half second (a busy writer flushes more often), at least every two
-# (collector ages, approval countdowns and work orders change without new samples too).
-MIN_TICK_S = 0.5
+# Ticks: on each notify, one at a time (notifies during a tick make one more), at most ten a
+# second (several ingest writers), at least every two (collector ages, approval countdowns and
+# work orders change without new samples too).
+MIN_TICK_S = 0.1
 IDLE_TICK_S = 2.0
 # uvicorn's graceful shutdown waits for every open response: an event stream ends by itself
 # after this long and the browser reconnects (`retry`), so an open board never holds the API's
@@ -87,6 +90,7 @@ RESPONSES_CACHE_S = 2.0
 # Collector states, responses, writes, work orders and messages change at human pace: in an
 # update every this often (a browser's ages and countdowns tick on between).
 STATUS_EVERY_S = 1.5
+PAGE_MEMO_S = 1.0
 FRESH_LOOKBACK_S = 5
 MAX_OPEN_RESPONSES = 25
 # The approval code is for the approver's eyes; a viewer's board never shows it.
@@ -804,6 +808,21 @@ class TrendCache:
         self._values[i, col] = value
         return i
 
+    def recent(self, seconds: int) -> list[list[Any]]:
+        """The last `seconds` of every series as [series index, t, value]."""
+        if not self.primed:
+            return []
+        newest = int(self._stamp.max())
+        out: list[list[Any]] = []
+        for sec in range(newest - seconds + 1, newest + 1):
+            col = sec % self.SPAN_S
+            if self._stamp[col] != sec:
+                continue
+            column = self._values[:, col]
+            for i in np.flatnonzero(~np.isnan(column)).tolist():
+                out.append([i, sec, float(column[i])])
+        return out
+
     def window(self, range_s: int, step: int, t0: int, now_s: int) -> list[str]:
         """Each series' bucketed trend as {"i": [...], "v": [...]} JSON text."""
         secs = np.arange(t0, now_s + 1, dtype=np.int64)
@@ -850,7 +869,7 @@ class BoardHub:
         self._last_use = time.monotonic()
         self._status_at = 0.0
         self.cache = TrendCache(data.keys())
-        self._pages: dict[tuple[int, int], tuple[int, str]] = {}
+        self._pages: dict[tuple[int, int], tuple[float, str]] = {}
         self.ticks = 0
         self.notifications = 0
 
@@ -866,7 +885,10 @@ class BoardHub:
     def subscribe(self) -> asyncio.Queue[bytes | None]:
         queue: asyncio.Queue[bytes | None] = asyncio.Queue(SUBSCRIBER_QUEUE)
         if self._last_event is not None:
-            queue.put_nowait(self._last_event)  # a reconnecting browser is current at once
+            # A reconnecting browser is current at once: the last status, and the last seconds
+            # of points it may have missed between its page load (or last stream) and now.
+            points = _dumps(self.cache.recent(LIVE_LOOKBACK_S + math.ceil(PAGE_MEMO_S) + 1))
+            queue.put_nowait(self._last_event + b'"p":' + points.encode() + b"}\n\n")
         self._subscribers.add(queue)
         self._ensure_running()
         if self._last_event is None:
@@ -881,16 +903,18 @@ class BoardHub:
         self._last_use = time.monotonic()
 
     async def page_data(self, range_s: int, width: int) -> str:
-        """The page's data; browsers that load the same view within one tick share one
-        encoding of it."""
+        """The page's data; browsers that load the same view within PAGE_MEMO_S share one
+        encoding of it (what happened since reaches them with their first update, which
+        carries the last seconds of points)."""
         self._ensure_running()
+        now = time.monotonic()
         memo = self._pages.get((range_s, width))
-        if memo is not None and memo[0] == self.ticks and self.cache.primed:
+        if memo is not None and now - memo[0] < PAGE_MEMO_S and self.cache.primed:
             return memo[1]
         body = await self._data.initial(range_s, width, self.cache)
         if self.cache.primed:
-            self._pages = {(range_s, width): (self.ticks, body)} | {
-                k: v for k, v in self._pages.items() if v[0] == self.ticks
+            self._pages = {(range_s, width): (now, body)} | {
+                k: v for k, v in self._pages.items() if now - v[0] < PAGE_MEMO_S
             }
         return body
 
@@ -933,7 +957,7 @@ class BoardHub:
                 if not self._subscribers and time.monotonic() - self._last_use > HUB_IDLE_STOP_S:
                     return
                 # A rate limit, not a poll: a writer flushing many times a second is read at
-                # most twice a second for all browsers together.
+                # most ten times a second for all browsers together.
                 wait = MIN_TICK_S - (time.monotonic() - last_tick)
                 if wait > 0:
                     await asyncio.sleep(wait)
@@ -981,7 +1005,7 @@ class BoardHub:
             self._status_at = time.monotonic()
             # What a browser that connects meanwhile gets first (no "woke": it is no update).
             replay = _dumps({"now": status["now"], "markers": payload["markers"], **status})
-            self._last_event = f'event: update\ndata: {replay[:-1]},"p":[]}}\n\n'.encode()
+            self._last_event = f"event: update\ndata: {replay[:-1]},".encode()
         payload["built"] = time.time()
         head = _dumps(payload)
         return f'event: update\ndata: {head[:-1]},"p":{_dumps(points)}}}\n\n'.encode()
