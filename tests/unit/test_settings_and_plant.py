@@ -59,6 +59,7 @@ def test_example_plant_loads_with_the_default_catalog() -> None:
         "schedule_maintenance": Policy.AUTO,
         "shutdown_motor": Policy.APPROVAL,
         "lower_oven_temperature": Policy.APPROVAL,
+        "stop_filler": Policy.APPROVAL,
         "modify_plc_program": Policy.NEVER,
     }
     vibration = plant.plcs[0].metric("vibration")
