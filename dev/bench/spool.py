@@ -17,9 +17,7 @@ only, the ingest restarted once the database is back), and the samples it lost.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -33,7 +31,8 @@ import yaml
 from dev.bench.drift import temporal_client
 from dev.bench.ingest import _bench_plant, _cleanup, _Simulator
 from dev.bench.outage import _CutProxy
-from factorylm.settings import PROJECT_ROOT, Settings
+from dev.ingest_process import ingest_env, start_ingest
+from factorylm.settings import Settings
 
 DEVICES, REGISTERS, INTERVAL_MS = 20, 50, 100  # 10 000 samples/s from the Modbus devices
 WARMUP_S, OUTAGE_S, KILL_AT_S = 15.0, 120.0, 60.0
@@ -111,27 +110,16 @@ async def _round(settings: Settings, client_address: str, *, spool: bool) -> dic
         spool_dir = Path(tmp) / "spool"
         proxy = _CutProxy(settings.pg_port)
         await proxy.start()
-        env = {
-            **os.environ,
-            "FACTORYLM_PLANT_FILE": str(plant_file),
-            "FACTORYLM_PG_DATABASE": settings.pg_database,
-            "FACTORYLM_PG_PORT": str(proxy.port),
-            "FACTORYLM_TEMPORAL_ADDRESS": client_address,
-            "FACTORYLM_TEMPORAL_NAMESPACE": settings.temporal_namespace,
-            "FACTORYLM_SPOOL_ENABLED": "true" if spool else "false",
-            "FACTORYLM_SPOOL_DIR": str(spool_dir),
-        }
+        env = ingest_env(
+            settings.model_copy(update={"temporal_address": client_address}),
+            plant_file,
+            pg_port=proxy.port,
+            spool_enabled="true" if spool else "false",
+            spool_dir=str(spool_dir),
+        )
 
-        async def start_ingest() -> asyncio.subprocess.Process:
-            return await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "app.cli",
-                "ingest",
-                env=env,
-                cwd=PROJECT_ROOT,
-                stderr=asyncio.subprocess.DEVNULL,
-            )
+        async def start() -> asyncio.subprocess.Process:
+            return await start_ingest(env)
 
         conn = await asyncpg.connect(settings.pg_dsn)
 
@@ -148,7 +136,7 @@ async def _round(settings: Settings, client_address: str, *, spool: bool) -> dic
         procs: list[asyncio.subprocess.Process] = []
         try:
             async with _Simulator(plant_file):
-                procs.append(await start_ingest())
+                procs.append(await start())
                 t_start = datetime.now(UTC)
                 await _wait("the first samples", lambda: _positive(stored(t_start)), 120)
                 await asyncio.sleep(WARMUP_S)
@@ -168,7 +156,7 @@ async def _round(settings: Settings, client_address: str, *, spool: bool) -> dic
                 t_kill = datetime.now(UTC)
                 print(f"[store_and_forward] {tag}: ingest SIGKILLed {KILL_AT_S:g} s into it")
                 if spool:  # an edge rebooted during the outage; without a spool it cannot start
-                    procs.append(await start_ingest())
+                    procs.append(await start())
                     size = _spool_bytes(spool_dir)
                     await _wait(
                         "the restarted ingest to spool", lambda: _grew(spool_dir, size), 120
@@ -179,7 +167,7 @@ async def _round(settings: Settings, client_address: str, *, spool: bool) -> dic
                 t_restore = datetime.now(UTC)
                 proxy.up = True
                 if not spool:
-                    procs.append(await start_ingest())
+                    procs.append(await start())
                 print(f"[store_and_forward] {tag}: database back after {OUTAGE_S:g} s")
                 spooled = 0
                 drain_s = reconnect_s = 0.0

@@ -37,6 +37,7 @@ import yaml
 
 from dev.bench.ingest import _cleanup, _Simulator
 from dev.fakes.server import free_port
+from dev.ingest_process import ingest_env, start_ingest
 from factorylm.plant import Plant
 from factorylm.settings import PROJECT_ROOT, Settings
 
@@ -231,24 +232,12 @@ async def _factorylm_round(
     sim_pid: int,
     address: str,
 ) -> dict[str, float]:
-    env = {
-        **os.environ,
-        "FACTORYLM_PLANT_FILE": str(plant_file),
-        "FACTORYLM_PG_DATABASE": settings.pg_database,
-        "FACTORYLM_PG_PORT": str(settings.pg_port),
-        "FACTORYLM_TEMPORAL_ADDRESS": address,
-        "FACTORYLM_TEMPORAL_NAMESPACE": settings.temporal_namespace,
-        "FACTORYLM_SPOOL_DIR": str(tmp / f"spool-{time.monotonic_ns()}"),
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "app.cli",
-        "ingest",
-        env=env,
-        cwd=PROJECT_ROOT,
-        stderr=asyncio.subprocess.DEVNULL,
+    env = ingest_env(
+        settings.model_copy(update={"temporal_address": address}),
+        plant_file,
+        spool_dir=str(tmp / f"spool-{time.monotonic_ns()}"),
     )
+    proc = await start_ingest(env)
 
     async def count(t0: datetime, t1: datetime) -> int:
         n: int = await conn.fetchval(

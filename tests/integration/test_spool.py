@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,8 +16,9 @@ import asyncpg
 import pytest
 import yaml
 
+from dev.ingest_process import ingest_env, start_ingest
 from dev.simulator.modbus import SimulatedModbusPlc
-from factorylm.settings import PROJECT_ROOT, Settings
+from factorylm.settings import Settings
 from helpers import SwitchableProxy, plant_with_free_ports, until
 from ingest.spool import Spool, SpoolError
 from ingest.writer import BatchWriter
@@ -159,28 +159,17 @@ async def test_ingest_killed_during_an_outage_loses_at_most_one_fsync_interval(
     proxy = SwitchableProxy(settings.pg_port)
     await proxy.start()
     fsync_s = 1.0
-    env = {
-        **os.environ,
-        "FACTORYLM_PLANT_FILE": str(path),
-        "FACTORYLM_PG_DATABASE": settings.pg_database,
-        "FACTORYLM_PG_PORT": str(proxy.port),
-        "FACTORYLM_TEMPORAL_ADDRESS": settings.temporal_address,
-        "FACTORYLM_TEMPORAL_NAMESPACE": settings.temporal_namespace,
-        "FACTORYLM_SPOOL_ENABLED": "true",
-        "FACTORYLM_SPOOL_DIR": str(tmp_path / "spool"),
-        "FACTORYLM_SPOOL_FSYNC_S": str(fsync_s),
-    }
+    env = ingest_env(
+        settings,
+        path,
+        pg_port=proxy.port,
+        spool_enabled="true",
+        spool_dir=str(tmp_path / "spool"),
+        spool_fsync_s=str(fsync_s),
+    )
 
-    async def start_ingest() -> asyncio.subprocess.Process:
-        return await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "app.cli",
-            "ingest",
-            env=env,
-            cwd=PROJECT_ROOT,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
+    async def start() -> asyncio.subprocess.Process:
+        return await start_ingest(env)
 
     async def stored() -> int:
         n: int = await pool.fetchval("SELECT count(*) FROM samples WHERE plc_id = $1", plc_id)
@@ -189,7 +178,7 @@ async def test_ingest_killed_during_an_outage_loses_at_most_one_fsync_interval(
     def spooled_bytes() -> int:
         return sum(p.stat().st_size for p in (tmp_path / "spool").glob("*.seg"))
 
-    first = await start_ingest()
+    first = await start()
     second: asyncio.subprocess.Process | None = None
     try:
         await until("the first samples stored", stored, timeout_s=60)
@@ -202,7 +191,7 @@ async def test_ingest_killed_during_an_outage_loses_at_most_one_fsync_interval(
         polls_before_kill = sim.requests_answered
         # The edge reboots while the database is still away: it collects into the same spool.
         at_restart = spooled_bytes()
-        second = await start_ingest()
+        second = await start()
         await until(
             "the restarted ingest to spool 2 s more",
             lambda: spooled_bytes() > at_restart + 2 * 80 * 18,
