@@ -77,6 +77,7 @@ async def ingest_writer(settings: Settings, n: int = 200_000, rounds: int = 3) -
 
 
 def _registry() -> dict[str, Bench]:
+    from dev.bench.alarms import alarm_journal
     from dev.bench.approval import approval_to_write_p99_ms, fault_to_whatsapp_s
     from dev.bench.board import board_p99_ms
     from dev.bench.delivery import delivery_failover
@@ -98,6 +99,7 @@ def _registry() -> dict[str, Bench]:
         "drift_storm_workflows": drift_storm_workflows,
         "detection": detection,
         "alarm_outage": alarm_outage,
+        "alarm_journal": alarm_journal,
         "poll_cycle": poll_cycle,
         "ingest_end_to_end": ingest_end_to_end,
         "approval_to_write_p99_ms": approval_to_write_p99_ms,
