@@ -111,6 +111,8 @@ async def test_board_in_chromium_follows_the_drift_scenario_live(
                 # From here on: the sign-in page's own 401 is by design, the board's are not.
                 page.on("console", on_console)
                 page.on("pageerror", lambda exc: errors.append(str(exc)))
+                requested: list[str] = []
+                page.on("request", lambda req: requested.append(req.url))
                 await page.click("button[type=submit]")
                 await page.wait_for_selector("#plcs")
                 cookies = await context.cookies()
@@ -204,6 +206,9 @@ async def test_board_in_chromium_follows_the_drift_scenario_live(
                 await page.locator("#work-orders").scroll_into_view_if_needed()
                 await _shot(page, "05-work-order")
 
+                # The controls are reachable from the keyboard, in order.
+                await page.keyboard.press("Tab")
+                assert await page.evaluate("document.activeElement.id") == "range"
                 # The range selector reloads the trends from the server, bucketed to the
                 # chart's width: 24 h in buckets nearly 96 times as long as 15 min's, so the
                 # minutes this test ran fill at most two.
@@ -215,6 +220,8 @@ async def test_board_in_chromium_follows_the_drift_scenario_live(
                 assert step_24h > 50 * step_15m
                 assert 1 <= int(await _attr(page, fig, "data-points") or 0) <= 2
                 assert errors == [], errors
+                # Everything the page loaded came from the API itself.
+                assert requested and all(u.startswith(url + "/") for u in requested), requested
 
                 # A phone: one column, the same board.
                 phone = await browser.new_context(
