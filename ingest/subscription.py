@@ -96,6 +96,7 @@ class OpcUaCollector(CollectorBase):
         )
         self._driver = cast(OpcUaDriver, driver or driver_for(plc))
         self._handles: dict[int, tuple[str, ua.VariantType]] = {}
+        self._nodes: dict[str, str] = {}  # metric -> its NodeId, for the log lines
         self._lost: asyncio.Event = asyncio.Event()
         self._lost_why = ""
         self._sequence: int | None = None
@@ -204,6 +205,7 @@ class OpcUaCollector(CollectorBase):
             names.append((metric.name, resolved.variant_type))
             handle = request.RequestedParameters.ClientHandle
             self._handles[handle] = (metric.name, resolved.variant_type)
+            self._nodes[metric.name] = resolved.node.nodeid.to_string()
         results = await sub.create_monitored_items(requests) if requests else []
         for (name, _vt), result in zip(names, results, strict=True):
             if isinstance(result, ua.StatusCode):
@@ -250,7 +252,9 @@ class OpcUaCollector(CollectorBase):
             for name, (value, why, when) in values.items():
                 self.notifications += 1
                 if value is None:
-                    self._bad(name, why or "not good")
+                    resolved = self._driver.resolved.get(name)
+                    where = f"node {resolved.node.nodeid.to_string()}: " if resolved else ""
+                    self._bad(name, f"{where}{why or 'not good'}")
                 else:
                     good.setdefault(when, {})[name] = value
             self._last_publish = time.monotonic()
@@ -301,7 +305,7 @@ class OpcUaCollector(CollectorBase):
                 self.notifications += 1
                 value, why, when = sample(item.Value, vt, now)
                 if value is None:
-                    self._bad(name, why or "not good")
+                    self._bad(name, f"node {self._nodes.get(name, '?')}: {why or 'not good'}")
                     continue
                 good.setdefault(when, {})[name] = value
         for when, batch in sorted(good.items()):

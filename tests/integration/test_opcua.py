@@ -128,10 +128,15 @@ async def test_subscribed_values_are_stored_at_the_servers_source_timestamps(
 
 
 async def test_a_bad_status_is_counted_as_bad_quality_and_never_stored(
-    mixer: tuple[Plant, SimulatedOpcUaPlc], settings: Settings, client: Client, pool: asyncpg.Pool
+    mixer: tuple[Plant, SimulatedOpcUaPlc],
+    settings: Settings,
+    client: Client,
+    pool: asyncpg.Pool,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     plant, peer = mixer
     plc_id = plant.plcs[0].id
+    caplog.set_level(logging.WARNING, logger="ingest.collector")
     ingest = await _ingest(settings, client, plant)
     try:
         collector = ingest.collectors[0]
@@ -161,6 +166,12 @@ async def test_a_bad_status_is_counted_as_bad_quality_and_never_stored(
             uncertain_at,
         )
         assert not_good == 0 and collector.bad_samples == {"temp": 2}
+        # One line for the episode (bad, then uncertain), naming the node and the status.
+        logged = [r.getMessage() for r in caplog.records if "counted as bad quality" in r.msg]
+        assert logged == [
+            f"PLC {plc_id}: temp: node ns=2;s={plc_id}.temp: status BadSensorFailure; "
+            "counted as bad quality"
+        ]
         await ingest.manager.write_status()
         status = await pool.fetchval(
             "SELECT bad_samples FROM collector_status WHERE plc_id = $1", plc_id
