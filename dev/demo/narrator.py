@@ -94,8 +94,9 @@ class Narrator:
             table, op, key = await self._events.get()
             try:
                 line = await self.describe(table, op, key)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("narrator: cannot read %s %s: %s", table, key, exc)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
+                # ValueError: a key that is not one (anyone may NOTIFY on the channel).
+                log.warning("narrator: cannot read %s %r: %s", table, key[:40], exc)
                 continue
             if line:
                 self.lines += 1

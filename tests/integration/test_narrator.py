@@ -121,6 +121,9 @@ async def test_an_unreadable_notification_is_skipped_and_the_next_one_narrated(
 ) -> None:
     await pool.execute("SELECT pg_notify('audit_events', 'not json')")
     await pool.execute(
+        """SELECT pg_notify('audit_events', '{"table": "notifications", "op": "insert", "key": "x"}')"""
+    )
+    await pool.execute(
         """SELECT pg_notify('audit_events', '{"table": "pg_authid", "op": "insert", "key": "1"}')"""
     )
     wo = await pool.fetchval(
