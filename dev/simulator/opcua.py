@@ -5,7 +5,7 @@ It offers the None endpoint and Basic256Sha256 Sign and SignAndEncrypt. Its cert
 are generated with `cryptography` when it first starts, into `cert_dir` (a temporary directory
 unless the caller or FACTORYLM_SIM_OPCUA_DIR names one), and kept there across restarts so a
 client that trusts it once keeps trusting it; no key is ever committed. Client certificates are
-accepted as asyncua's server does by default. With `username` and `password_env` on the PLC it
+accepted as asyncua's server does by default, or only those in `client_trust`. With `username` and `password_env` on the PLC it
 accepts only that user.
 """
 
@@ -23,6 +23,7 @@ from typing import Any, cast
 
 from asyncua import ua
 from asyncua.common.node import Node
+from asyncua.common.utils import ServiceError
 from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.server import Server
 from asyncua.server.user_managers import UserManager
@@ -133,6 +134,7 @@ class SimulatedOpcUaPlc(SimulatedPeer):
         seed: int = 0,
         tick_s: float | None = None,
         cert_dir: Path | None = None,
+        client_trust: Sequence[Path] | None = None,
     ) -> None:
         if plc.protocol is not Protocol.OPCUA:
             raise ValueError(f"{plc.id}: not an OPC UA PLC")
@@ -147,6 +149,17 @@ class SimulatedOpcUaPlc(SimulatedPeer):
         self._nodes: dict[str, tuple[Node, ua.VariantType]] = {}
         self._ns = 2
         self._retained: dict[str, float] = {}  # setpoints across an offline spell
+        # The client certificates it accepts (files); None: any, as asyncua's server does.
+        self._client_trust = (
+            None
+            if client_trust is None
+            else {
+                x509.load_pem_x509_certificate(p.read_bytes()).public_bytes(
+                    serialization.Encoding.DER
+                )
+                for p in client_trust
+            }
+        )
 
     @property
     def address(self) -> str:
@@ -179,10 +192,17 @@ class SimulatedOpcUaPlc(SimulatedPeer):
         )
         await server.load_certificate(str(self.certificate))
         await server.load_private_key(str(self._key))
+        if self._client_trust is not None:
+            server.set_certificate_validator(self._check_client)
         self._ns = await server.register_namespace(NAMESPACE)
         await self._build(server)
         await server.start()
         self._server = server
+
+    async def _check_client(self, cert: x509.Certificate, _app: ua.ApplicationDescription) -> None:
+        assert self._client_trust is not None
+        if cert.public_bytes(serialization.Encoding.DER) not in self._client_trust:
+            raise ServiceError(StatusCodes.BadCertificateUntrusted)
 
     async def _build(self, server: Server) -> None:
         self._nodes.clear()

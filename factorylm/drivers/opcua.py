@@ -28,6 +28,7 @@ from asyncua.client.client import Client
 from asyncua.common.node import Node
 from asyncua.crypto import security_policies
 from asyncua.ua.attribute_ids import AttributeIds
+from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -64,7 +65,14 @@ _INT_RANGES: dict[ua.VariantType, tuple[int, int]] = {
     ua.VariantType.UInt64: (0, 2**64 - 1),
 }
 MAX_CERT_FILES = 1000
-WATCHDOG_S = 5.0  # a trust directory is read whole; bound it
+WATCHDOG_S = 5.0
+# What a server answers when it does not accept the client's certificate.
+CERTIFICATE_REFUSED = {
+    StatusCodes.BadCertificateUntrusted,
+    StatusCodes.BadCertificateInvalid,
+    StatusCodes.BadSecurityChecksFailed,
+    StatusCodes.BadCertificateUriInvalid,
+}  # a trust directory is read whole; bound it
 
 
 def endpoint_url(plc: Plc) -> str:
@@ -408,6 +416,11 @@ async def open_client(
     except PlcError:
         raise
     except UaStatusCodeError as exc:
+        if settings.security != "none" and exc.code in CERTIFICATE_REFUSED:
+            raise PlcError(
+                f"{who}: {url} does not trust this client's certificate "
+                f"{settings.certificate} ({exc}): add it to the server's trusted certificates"
+            ) from exc
         raise PlcError(f"{who}: {url} refused the session: {exc}") from exc
     except (OSError, TimeoutError, UaError) as exc:
         raise PlcError(f"{who}: no OPC UA answer at {url}: {exc!r}") from exc

@@ -442,6 +442,36 @@ async def test_an_untrusted_server_certificate_is_refused_and_named(
     assert str(other) in message and driver.client is None
 
 
+async def test_a_server_that_does_not_trust_the_client_certificate_is_named(
+    tmp_path: Path, client_cert: tuple[Path, Path]
+) -> None:
+    plant = opcua_plant(f"strict-{uuid.uuid4().hex[:6]}", free_port())
+    known, known_key = make_certificate(tmp_path / "known", "known-client", "urn:known")
+    peer = SimulatedOpcUaPlc(plant.plcs[0], cert_dir=tmp_path / "server", client_trust=[known])
+    await peer.start()
+    cert, key = client_cert
+    try:
+        driver = OpcUaDriver(
+            _secured(plant, security="sign_and_encrypt", certificate=str(cert),
+                     private_key=str(key), trust=[str(peer.cert_dir)])
+        )  # fmt: skip
+        with pytest.raises(PlcError) as refused:
+            await driver.connect()
+        assert f"does not trust this client's certificate {cert}" in str(refused.value)
+        assert "BadCertificateUntrusted" in str(refused.value)
+        await driver.close()
+        trusted = OpcUaDriver(
+            _secured(plant, security="sign_and_encrypt", certificate=str(known),
+                     private_key=str(known_key), trust=[str(peer.cert_dir)])
+        )  # fmt: skip
+        try:
+            assert set(await trusted.read_points(list(plant.plcs[0].metrics))) == {"temp", "rpm"}
+        finally:
+            await trusted.close()
+    finally:
+        await peer.stop()
+
+
 # -- writes -------------------------------------------------------------------------------------
 async def _write(acts: PlcWriteActivities, req: PlcWriteInput) -> Any:
     env = ActivityEnvironment()
