@@ -39,6 +39,21 @@ from factorylm.plant import OpcUa, Plc, Point
 
 log = logging.getLogger(__name__)
 
+
+class _ConnectionLossIsNoCrash(logging.Filter):
+    """asyncua's publish loop logs a lost connection as an ERROR with a traceback, every
+    second until the session is closed; the collector reports the loss itself (a WARNING
+    naming the PLC, counted, alerted), so those records are dropped. Any other error of
+    asyncua's still shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        lost = isinstance(exc, ConnectionError | OSError | TimeoutError)
+        return not (lost and str(record.msg).startswith("Publish iteration crashed"))
+
+
+logging.getLogger("asyncua.client.ua_session.UaSession").addFilter(_ConnectionLossIsNoCrash())
+
 # The plant file's type names and the OPC UA built-in types they mean.
 VARIANT_TYPES: dict[str, ua.VariantType] = {
     "boolean": ua.VariantType.Boolean,
