@@ -7,6 +7,7 @@ import asyncio
 import os
 import sys
 from pathlib import Path
+from typing import BinaryIO
 
 from factorylm.settings import PROJECT_ROOT, Settings
 
@@ -31,13 +32,22 @@ def ingest_env(
     }
 
 
-async def start_ingest(env: dict[str, str]) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "app.cli",
-        "ingest",
-        env=env,
-        cwd=PROJECT_ROOT,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+def _log(path: Path | None) -> BinaryIO:
+    return path.open("ab") if path else open(os.devnull, "wb")  # the caller closes it
+
+
+async def start_ingest(
+    env: dict[str, str], log_file: Path | None = None
+) -> asyncio.subprocess.Process:
+    """The process, its log appended to `log_file` (or dropped): a benchmark that finds it
+    exited can say why."""
+    with _log(log_file) as log:
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "app.cli",
+            "ingest",
+            env=env,
+            cwd=PROJECT_ROOT,
+            stderr=log,
+        )

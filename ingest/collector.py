@@ -25,7 +25,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from factorylm.drivers import PlcDriver, PlcError, driver_for
-from factorylm.plant import Plc
+from factorylm.plant import Plc, Point
 from factorylm.protocols import PROTOCOLS
 
 log = logging.getLogger(__name__)
@@ -182,6 +182,8 @@ class Collector(CollectorBase):
     async def run(self) -> None:
         backoff = self._period
         next_at = self._next_slot(time.monotonic())
+        # The same list every cycle: drivers keep their read plan for it.
+        points: list[Point] = list(self.plc.metrics)
         try:
             await asyncio.sleep(next_at - time.monotonic())
             while True:
@@ -189,7 +191,7 @@ class Collector(CollectorBase):
                 mono = time.monotonic()
                 self.lateness.append(mono - next_at)
                 try:
-                    values = await self._driver.read_points(list(self.plc.metrics))
+                    values = await self._driver.read_points(points)
                     when = datetime.now(UTC)
                 except PlcError as exc:
                     _raise_if_cancelling()

@@ -237,7 +237,8 @@ async def _factorylm_round(
         plant_file,
         spool_dir=str(tmp / f"spool-{time.monotonic_ns()}"),
     )
-    proc = await start_ingest(env)
+    log_file = tmp / "ingest.log"
+    proc = await start_ingest(env, log_file)
 
     async def count(t0: datetime, t1: datetime) -> int:
         n: int = await conn.fetchval(
@@ -257,7 +258,11 @@ async def _factorylm_round(
             t1,
         )
 
-    return await _measure(proc, sim_pid, count, jitter)
+    try:
+        return await _measure(proc, sim_pid, count, jitter)
+    except AssertionError:
+        print(log_file.read_text()[-3000:], file=sys.stderr)
+        raise
 
 
 async def _jitter_p99_ms(conn: asyncpg.Connection, rows_sql: str, *args: Any) -> float:

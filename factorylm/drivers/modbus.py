@@ -18,6 +18,8 @@ class _ModbusDriver:
     def __init__(self, plc: Plc) -> None:
         self.plc = plc
         self._plans: dict[tuple[str, ...], list[ReadBlock]] = {}
+        self._last_points: list[Point] | None = None
+        self._last_plan: list[ReadBlock] = []
 
     def _where(self) -> str:
         raise NotImplementedError
@@ -33,10 +35,14 @@ class _ModbusDriver:
 
     async def read_points(self, points: list[Point]) -> dict[str, float]:
         await self.connect()
-        key = tuple(p.name for p in points)
-        blocks = self._plans.get(key)
-        if blocks is None:
-            blocks = self._plans[key] = plan_reads(points)
+        if points is self._last_points:  # a collector asks for the same list every cycle
+            blocks = self._last_plan
+        else:
+            key = tuple(p.name for p in points)
+            if key not in self._plans:
+                self._plans[key] = plan_reads(points)
+            blocks = self._plans[key]
+            self._last_points, self._last_plan = points, blocks
         values: dict[str, float] = {}
         for block in blocks:
             try:
@@ -51,7 +57,7 @@ class _ModbusDriver:
                 raise PlcError(
                     f"PLC {self.plc.id}: read {block.start}+{block.count} answered {response}"
                 )
-            values.update(block.values(list(response.registers)))
+            values.update(block.values(response.registers))
         return values
 
     async def write_point(self, point: Point, value: float) -> None:

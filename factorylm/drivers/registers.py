@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from factorylm.plant import Point
 
@@ -13,7 +14,7 @@ _MAX_GAP = 16  # reading a few unused registers beats a second round trip
 _FORMATS = {"u16": ">H", "i16": ">h", "u32": ">I", "i32": ">i", "f32": ">f"}
 
 
-def decode(point: Point, words: list[int]) -> float:
+def decode(point: Point, words: Sequence[int]) -> float:
     fmt = _FORMATS.get(point.type)
     if fmt is None:
         raise ValueError(f"{point.name}: type {point.type} is not a Modbus register type")
@@ -35,15 +36,54 @@ def encode(point: Point, value: float) -> list[int]:
     return words
 
 
+_CODES = {"u16": "H", "i16": "h", "u32": "I", "i32": "i", "f32": "f"}
+
+
 @dataclass(frozen=True)
 class ReadBlock:
     start: int
     count: int
     points: tuple[Point, ...]
+    _words: struct.Struct = field(init=False, repr=False, compare=False)
+    _fast: struct.Struct = field(init=False, repr=False, compare=False)
+    _names: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _scales: tuple[float, ...] = field(init=False, repr=False, compare=False)
+    _slow: tuple[Point, ...] = field(init=False, repr=False, compare=False)
 
-    def values(self, words: list[int]) -> dict[str, float]:
-        out = {}
-        for point in self.points:
+    def __post_init__(self) -> None:
+        # The whole block decoded by one precompiled struct: the words packed back to the
+        # bytes they came as, then every point unpacked at its offset in a single call (per
+        # point decoding was most of the ingest's own cost per sample). Points whose 32-bit
+        # words come low word first, and points that overlap, are decoded one by one.
+        fields: list[str] = []
+        names: list[str] = []
+        scales: list[float] = []
+        slow: list[Point] = []
+        at = 0
+        for point in sorted(self.points, key=lambda p: p.address or 0):
+            assert point.address is not None
+            lo = point.address - self.start
+            swapped = point.register_count == 2 and point.word_order == "little"
+            if swapped or lo < at or point.type not in _CODES:
+                slow.append(point)
+                continue
+            fields.append("x" * (2 * (lo - at)) + _CODES[point.type])
+            names.append(point.name)
+            scales.append(point.scale)
+            at = lo + point.register_count
+        object.__setattr__(self, "_words", struct.Struct(f">{self.count}H"))
+        object.__setattr__(self, "_fast", struct.Struct(">" + "".join(fields)))
+        object.__setattr__(self, "_names", tuple(names))
+        object.__setattr__(self, "_scales", tuple(scales))
+        object.__setattr__(self, "_slow", tuple(slow))
+
+    def values(self, words: Sequence[int]) -> dict[str, float]:
+        fast = self._fast.unpack_from(self._words.pack(*words))
+        out = {
+            name: float(value) * scale
+            for name, value, scale in zip(self._names, fast, self._scales, strict=True)
+        }
+        for point in self._slow:
             assert point.address is not None
             lo = point.address - self.start
             out[point.name] = decode(point, words[lo : lo + point.register_count])

@@ -55,3 +55,23 @@ def test_plan_reads_respects_the_protocol_limit() -> None:
     blocks = plan_reads(pts)
     assert all(b.count <= MAX_REGISTERS_PER_READ for b in blocks)
     assert sum(len(b.points) for b in blocks) == 30
+
+
+def test_a_block_decodes_every_point_type_at_its_offset_in_one_read() -> None:
+    points = [
+        Point(name="speed", register=0, type="u16", scale=0.1),
+        Point(name="delta", register=1, type="i16"),
+        Point(name="count", register=4, type="u32"),  # registers 2-3 unmapped
+        Point(name="temp_be", register=6, type="f32"),
+        Point(name="temp_le", register=8, type="f32", word_order="little"),
+    ]
+    (block,) = plan_reads(points)
+    # 1234 → 123.4; 0xFFFE → -2; 0x0001_0002 → 65538; 1.5 = 0x3FC0_0000 (big, then low first)
+    words = [1234, 0xFFFE, 7, 7, 0x0001, 0x0002, 0x3FC0, 0x0000, 0x0000, 0x3FC0]
+    assert block.values(words) == {
+        "speed": pytest.approx(123.4),
+        "delta": -2.0,
+        "count": 65538.0,
+        "temp_be": 1.5,
+        "temp_le": 1.5,
+    }
