@@ -91,6 +91,7 @@ RESPONSES_CACHE_S = 2.0
 # update every this often (a browser's ages and countdowns tick on between).
 STATUS_EVERY_S = 1.5
 PAGE_MEMO_S = 1.0
+PRIME_WAIT_S = 30.0  # past this the first page reads the database itself
 FRESH_LOOKBACK_S = 5
 MAX_OPEN_RESPONSES = 25
 # The approval code is for the approver's eyes; a viewer's board never shows it.
@@ -869,6 +870,7 @@ class BoardHub:
         self._last_use = time.monotonic()
         self._status_at = 0.0
         self.cache = TrendCache(data.keys())
+        self._primed = asyncio.Event()
         self._pages: dict[tuple[int, int], tuple[float, str]] = {}
         self.ticks = 0
         self.notifications = 0
@@ -907,6 +909,11 @@ class BoardHub:
         encoding of it (what happened since reaches them with their first update, which
         carries the last seconds of points)."""
         self._ensure_running()
+        if not self.cache.primed and range_s <= RANGES[DEFAULT_RANGE]:
+            # The hub is reading the last 16 minutes into memory: wait for that one read
+            # rather than run a second one of the same size beside it.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._primed.wait(), PRIME_WAIT_S)
         now = time.monotonic()
         memo = self._pages.get((range_s, width))
         if memo is not None and now - memo[0] < PAGE_MEMO_S and self.cache.primed:
@@ -949,6 +956,7 @@ class BoardHub:
                 try:
                     if not self.cache.primed:
                         await self._data.prime(self.cache)
+                        self._primed.set()
                 except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                     log.warning("board: cannot read the trends (%s)", exc)
                 with contextlib.suppress(TimeoutError):
@@ -973,6 +981,7 @@ class BoardHub:
         finally:
             # Stopped: the trends in memory stop being kept, so they are no longer served.
             self.cache.primed = False
+            self._primed.clear()
             self._pages.clear()
             if conn is not None:
                 with contextlib.suppress(Exception):
