@@ -74,7 +74,9 @@ def create_app(settings: Settings, client: Client, pool: asyncpg.Pool) -> Starle
         exception_handlers={HTTPException: _http_error},
         routes=[
             Route("/webhooks/twilio/whatsapp", whatsapp.handle, methods=["POST"]),
-            Route(STATUS_PATH, TwilioStatusWebhook(settings, client, pool).handle, methods=["POST"]),
+            Route(
+                STATUS_PATH, TwilioStatusWebhook(settings, client, pool).handle, methods=["POST"]
+            ),
             Route(WEBHOOK_PATH, trello.handle, methods=["POST", "HEAD"]),
             Route("/openapi.json", openapi),
             Route("/budget", guard(budget.handle, READ)),
