@@ -22,7 +22,7 @@ from dev.simulator.plant import PlantSimulator
 from factorylm.plant import Plant, Plc
 from factorylm.settings import Settings, reveal
 from helpers import SwitchableProxy, free_port, plant_with_free_ports, until
-from ingest.collector import Collector
+from ingest.collector import CollectorBase
 from ingest.manager import CollectorAlert, CollectorManager
 from ingest.writer import BatchWriter
 
@@ -51,7 +51,7 @@ class Samples:
         return len(self.by_plc.get(plc_id, []))
 
 
-def off_phase_s(collector: Collector, starts: list[float]) -> float:
+def off_phase_s(collector: CollectorBase, starts: list[float]) -> float:
     """Median distance of cycle starts from the collector's own phase, in seconds."""
     period = collector.period_s
     offsets = [(t - collector.phase_s + period / 2) % period - period / 2 for t in starts]

@@ -59,11 +59,11 @@ def test_plan_reads_respects_the_protocol_limit() -> None:
 
 def test_a_block_decodes_every_point_type_at_its_offset_in_one_read() -> None:
     points = [
-        Point(name="speed", register=0, type="u16", scale=0.1),
-        Point(name="delta", register=1, type="i16"),
-        Point(name="count", register=4, type="u32"),  # registers 2-3 unmapped
-        Point(name="temp_be", register=6, type="f32"),
-        Point(name="temp_le", register=8, type="f32", word_order="little"),
+        point(name="speed", register=0, type="u16", scale=0.1),
+        point(name="delta", register=1, type="i16"),
+        point(name="count", register=4, type="u32"),  # registers 2-3 unmapped
+        point(name="temp_be", register=6, type="f32"),
+        point(name="temp_le", register=8, type="f32", word_order="little"),
     ]
     (block,) = plan_reads(points)
     # 1234 → 123.4; 0xFFFE → -2; 0x0001_0002 → 65538; 1.5 = 0x3FC0_0000 (big, then low first)
