@@ -79,8 +79,10 @@ class CusumDetector:
         """Feed one sample; +1 or -1 when an alarm starts on that side, else 0. `level` is the
         sample's own standardised value when z is prewhitened (for the shift estimate)."""
         x = z if level is None else level
-        self.hi = max(0.0, self.hi + z - self.k)
-        self.lo = max(0.0, self.lo - z - self.k)
+        hi = self.hi + z - self.k
+        lo = self.lo - z - self.k
+        self.hi = hi if hi > 0.0 else 0.0
+        self.lo = lo if lo > 0.0 else 0.0
         if self.hi > 0:
             self.n_hi, self.x_hi = self.n_hi + 1, self.x_hi + x
         else:
@@ -122,27 +124,36 @@ class EwmaDetector:
     back under `clear` of the limit.
     """
 
-    __slots__ = ("alarmed", "clear", "decay", "e", "lam", "level", "width")
+    __slots__ = ("_limit", "alarmed", "clear", "decay", "e", "lam", "level", "q", "width")
 
     def __init__(self, lam: float, width: float, clear: float) -> None:
         self.lam, self.width, self.clear = lam, width, clear
+        self.q = (1 - lam) ** 2
         self.reset()
 
     def reset(self) -> None:
         self.e = 0.0
         self.level = 0.0  # the same EWMA of the unwhitened z: the alarm's σ
         self.decay = 1.0  # (1 − λ)^{2n}, kept as a running product: O(1)
+        self._limit = self._exact_limit()
         self.alarmed = False
 
-    def limit(self) -> float:
+    def _exact_limit(self) -> float:
         return self.width * math.sqrt(self.lam / (2 - self.lam) * (1 - self.decay))
+
+    def limit(self) -> float:
+        return self._limit
 
     def update(self, z: float, level: float | None = None) -> bool:
         """Feed one sample; True when an alarm starts. `level`: the unwhitened z, if z is."""
         self.e = self.lam * z + (1 - self.lam) * self.e
         self.level = self.lam * (z if level is None else level) + (1 - self.lam) * self.level
-        self.decay *= (1 - self.lam) ** 2
-        limit = self.limit()
+        # Once (1 − λ)^{2n} is below half an ulp of 1, 1 − decay is exactly 1.0 and the limit
+        # is its asymptote: computed once, not a square root per sample.
+        if self.decay > 1e-17:
+            self.decay *= self.q
+            self._limit = self._exact_limit()
+        limit = self._limit
         if self.alarmed:
             if abs(self.e) < self.clear * limit:
                 self.alarmed = False
@@ -254,6 +265,11 @@ class _Window:
 AlarmHandler = Callable[[DriftAlert], None]
 
 
+def _whitened(base: Baseline) -> str:
+    """What an alarm's reason says of prewhitening (built only when an alarm is raised)."""
+    return f"; prewhitened, φ = {base.phi:.2f}" if base.phi else ""
+
+
 class DriftDetector:
     def __init__(
         self,
@@ -350,7 +366,8 @@ class DriftDetector:
         window = self._window(key)
         window.add(t, value, self.config.window_s)
         # Hard limits need no baseline: a limit is a limit from the first sample.
-        self._check_limits(plc_id, metric, window, value, when)
+        if window.low is not None or window.high is not None:
+            self._check_limits(plc_id, metric, window, value, when)
         base = window.baseline
         if window.trend.add(t, value) and base is not None:  # once a minute
             window.forecast = window.trend.forecast(
@@ -365,14 +382,13 @@ class DriftDetector:
             return
         z = (value - base.mean) / base.std
         r = window.whiten(z, base.phi)
-        white = f"; prewhitened, φ = {base.phi:.2f}" if base.phi else ""
         if window.cusum is not None and window.cusum.update(r, z):
             c = window.cusum
             side, total = ("upper", c.hi) if c.alarmed > 0 else ("lower", c.lo)
             shift = c.shift()
             self._raise(
                 plc_id, metric, window, when, shift, "cusum",
-                f"{side} CUSUM {total:.2f} > h = {c.h:g} (k = {c.k:g}{white}); "
+                f"{side} CUSUM {total:.2f} > h = {c.h:g} (k = {c.k:g}{_whitened(base)}); "
                 f"estimated shift {shift:+.1f}σ",
             )  # fmt: skip
         if window.ewma is not None and window.ewma.update(r, z):
@@ -380,7 +396,7 @@ class DriftDetector:
             self._raise(
                 plc_id, metric, window, when, e.level, "ewma",
                 f"EWMA {e.e:+.2f}σ beyond ±{e.limit():.2f}σ (λ = {e.lam:g}, L = {e.width:g}"
-                f"{white})",
+                f"{_whitened(base)})",
             )  # fmt: skip
         if window.stuck is not None and window.stuck.update(t, value, base.std):
             st = window.stuck
