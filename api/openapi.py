@@ -18,6 +18,7 @@ _ERROR = {
 }
 _JSON = {"description": "ok", "content": {"application/json": {"schema": {"type": "object"}}}}
 _GUARDED = {"401": _ERROR, "403": _ERROR}
+_HTML = {"description": "a page", "content": {"text/html": {"schema": {"type": "string"}}}}
 
 
 def _read(summary: str, **extra: Any) -> dict[str, Any]:
@@ -243,6 +244,63 @@ SPEC: dict[str, Any] = {
                 "summary": "board events (Trello-signed)",
                 "requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}},
                 "responses": {"200": _JSON, "400": _ERROR, "403": _ERROR, "413": _ERROR},
+            }
+        },
+        # The plant board (api/board.py): pages for a browser, signed in by a cookie that
+        # POST /board/login sets from a token (or a bearer token, as here).
+        "/": {
+            "get": {
+                "summary": "the plant board; its sign-in page (401) without a valid token",
+                "security": [{"bearer": []}],
+                "responses": {"200": _HTML, "401": _HTML, "503": _HTML},
+            }
+        },
+        "/board/login": {
+            "post": {
+                "summary": "sign in to the board with a token: sets its HttpOnly cookie",
+                "requestBody": {
+                    "content": {
+                        "application/x-www-form-urlencoded": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {"token": {"type": "string"}},
+                            }
+                        }
+                    }
+                },
+                "responses": {"303": {"description": "to the board"}, "400": _HTML, "401": _HTML},
+            }
+        },
+        "/board/logout": {
+            "post": {
+                "summary": "sign out of the board (the cookie is cleared)",
+                "responses": {"303": {"description": "to the sign-in page"}},
+            }
+        },
+        "/board/data": _read(
+            "the board's data: PLCs, trends bucketed to the chart's width, drift responses",
+            parameters=[
+                _query("range", {"type": "string", "enum": ["15m", "1h", "6h", "24h", "7d"]}),
+                _query("width", {"type": "integer"}),
+            ],
+        ),
+        "/board/events": {
+            "get": {
+                "summary": "the board's live updates, as server-sent events (ends after 10 s; "
+                "the browser reconnects)",
+                "security": [{"bearer": []}],
+                "responses": {
+                    "200": {"description": "ok", "content": {"text/event-stream": {}}},
+                    **_GUARDED,
+                    "503": _ERROR,
+                },
+            }
+        },
+        "/board/static/{name}": {
+            "get": {
+                "summary": "the board's script, styles and charting library",
+                "parameters": [_path_param("name")],
+                "responses": {"200": {"description": "the file"}, "404": _ERROR, "503": _ERROR},
             }
         },
     },

@@ -151,6 +151,7 @@ SETTINGS: typing.Mapping[Process, frozenset[str]] = MappingProxyType(
             "trello_app_secret",
             "monkey_workflow_id",
             "alarm_shelve_max_s",  # SHELVE replies (factorylm/alarms.py)
+            "drift_threshold_sigma",  # the plant board's ±threshold band (api/board.py)
             # api/app.py admits the Web UI's origin (temporal_ui_url) to the codec endpoint.
             "temporal_ui_port",
         ),
