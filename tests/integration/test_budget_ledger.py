@@ -23,7 +23,8 @@ from helpers import free_port
 ENGINEER = "whatsapp:+15550100001"
 # Budget windows are real clock windows: each test starts from an empty day, alerts unsent.
 CLEAN = """DELETE FROM llm_usage; DELETE FROM budget_refusals;
-           DELETE FROM notifications WHERE dedup_key LIKE 'budget/%'"""
+           DELETE FROM notifications WHERE dedup_key LIKE 'budget/%';
+           DELETE FROM outbound_messages WHERE idem_key LIKE 'budget/%'"""
 
 
 async def spend(pool: asyncpg.Pool, agent: str, tokens: int, at: datetime | None = None) -> None:

@@ -158,8 +158,11 @@ async def test_daily_summary_counts_the_day(
     )
     assert summary.alerts_processed == expected_events
     assert summary.collector_uptime_pct > 0
+    # This run's message (other tests' summaries share the database).
     body = await pool.fetchval(
-        "SELECT body FROM notifications WHERE recipient = $1 AND body LIKE 'FactoryLM daily summary%'",
+        "SELECT body FROM notifications WHERE recipient = $1 AND workflow_id = $2 "
+        "AND body LIKE 'FactoryLM daily summary%' ORDER BY id DESC LIMIT 1",
         ON_DUTY,
+        handle.id,
     )
     assert "Work orders opened:" in body and "Collector uptime:" in body

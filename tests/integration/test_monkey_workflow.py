@@ -46,7 +46,8 @@ from workflows.monkey import MonkeyReportWorkflow, MonkeyWorkflow
 ENGINEER = "whatsapp:+15550100001"
 # Budget windows are real clock windows: each test starts from an empty day, alerts unsent.
 CLEAN = """DELETE FROM llm_usage; DELETE FROM budget_refusals; DELETE FROM monkey_runs;
-           DELETE FROM notifications WHERE dedup_key LIKE 'budget/%'"""
+           DELETE FROM notifications WHERE dedup_key LIKE 'budget/%';
+           DELETE FROM outbound_messages WHERE idem_key LIKE 'budget/%'"""
 REPO_FILES = {
     "README.md": "# Test repository\n",
     "src/app.py": "def answer() -> int:\n    return 41\n",
