@@ -13,34 +13,22 @@ command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
   || { log "Python 3.11 is required (found $("$PYTHON" --version 2>&1))"; exit 1; }
 
 bash scripts/install-postgres.sh
-# socat links the simulated Modbus RTU device to a pty pair (factorylm simulate, tests).
-# install-postgres.sh installs it with the build dependencies; a machine that already had
-# the extensions gets it here.
-if ! command -v socat >/dev/null 2>&1; then
-  log "installing socat"
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get install -y -qq --no-install-recommends socat >/dev/null
-fi
-# bubblewrap is the sandbox the Monkey runs success checks in (factorylm/sandbox.py).
-if ! command -v bwrap >/dev/null 2>&1; then
-  log "installing bubblewrap"
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get install -y -qq --no-install-recommends bubblewrap >/dev/null
-fi
-# Mosquitto is the MQTT broker of the demo, the tests and the benchmarks (dev/mosquitto.py runs
-# it as a child process with its own config; Debian's package starts no service here).
-if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
-  log "installing mosquitto"
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get install -y -qq --no-install-recommends mosquitto >/dev/null
-fi
-# Chromium: the browser the plant board's tests drive through Playwright (tests/browser/);
-# Playwright's own browser download is not used.
-if ! command -v chromium >/dev/null 2>&1; then
-  log "installing chromium"
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null
-fi
+# Debian packages the product runs or tests with, each installed only when missing. The
+# package lists are refreshed once, and only when something is to be installed.
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+apt_updated=""
+need() {  # need PACKAGE COMMAND WHY
+  if command -v "$2" >/dev/null 2>&1 || [ -x "/usr/sbin/$2" ]; then return 0; fi
+  log "installing $1 ($3)"
+  if [ -z "$apt_updated" ]; then $SUDO apt-get update -qq; apt_updated=1; fi
+  $SUDO apt-get install -y -qq --no-install-recommends "$1" >/dev/null
+}
+need socat socat "links the simulated Modbus RTU device to a pty pair"
+need bubblewrap bwrap "the sandbox the Monkey runs success checks in"
+# dev/mosquitto.py runs the broker as a child process with its own config; no service starts.
+need mosquitto mosquitto "the MQTT broker of the demo, the tests and the benchmarks"
+# Playwright drives Debian's Chromium in tests/browser/; its own browser download is not used.
+need chromium chromium "the browser the plant board's tests drive"
 # The plant board's charting library (package.json, package-lock.json), served by the API.
 # Reinstalled only when package-lock.json changes (its hash is the stamp), as the venv below.
 npm_stamp=node_modules/.factorylm-stamp
