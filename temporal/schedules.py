@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from typing import Any
 
 from temporalio.client import (
     Client,
@@ -20,6 +21,7 @@ from temporalio.client import (
     ScheduleUpdateInput,
 )
 
+from factorylm.models.base import Model
 from factorylm.models.baselines import BaselineWorkflowInput
 from factorylm.models.health import DailySummaryInput, HealthMonitorInput
 from factorylm.models.lifecycle import DataLifecycleInput
@@ -40,41 +42,41 @@ MONKEY_REPORT_SCHEDULE_ID = "monkey-report"
 LIFECYCLE_SCHEDULE_ID = "data-lifecycle"
 
 
-def baseline_schedule(settings: Settings) -> Schedule:
+def _every(seconds: float, run: Any, arg: Model, workflow_id: str, settings: Settings) -> Schedule:
+    """A workflow started every `seconds`; a slow run is never stacked under the next one."""
     return Schedule(
         action=ScheduleActionStartWorkflow(
-            BaselineWorkflow.run,
-            BaselineWorkflowInput(
-                window_hours=settings.baseline_window_hours,
-                min_samples=settings.baseline_min_samples,
-            ),
-            id="baseline",
-            task_queue=settings.task_queue,
+            run, arg, id=workflow_id, task_queue=settings.task_queue
         ),
-        spec=ScheduleSpec(
-            intervals=[ScheduleIntervalSpec(every=timedelta(seconds=settings.baseline_every_s))]
-        ),
-        # A slow recompute is never stacked under the next one.
+        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=timedelta(seconds=seconds))]),
         policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
     )
 
 
+def baseline_schedule(settings: Settings) -> Schedule:
+    return _every(
+        settings.baseline_every_s,
+        BaselineWorkflow.run,
+        BaselineWorkflowInput(
+            window_hours=settings.baseline_window_hours,
+            min_samples=settings.baseline_min_samples,
+        ),
+        "baseline",
+        settings,
+    )
+
+
 def health_schedule(settings: Settings) -> Schedule:
-    return Schedule(
-        action=ScheduleActionStartWorkflow(
-            HealthMonitorWorkflow.run,
-            HealthMonitorInput(
-                task_queues=[settings.task_queue, settings.plc_task_queue],
-                schedule_ids=[BASELINE_SCHEDULE_ID, DAILY_SUMMARY_SCHEDULE_ID],
-                recipients=scheduled_recipients(settings),
-            ),
-            id="health-monitor",
-            task_queue=settings.task_queue,
+    return _every(
+        settings.health_every_s,
+        HealthMonitorWorkflow.run,
+        HealthMonitorInput(
+            task_queues=[settings.task_queue, settings.plc_task_queue],
+            schedule_ids=[BASELINE_SCHEDULE_ID, DAILY_SUMMARY_SCHEDULE_ID],
+            recipients=scheduled_recipients(settings),
         ),
-        spec=ScheduleSpec(
-            intervals=[ScheduleIntervalSpec(every=timedelta(seconds=settings.health_every_s))]
-        ),
-        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+        "health-monitor",
+        settings,
     )
 
 
@@ -102,42 +104,29 @@ def daily_summary_schedule(settings: Settings) -> Schedule:
 
 
 def monkey_report_schedule(settings: Settings) -> Schedule:
-    return Schedule(
-        action=ScheduleActionStartWorkflow(
-            MonkeyReportWorkflow.run,
-            MonkeyReportInput(
-                board_id=settings.trello_board_id,
-                recipients=scheduled_recipients(settings),
-                report_key="",  # the workflow keys each report by its own run
-            ),
-            id="monkey-report",
-            task_queue=settings.task_queue,
+    return _every(
+        settings.monkey_report_every_s,
+        MonkeyReportWorkflow.run,
+        MonkeyReportInput(
+            board_id=settings.trello_board_id,
+            recipients=scheduled_recipients(settings),
+            report_key="",  # the workflow keys each report by its own run
         ),
-        spec=ScheduleSpec(
-            intervals=[
-                ScheduleIntervalSpec(every=timedelta(seconds=settings.monkey_report_every_s))
-            ]
-        ),
-        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+        "monkey-report",
+        settings,
     )
 
 
 def lifecycle_schedule(settings: Settings) -> Schedule:
-    return Schedule(
-        action=ScheduleActionStartWorkflow(
-            DataLifecycleWorkflow.run,
-            DataLifecycleInput(
-                raw_retention_days=settings.raw_retention_days,
-                lookback_minutes=settings.rollup_lookback_minutes,
-            ),
-            id="data-lifecycle",
-            task_queue=settings.task_queue,
+    return _every(
+        settings.lifecycle_every_s,
+        DataLifecycleWorkflow.run,
+        DataLifecycleInput(
+            raw_retention_days=settings.raw_retention_days,
+            lookback_minutes=settings.rollup_lookback_minutes,
         ),
-        spec=ScheduleSpec(
-            intervals=[ScheduleIntervalSpec(every=timedelta(seconds=settings.lifecycle_every_s))]
-        ),
-        # A long first rollup over weeks of history is never stacked under the next one.
-        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+        "data-lifecycle",
+        settings,
     )
 
 
