@@ -11,7 +11,6 @@ goes to the next person instead of waiting out its timer.
 from __future__ import annotations
 
 import logging
-from urllib.parse import parse_qsl
 
 import asyncpg
 from starlette.requests import Request
@@ -20,9 +19,9 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.outbound import Outbound, Unreached
+from api.twilio_signed import signed_form
 from factorylm.models.messages import DeliveryFailure
-from factorylm.settings import Settings, reveal
-from factorylm.whatsapp import signature_ok
+from factorylm.settings import Settings
 from workflows.drift_response import DriftResponseWorkflow
 
 log = logging.getLogger(__name__)
@@ -38,27 +37,14 @@ class TwilioStatusWebhook:
         self._outbound = Outbound(pool, settings)
 
     async def handle(self, request: Request) -> Response:
-        settings = self._settings
-        if not settings.twilio_auth_token:
-            return Response("Twilio status webhook not configured", status_code=503)
-        raw = (await request.body()).decode("utf-8", errors="replace")
-        form = dict(parse_qsl(raw, keep_blank_values=True))
-        url = settings.public_url.rstrip("/") + request.url.path
-        if request.url.query:
-            url += "?" + request.url.query
-        if not signature_ok(
-            reveal(settings.twilio_auth_token),
-            url,
-            form,
-            request.headers.get("x-twilio-signature", ""),
-        ):
-            log.warning("refused a status callback with a bad signature from %s", request.client)
-            return Response("invalid signature", status_code=403)
+        form = await signed_form(request, self._settings, "Twilio status callback")
+        if isinstance(form, Response):
+            return form
         sid = form.get("MessageSid", "")
         status = form.get("MessageStatus", "")
         if not sid or not status:
             return Response("MessageSid and MessageStatus are required", status_code=400)
-        if form.get("AccountSid") != settings.twilio_account_sid:
+        if form.get("AccountSid") != self._settings.twilio_account_sid:
             return Response("not this account's message", status_code=400)
         ref = request.query_params.get("m", "")
         message_id = int(ref) if ref.isdigit() and len(ref) < 19 else None

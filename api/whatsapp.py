@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import Any
-from urllib.parse import parse_qsl
 
 import asyncpg
 from starlette.requests import Request
@@ -29,12 +28,13 @@ from temporalio.service import RPCError, RPCStatusCode
 from twilio.twiml.messaging_response import MessagingResponse
 
 from api.operations import UPDATE_TIMEOUT_S
+from api.twilio_signed import signed_form
 from factorylm.alarms import alarm_reply
 from factorylm.models.approvals import ApprovalDecision
 from factorylm.models.messages import Acknowledgement
 from factorylm.roster import approver_addresses, load_roster
-from factorylm.settings import Settings, reveal
-from factorylm.whatsapp import Reply, parse_ack, parse_reply, signature_ok
+from factorylm.settings import Settings
+from factorylm.whatsapp import Reply, parse_ack, parse_reply
 from workflows.drift_response import DriftResponseWorkflow
 from workflows.outcome_followup import OutcomeFollowUpWorkflow
 
@@ -71,22 +71,9 @@ class WhatsAppWebhook:
         self._allowed = approver_addresses(settings)
 
     async def handle(self, request: Request) -> Response:
-        settings = self._settings
-        if not settings.twilio_auth_token:
-            return Response("WhatsApp webhook not configured (FACTORYLM_TWILIO_AUTH_TOKEN)", 503)
-        raw = (await request.body()).decode("utf-8", errors="replace")
-        form = dict(parse_qsl(raw, keep_blank_values=True))
-        url = settings.public_url.rstrip("/") + request.url.path
-        if request.url.query:
-            url += "?" + request.url.query
-        if not signature_ok(
-            reveal(settings.twilio_auth_token),
-            url,
-            form,
-            request.headers.get("x-twilio-signature", ""),
-        ):
-            log.warning("refused a WhatsApp webhook with a bad signature from %s", request.client)
-            return Response("invalid signature", status_code=403)
+        form = await signed_form(request, self._settings, "WhatsApp webhook")
+        if isinstance(form, Response):
+            return form
         sender = form.get("From", "")
         # Each message is acted on once: Twilio's MessageSid is covered by the signature, so a
         # captured request replayed later (or a re-delivery) finds its first answer here.
