@@ -60,16 +60,18 @@ s AS (
     FROM samples
     WHERE (plc_id, metric) IN (SELECT plc_id, metric FROM series) AND time >= $3 AND time < $4
 ),
-slots AS (  -- poll slots missing between each sample and the next
-    SELECT time, next, greatest(round(extract(epoch FROM next - time) / $5) - 1, 0) AS n
+slots AS (
+    -- Poll slots missing between each sample and the next: a gap of 1.6 intervals is a late
+    -- poll (its next is early), not a missing one; 1.9 intervals and more are.
+    SELECT time, next, greatest(floor(extract(epoch FROM next - time) / $5 - 0.9), 0) AS n
     FROM s WHERE next IS NOT NULL
 )
 SELECT
     -- the gap over the kill: from the last sample before it to the kill ...
-    coalesce(sum(floor(extract(epoch FROM $6 - time) / $5))
+    coalesce(sum(least(n, floor(extract(epoch FROM $6 - time) / $5)))
              FILTER (WHERE time < $6 AND next >= $6), 0)::bigint AS before_kill,
     -- ... and from the kill to the restarted ingest's first sample
-    coalesce(sum(n - floor(extract(epoch FROM $6 - time) / $5))
+    coalesce(sum(n - least(n, floor(extract(epoch FROM $6 - time) / $5)))
              FILTER (WHERE time < $6 AND next >= $6), 0)::bigint AS after_kill,
     coalesce(sum(n) FILTER (WHERE NOT (time < $6 AND next >= $6)), 0)::bigint AS elsewhere,
     (SELECT count(*) FROM series) AS series
