@@ -32,6 +32,13 @@ def _read(summary: str, **extra: Any) -> dict[str, Any]:
     }
 
 
+def _form(*fields: str) -> dict[str, Any]:
+    """A urlencoded form body of string fields (Twilio's webhooks, the board's sign-in)."""
+    properties = {name: {"type": "string"} for name in fields}
+    schema = {"type": "object", "properties": properties}
+    return {"content": {"application/x-www-form-urlencoded": {"schema": schema}}}
+
+
 def _path_param(name: str) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
 
@@ -180,20 +187,7 @@ SPEC: dict[str, Any] = {
         "/webhooks/twilio/whatsapp": {
             "post": {
                 "summary": "inbound WhatsApp messages (Twilio-signed)",
-                "requestBody": {
-                    "content": {
-                        "application/x-www-form-urlencoded": {
-                            "schema": {
-                                "type": "object",
-                                "properties": {
-                                    "MessageSid": {"type": "string"},
-                                    "From": {"type": "string"},
-                                    "Body": {"type": "string"},
-                                },
-                            }
-                        }
-                    }
-                },
+                "requestBody": _form("MessageSid", "From", "Body"),
                 "responses": {
                     "200": {"description": "TwiML"},
                     "400": _ERROR,
@@ -215,21 +209,7 @@ SPEC: dict[str, Any] = {
                         "description": "the outbox row the callback is about",
                     }
                 ],
-                "requestBody": {
-                    "content": {
-                        "application/x-www-form-urlencoded": {
-                            "schema": {
-                                "type": "object",
-                                "properties": {
-                                    "AccountSid": {"type": "string"},
-                                    "MessageSid": {"type": "string"},
-                                    "MessageStatus": {"type": "string"},
-                                    "ErrorCode": {"type": "string"},
-                                },
-                            }
-                        }
-                    }
-                },
+                "requestBody": _form("AccountSid", "MessageSid", "MessageStatus", "ErrorCode"),
                 "responses": {
                     "204": {"description": "applied (or not about a message of ours)"},
                     "400": _ERROR,
@@ -258,16 +238,7 @@ SPEC: dict[str, Any] = {
         "/board/login": {
             "post": {
                 "summary": "sign in to the board with a token: sets its HttpOnly cookie",
-                "requestBody": {
-                    "content": {
-                        "application/x-www-form-urlencoded": {
-                            "schema": {
-                                "type": "object",
-                                "properties": {"token": {"type": "string"}},
-                            }
-                        }
-                    }
-                },
+                "requestBody": _form("token"),
                 "responses": {"303": {"description": "to the board"}, "400": _HTML, "401": _HTML},
             }
         },
