@@ -145,6 +145,16 @@ class _Segment:
     firsts: list[datetime] = field(default_factory=list)  # each record's first sample time
     counts: list[int] = field(default_factory=list)  # each record's samples
     table: KeyTable = field(default_factory=KeyTable)
+    # The first record not yet in PostgreSQL, and the samples from it on: kept as records are
+    # written and backfilled, so the status (read every minute) costs nothing per record.
+    undone: int = 0
+    pending: int = 0
+
+    def advance(self, done: int) -> None:
+        """Records ending at or before `done` (bytes) are in PostgreSQL."""
+        while self.undone < len(self.ends) and self.ends[self.undone] <= done:
+            self.pending -= self.counts[self.undone]
+            self.undone += 1
 
 
 class Spool:
@@ -210,6 +220,7 @@ class Spool:
                 seg.ends.append(end)
                 seg.firsts.append(samples[0][0] if samples else _EPOCH)
                 seg.counts.append(len(samples))
+                seg.pending += len(samples)
                 seg.samples += len(samples)
                 valid = end
             if valid < len(data):
@@ -230,19 +241,13 @@ class Spool:
         return sum(s.size for s in self._segments)
 
     def pending_samples(self) -> int:
-        total = 0
-        for seg in self._segments:
-            done = self._done.get(seg.seq, 0)
-            total += sum(c for c, e in zip(seg.counts, seg.ends, strict=True) if e > done)
-        return total
+        return sum(seg.pending for seg in self._segments)
 
     def oldest(self) -> datetime | None:
         """The first sample not yet in PostgreSQL (per record, so within one batch)."""
         for seg in self._segments:
-            done = self._done.get(seg.seq, 0)
-            for first, end in zip(seg.firsts, seg.ends, strict=True):
-                if end > done:
-                    return first
+            if seg.undone < len(seg.firsts):
+                return seg.firsts[seg.undone]
         return None
 
     def empty(self) -> bool:
@@ -283,6 +288,7 @@ class Spool:
         seg.ends.append(seg.size)
         seg.firsts.append(batch[0][0])
         seg.counts.append(len(batch))
+        seg.pending += len(batch)
         seg.samples += len(batch)
         seg.first_time = seg.first_time or batch[0][0]
         self.spooled += len(batch)
@@ -326,8 +332,8 @@ class Spool:
     def _enforce_bound(self) -> None:
         while self.bytes > self.max_bytes and len(self._segments) > 1:
             oldest = self._segments.pop(0)
-            done = self._done.pop(oldest.seq, 0)
-            lost = sum(c for c, e in zip(oldest.counts, oldest.ends, strict=True) if e > done)
+            self._done.pop(oldest.seq, None)
+            lost = oldest.pending
             self.dropped += lost
             oldest.path.unlink(missing_ok=True)
             log.error(
@@ -342,6 +348,8 @@ class Spool:
     def set_progress(self, done: dict[int, int]) -> None:
         """What PostgreSQL already holds (ingest_spool_progress), read before a backfill."""
         self._done = dict(done)
+        for seg in self._segments:
+            seg.advance(self._done.get(seg.seq, 0))
 
     def next_records(self, max_samples: int) -> Iterator[Record]:
         """The oldest records not yet in PostgreSQL, up to about `max_samples` samples."""
@@ -367,6 +375,8 @@ class Spool:
         """The record is in PostgreSQL; a segment wholly there and no longer written goes."""
         self._done[record.segment] = max(self._done.get(record.segment, 0), record.end)
         for seg in list(self._segments):
+            if seg.seq == record.segment:
+                seg.advance(self._done[seg.seq])
             if self._done.get(seg.seq, 0) >= seg.size and seg is not self._segments[-1]:
                 self._segments.remove(seg)
                 self._done.pop(seg.seq, None)
