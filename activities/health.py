@@ -25,6 +25,7 @@ from factorylm.models.health import (
     IncidentUpdate,
     IncidentUpdateInput,
     RestartCollectorsInput,
+    SpoolLimits,
 )
 from factorylm.plant import Plant
 
@@ -143,10 +144,48 @@ class HealthActivities:
             )
         return out
 
+    async def _spools(self, req: HealthCheckInput) -> list[CheckResult]:
+        """Four checks per ingest's spool, each its own incident, so one that turns critical
+        (filling up, losing samples, stuck) alerts even while another is already open."""
+        limits = req.spool
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                """SELECT w.host, w.spool_bytes, w.spool_samples, w.spool_oldest, w.spool_dropped,
+                          w.backfill_rate, w.updated_at, s.spool_dropped AS seen_dropped,
+                          s.dropped_grew_at, s.spool_oldest AS seen_oldest, s.oldest_seen_at,
+                          s.host IS NOT NULL AS seen, now() AS now
+                   FROM ingest_writer_status w LEFT JOIN health_spool_seen s USING (host)
+                   WHERE ($1::text[] IS NULL OR w.host = ANY($1::text[]))
+                     -- an ingest gone for a day has been moved or removed
+                     AND w.updated_at > now() - INTERVAL '1 day'
+                   ORDER BY w.host""",
+                limits.ingest_hosts,
+            )
+            out: list[CheckResult] = []
+            for row in rows:
+                checks, seen = _spool_checks(row, limits, req.stale_after_s)
+                out.extend(checks)
+                await conn.execute(
+                    """INSERT INTO health_spool_seen AS s (host, spool_dropped, dropped_grew_at,
+                           spool_oldest, oldest_seen_at, observed_at)
+                       VALUES ($1, $2, $3, $4, $5, $6)
+                       ON CONFLICT (host) DO UPDATE SET spool_dropped = EXCLUDED.spool_dropped,
+                           dropped_grew_at = EXCLUDED.dropped_grew_at,
+                           spool_oldest = EXCLUDED.spool_oldest,
+                           oldest_seen_at = EXCLUDED.oldest_seen_at,
+                           observed_at = EXCLUDED.observed_at
+                       -- two monitors at once: the later observation stays
+                       WHERE s.observed_at <= EXCLUDED.observed_at""",
+                    row["host"],
+                    *seen,
+                )
+        return out
+
     @activity.defn(name="check_health")
     async def check_health(self, req: HealthCheckInput) -> HealthReport:
         results = [
             *await self._collectors(req.stale_after_s),
+            *await self._spools(req),
             *await self._database(),
             *await self._task_queues(req.task_queues),
             *await self._schedules(req.schedule_ids),
@@ -279,3 +318,71 @@ def _collector_check(
         seen = "never" if age is None else f"{age:.0f} s ago"
         return verdict(False, f"stale: last good sample {seen}")
     return verdict(True, f"fresh ({age:.0f} s)")
+
+
+def _spool_checks(
+    row: asyncpg.Record, limits: SpoolLimits, stale_after_s: float
+) -> tuple[list[CheckResult], tuple[int, datetime | None, datetime | None, datetime, datetime]]:
+    """The verdicts on one ingest's spool, and what to remember of it for the next run:
+    (spool_dropped, dropped_grew_at, spool_oldest, oldest_seen_at, observed_at)."""
+    host, now = row["host"], row["now"]
+    samples, size, oldest, dropped = (
+        row["spool_samples"],
+        row["spool_bytes"],
+        row["spool_oldest"],
+        row["spool_dropped"],
+    )
+
+    def verdict(check: str, ok: bool, detail: str, *, critical: bool = True) -> CheckResult:
+        return CheckResult(check=check, subject=host, ok=ok, critical=critical, detail=detail)
+
+    # The counter is the ingest process's own: lower than last time means a new process, whose
+    # every dropped sample is new.
+    before = row["seen_dropped"] if row["seen"] and dropped >= row["seen_dropped"] else 0
+    grew_at = now if dropped > before else row["dropped_grew_at"]
+    oldest_since = row["oldest_seen_at"] if row["seen"] and row["seen_oldest"] == oldest else now
+    # The status row is the ingest's own write to the central database: fresh, the ingest
+    # reaches it, so whatever is still in its spool should be going there.
+    reaching = (now - row["updated_at"]).total_seconds() <= stale_after_s
+    rate = f"backfill {row['backfill_rate']:.0f} samples/s"
+    pending = f"{samples} samples ({size} bytes) not yet in PostgreSQL" + (
+        f", the oldest from {oldest:%Y-%m-%d %H:%M:%S} UTC" if oldest else ""
+    )
+    in_use = samples > 0 or oldest is not None
+    pct = 100 * size / limits.max_bytes
+    losing = grew_at is not None and (now - grew_at).total_seconds() < limits.loss_hold_s
+    stuck_s = (now - oldest_since).total_seconds()
+    stuck = in_use and oldest is not None and reaching and stuck_s >= limits.stall_after_s
+    checks = [
+        # Not critical: a spool in use is the store-and-forward doing its job (the database
+        # was unreachable for this ingest, or behind); the three below are what needs a person.
+        verdict(
+            "spool",
+            not in_use,
+            f"in use: {pending}; {rate}" if in_use else "empty",
+            critical=False,
+        ),
+        verdict(
+            "spool_capacity",
+            pct < limits.full_pct,
+            f"at {pct:.0f} % of its {limits.max_bytes} bytes ({pending}): when full it drops "
+            "its oldest samples",
+        ),
+        verdict(
+            "spool_loss",
+            not losing,
+            f"{dropped} samples dropped from the full spool by this ingest process"
+            + (f", the last at {grew_at:%Y-%m-%d %H:%M:%S} UTC" if grew_at else "")
+            if losing
+            else "nothing dropped",
+        ),
+        verdict(
+            "spool_backfill",
+            not stuck,
+            f"not progressing: the oldest unsent sample is the same for {stuck_s / 60:.0f} min "
+            f"while the ingest reaches the database; {pending}; {rate}"
+            if stuck
+            else ("progressing" if in_use else "nothing to backfill"),
+        ),
+    ]
+    return checks, (dropped, grew_at, oldest, oldest_since, now)

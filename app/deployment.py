@@ -80,6 +80,7 @@ SETTINGS: typing.Mapping[Process, frozenset[str]] = MappingProxyType(
         | _fields("task_queue", "batch_max_rows", "batch_max_delay_s", "buffer_max_rows")
         | _prefixed("spool_")
         | _fields("state_dir")  # the spool's default directory
+        | _fields("site")  # the one site an edge's ingest collects for
         | _prefixed("drift_")
         # ingest/alert_notifier.py: collector alerts to the person on call (no Twilio secret:
         # a notice workflow sends them).
@@ -124,7 +125,7 @@ SETTINGS: typing.Mapping[Process, frozenset[str]] = MappingProxyType(
         ),
         # workers/plc_edge.py, activities/plc_write.py: the catalog, the approvers, the validity.
         Process.EDGE: PRODUCT_PROCESS
-        | _fields("plc_task_queue", "approvers", "approval_validity_s")
+        | _fields("plc_task_queue", "site", "approvers", "approval_validity_s")
         # the roster's people approve too (factorylm/roster.py)
         | _fields("roster_file", "plant_timezone", "approval_timeout_s"),
         # api/app.py and its routes: tokens, Twilio's and Trello's webhook signatures, WhatsApp
@@ -317,6 +318,9 @@ ROLES: tuple[DatabaseRole, ...] = (
             "monkey_file_chunks": RI,
             "health_incidents": RIU,
             "health_probe": RIU,
+            # the health monitor's spool checks: each ingest's spool, and what it last saw
+            "ingest_writer_status": R,
+            "health_spool_seen": RIU,
             # the daily summary's alarm KPIs
             "alarm_journal": R,
             "alarm_shelves": R,

@@ -35,7 +35,9 @@ class HealthMonitorWorkflow:
     async def run(self, req: HealthMonitorInput) -> HealthRunResult:
         report: HealthReport = await workflow.execute_activity_method(
             HealthActivities.check_health,
-            HealthCheckInput(task_queues=req.task_queues, schedule_ids=req.schedule_ids),
+            HealthCheckInput(
+                task_queues=req.task_queues, schedule_ids=req.schedule_ids, spool=req.spool
+            ),
             start_to_close_timeout=_SHORT,
             retry_policy=_RETRY,
         )

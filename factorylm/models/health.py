@@ -8,11 +8,29 @@ from pydantic import Field
 
 from factorylm.models.base import Model
 
+# The ingest's default spool bound (the `spool_max_bytes` setting).
+DEFAULT_SPOOL_MAX_BYTES = 2 * 1024**3
+
+
+class SpoolLimits(Model):
+    """When an ingest's store-and-forward spool (ingest/spool.py) is worth an alert."""
+
+    # The ingests whose spools are checked: None, every one that reported in the last day.
+    ingest_hosts: list[str] | None = None
+    # The ingests' `spool_max_bytes`; past it the spool drops its oldest samples.
+    max_bytes: int = Field(default=DEFAULT_SPOOL_MAX_BYTES, gt=0)
+    full_pct: float = Field(default=80.0, gt=0, le=100)
+    # The oldest unsent sample unchanged this long while the ingest reaches the database.
+    stall_after_s: float = Field(default=600.0, gt=0)
+    # A loss stays an open incident this long after the last sample dropped.
+    loss_hold_s: float = Field(default=3600.0, gt=0)
+
 
 class HealthCheckInput(Model):
     task_queues: list[str]
     schedule_ids: list[str]
     stale_after_s: float = Field(default=150.0, gt=0)
+    spool: SpoolLimits = SpoolLimits()
 
 
 class CheckResult(Model):
@@ -57,6 +75,8 @@ class HealthMonitorInput(Model):
     task_queues: list[str]
     schedule_ids: list[str]
     recipients: list[str]
+    # Optional: runs scheduled before the spool checks still load (replay).
+    spool: SpoolLimits = SpoolLimits()
 
 
 class HealthRunResult(Model):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from factorylm.models.health import (
     DailySummaryInput,
     HealthMonitorInput,
     HealthRunResult,
+    SpoolLimits,
 )
 from factorylm.plant import Plant
 from factorylm.settings import Settings
@@ -38,7 +40,8 @@ async def stack(
     full, _ = plant_with_free_ports(tmp_path)
     # One PLC of its own, so other tests' collectors do not enter this monitor's view.
     plc = full.plcs[0].model_copy(update={"id": f"hm-{uuid.uuid4().hex[:6]}"})
-    plant = Plant(name="health", plcs=[plc], actions=[])
+    # Named as the demo plant: its PLC belongs to that site.
+    plant = Plant.model_validate({"name": full.name, "plcs": [plc]})
     path = tmp_path / "health-plant.yaml"
     path.write_text(yaml.safe_dump(plant.model_dump(mode="json", by_alias=True, exclude_none=True)))
     queue = f"health-{uuid.uuid4().hex[:8]}"
@@ -60,14 +63,21 @@ async def stack(
     await sim.stop()
 
 
-async def run_monitor(stack: Stack, record: Any = None, name: str = "") -> HealthRunResult:
+async def run_monitor(
+    stack: Stack,
+    record: Any = None,
+    name: str = "",
+    # Other tests' ingests report into the same table: by default no spool is in view.
+    spool: SpoolLimits | None = None,
+) -> HealthRunResult:
     s = stack.settings
     handle = await stack.client.start_workflow(
         HealthMonitorWorkflow.run,
         HealthMonitorInput(
-            task_queues=[s.task_queue, s.plc_task_queue],
+            task_queues=[s.task_queue, s.edge_queue(stack.plant.sites[0].name)],
             schedule_ids=[BASELINE_SCHEDULE_ID, DAILY_SUMMARY_SCHEDULE_ID],
             recipients=[ON_DUTY],
+            spool=spool or SpoolLimits(ingest_hosts=[]),
         ),
         id=f"health-test-{uuid.uuid4().hex[:6]}",
         task_queue=s.task_queue,
@@ -131,6 +141,97 @@ async def test_silent_plc_gives_one_alert_one_restart_then_recovers(
         "SELECT count(*) FROM health_incidents WHERE subject = $1 AND closed_at IS NOT NULL", plc_id
     )
     assert closed == 1
+
+
+async def test_spool_alerts_once_each_when_filling_losing_or_stuck_and_clears(
+    stack: tuple[Stack, SimulatedModbusPlc], pool: asyncpg.Pool, record_history: Any
+) -> None:
+    """An edge ingest's spool as it reports it (its row in ingest_writer_status): in use is an
+    incident without a message; filling past 80 %, dropping samples and a backfill that does
+    not move each alert once; a new ingest process's drops are new drops."""
+    st, _ = stack
+    host = f"edge-{uuid.uuid4().hex[:6]}"
+    limits = SpoolLimits(ingest_hosts=[host], max_bytes=10_000)
+    await pool.execute("INSERT INTO ingest_writer_status (host) VALUES ($1)", host)
+
+    async def report(**columns: Any) -> None:
+        sets = ", ".join(f"{c} = ${i}" for i, c in enumerate(columns, start=2))
+        await pool.execute(
+            f"UPDATE ingest_writer_status SET {sets}, updated_at = now() WHERE host = $1",
+            host,
+            *columns.values(),
+        )
+
+    async def alerts() -> list[str]:
+        rows = await pool.fetch(
+            "SELECT body FROM notifications WHERE recipient = $1 AND body LIKE $2 ORDER BY id",
+            ON_DUTY,
+            f"FactoryLM health%{host}%",
+        )
+        return [r["body"] for r in rows]
+
+    def spool_failures(result: HealthRunResult) -> set[str]:
+        return {f.split(":")[0] for f in result.failures if f.endswith(f":{host}")}
+
+    await wait_for(
+        "a healthy collector", lambda: _is(pool, st.plant.plcs[0].id, "ok"), timeout_s=30
+    )
+    empty = await run_monitor(st, spool=limits)
+    assert spool_failures(empty) == set()
+    assert empty.checks == 1 + 4 + 2 + 2 + 2  # 4 spool checks for the one ingest
+    # From here on every alert is a spool incident's: the others (if any) are already open.
+
+    oldest = datetime.now(UTC) - timedelta(minutes=3)
+    await report(spool_samples=500, spool_bytes=5_000, spool_oldest=oldest, backfill_rate=0.0)
+    in_use = await run_monitor(st, spool=limits)
+    assert spool_failures(in_use) == {"spool"} and in_use.alerts_sent == 0
+
+    await report(spool_bytes=9_000)
+    full = await run_monitor(st, spool=limits)
+    assert spool_failures(full) == {"spool", "spool_capacity"} and full.alerts_sent == 1
+    assert f"spool_capacity {host}: at 90 % of its 10000 bytes" in (await alerts())[-1]
+
+    await report(spool_dropped=1_200)
+    losing = await run_monitor(st, record_history, "health_monitor_spool_losing", spool=limits)
+    assert spool_failures(losing) == {"spool", "spool_capacity", "spool_loss"}
+    assert losing.alerts_sent == 1
+    assert "spool_loss" in (body := (await alerts())[-1]) and "1200 samples dropped" in body
+    assert "spool_capacity" not in body  # that incident was already open and alerted
+
+    same = await run_monitor(st, spool=limits)  # nothing new: no second alert
+    assert spool_failures(same) == spool_failures(losing) and same.alerts_sent == 0
+
+    # The oldest unsent sample has not moved since the second run, while the ingest writes its
+    # status row (so it reaches the database): not progressing, past a threshold of 1 ms.
+    stuck = await run_monitor(st, spool=limits.model_copy(update={"stall_after_s": 0.001}))
+    assert "spool_backfill" in spool_failures(stuck) and stuck.alerts_sent == 1
+    assert "not progressing" in (await alerts())[-1]
+
+    # Backfilling again and below 80 %: those two close; the loss stays for its hour.
+    await report(spool_samples=100, spool_bytes=1_000, spool_oldest=oldest + timedelta(minutes=2))
+    moving = await run_monitor(st, spool=limits.model_copy(update={"stall_after_s": 0.001}))
+    assert spool_failures(moving) == {"spool", "spool_loss"} and moving.alerts_sent == 0
+
+    # The spool is drained, and the last drop is older than the hold: all clear.
+    await report(spool_samples=0, spool_bytes=0, spool_oldest=None)
+    clear = await run_monitor(st, spool=limits.model_copy(update={"loss_hold_s": 0.001}))
+    assert spool_failures(clear) == set()
+    assert (
+        await pool.fetchval(
+            "SELECT count(*) FROM health_incidents WHERE subject = $1 AND closed_at IS NULL", host
+        )
+        == 0
+    )
+
+    # A restarted ingest counts from zero: 30 dropped by it are 30 new ones, not fewer than 1200.
+    await report(spool_dropped=0)
+    restarted = await run_monitor(st, spool=limits.model_copy(update={"loss_hold_s": 0.001}))
+    assert spool_failures(restarted) == set()
+    await report(spool_dropped=30)
+    again = await run_monitor(st, spool=limits)
+    assert spool_failures(again) == {"spool_loss"} and again.alerts_sent == 1
+    assert "30 samples dropped" in (await alerts())[-1]
+    assert len(await alerts()) == 4
 
 
 async def _is(pool: asyncpg.Pool, plc_id: str, state: str) -> bool:
