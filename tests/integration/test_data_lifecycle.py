@@ -10,14 +10,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import numpy as np
 import pytest
 from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
+from activities.baselines import BaselineActivities
 from activities.lifecycle import LifecycleActivities
 from app.deployment import apply_grants
 from factorylm.db.pool import create_pool, prepare_database
 from factorylm.db.rollups import BASELINE_FROM_RAW, BASELINE_FROM_ROLLUPS
+from factorylm.models.baselines import ComputeBaselinesInput
 from factorylm.models.lifecycle import DataLifecycleInput, DataLifecycleResult
 from factorylm.settings import Settings
 from workers.registry import bind
@@ -213,3 +216,94 @@ async def test_the_lifecycle_workflow_rolls_up_then_drops_through_temporal(
         assert rolled == hours - 1
     finally:
         await pool.close()
+
+
+async def test_a_baseline_after_raw_samples_were_dropped_equals_the_one_before(
+    lifecycle_db: Settings,
+) -> None:
+    """72 hours of samples every 10 s, rolled up, and every raw chunk older than a day dropped:
+    the mean, spread and count read through the rollups are those numpy gives for every sample
+    generated; the percentiles and φ are those of the samples still raw."""
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    step = timedelta(seconds=10)
+    n = 71 * 360
+    times = [now - timedelta(minutes=2) - i * step for i in range(n)][::-1]
+    rng = np.random.default_rng(18)
+    noise = rng.normal(0, 0.3 * np.sqrt(1 - 0.6**2), n)
+    vibration = np.empty(n)
+    level = 0.0
+    for i, e in enumerate(noise):  # AR(1), φ = 0.6, by its definition
+        level = 0.6 * level + e
+        vibration[i] = 2.0 + level
+    current = rng.normal(12.0, 1.0, n)
+    # A drift 60 hours ago, half a minute into its minute: before the drop the samples within
+    # its ±5 minutes are left out, after it the whole minutes they touch.
+    drift_at = now - timedelta(hours=60, seconds=-30)
+    window = ComputeBaselinesInput(
+        run_key="before", window_start=now - timedelta(hours=72), window_end=now
+    )
+    pool = await create_pool(lifecycle_db, max_size=2)
+    try:
+        async with pool.acquire() as conn:
+            await _insert(
+                conn,
+                [(t, "lc-b", "vibration", float(v)) for t, v in zip(times, vibration, strict=True)]
+                + [(t, "lc-b", "current", float(v)) for t, v in zip(times, current, strict=True)],
+            )
+            await conn.execute(
+                """INSERT INTO drift_events (workflow_id, plc_id, vendor, metric,
+                       magnitude_sigma, window_mean, baseline_mean, baseline_std, detected_at,
+                       text)
+                   VALUES ('drift-lc-b-current', 'lc-b', 'generic_modbus', 'current', 3, 15, 12,
+                           1, $1, 'fault')""",
+                drift_at,
+            )
+        baselines = BaselineActivities(pool)
+        before = {b.metric: b for b in (await baselines.compute_baselines(window)).baselines}
+
+        async with pool.acquire() as conn:
+            await _roll_up(conn)
+            assert await conn.fetchval("SELECT factorylm_drop_raw_samples('1 day', '2 hours')") > 0
+            raw_from = await conn.fetchval("SELECT dropped_before FROM data_lifecycle")
+            assert await conn.fetchval("SELECT min(time) FROM samples") == raw_from
+        # Day chunks: what is left starts between 48 and 24 hours ago.
+        assert timedelta(hours=24) <= now - raw_from <= timedelta(hours=48)
+        after_report = await baselines.compute_baselines(
+            window.model_copy(update={"run_key": "after"})
+        )
+        after = {b.metric: b for b in after_report.baselines}
+    finally:
+        await pool.close()
+
+    at = np.array([t.timestamp() for t in times])
+    left = at >= raw_from.timestamp()
+    v_left = vibration[left]
+    # Everything generated, through rollups and raw samples: as numpy, and as before the drop.
+    for b in (before["vibration"], after["vibration"]):
+        assert b.sample_count == n
+        assert b.mean == pytest.approx(np.mean(vibration), rel=1e-12)
+        assert b.std == pytest.approx(np.std(vibration, ddof=1), rel=1e-9)
+    assert before["vibration"].p95 == pytest.approx(np.percentile(vibration, 95), rel=1e-12)
+    assert before["vibration"].phi == pytest.approx(
+        np.corrcoef(vibration[1:], vibration[:-1])[0, 1], rel=1e-9
+    )
+    # The percentiles and φ come from the samples still raw (a minute keeps no distribution,
+    # and minute means are not consecutive samples).
+    assert after["vibration"].p95 == pytest.approx(np.percentile(v_left, 95), rel=1e-12)
+    assert after["vibration"].p99 == pytest.approx(np.percentile(v_left, 99), rel=1e-12)
+    assert after["vibration"].phi == pytest.approx(
+        np.corrcoef(v_left[1:], v_left[:-1])[0, 1], rel=1e-9
+    )
+    assert 0.55 < after["vibration"].phi < 0.65
+
+    d = drift_at.timestamp()
+    in_band = np.abs(at - d) <= 300
+    minute = np.floor(at / 60) * 60
+    touches = (minute <= d + 300) & (minute + 60 > d - 300)
+    # The whole minutes add the samples 30, 20, 10 s before the band and 10, 20 s after it
+    # (its ends are in it).
+    assert touches.sum() == in_band.sum() + 5
+    for b, out in ((before["current"], in_band), (after["current"], touches & ~left)):
+        assert b.sample_count == n - out.sum()
+        assert b.mean == pytest.approx(np.mean(current[~out]), rel=1e-12)
+        assert b.std == pytest.approx(np.std(current[~out], ddof=1), rel=1e-9)
