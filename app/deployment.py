@@ -372,6 +372,7 @@ ROLES: tuple[DatabaseRole, ...] = (
         {
             "samples": R,
             "samples_1m": R,  # long ranges
+            "data_lifecycle": R,  # how far the rollups reach
             "baselines": R,
             "collector_status": R,
             "drift_events": R,
