@@ -29,6 +29,8 @@ need bubblewrap bwrap "the sandbox the Monkey runs success checks in"
 need mosquitto mosquitto "the MQTT broker of the demo, the tests and the benchmarks"
 # Playwright drives Debian's Chromium in tests/browser/; its own browser download is not used.
 need chromium chromium "the browser the plant board's tests drive"
+# The multi-site tests build their sites as network namespaces (dev/netns.py: ip netns, veth).
+need iproute2 ip "the network namespaces the multi-site tests run their sites in"
 # The plant board's charting library (package.json, package-lock.json), served by the API.
 # Reinstalled only when package-lock.json changes (its hash is the stamp), as the venv below.
 npm_stamp=node_modules/.factorylm-stamp
