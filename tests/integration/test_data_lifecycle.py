@@ -15,11 +15,13 @@ import pytest
 from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
+from activities.agents.watchman import Watchman
 from activities.baselines import BaselineActivities
 from activities.lifecycle import LifecycleActivities
 from app.deployment import apply_grants
 from factorylm.db.pool import create_pool, prepare_database
 from factorylm.db.rollups import BASELINE_FROM_RAW, BASELINE_FROM_ROLLUPS
+from factorylm.models.agents import WatchmanInput
 from factorylm.models.baselines import ComputeBaselinesInput
 from factorylm.models.lifecycle import DataLifecycleInput, DataLifecycleResult
 from factorylm.settings import Settings
@@ -307,3 +309,61 @@ async def test_a_baseline_after_raw_samples_were_dropped_equals_the_one_before(
         assert b.sample_count == n - out.sum()
         assert b.mean == pytest.approx(np.mean(current[~out]), rel=1e-12)
         assert b.std == pytest.approx(np.std(current[~out], ddof=1), rel=1e-9)
+
+
+async def test_the_watchman_over_hours_reads_the_rollups_once_raw_samples_are_gone(
+    lifecycle_db: Settings,
+) -> None:
+    """12 hours of three metrics every 5 s, ending 50 hours ago: a 6-hour window in 12-minute
+    buckets finds the same correlations and shifts before and after every raw sample of it is
+    dropped, those numpy gives on the generated samples."""
+    end = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=50)
+    n = 12 * 720
+    times = [end - timedelta(hours=12) + timedelta(seconds=2.5 + 5 * i) for i in range(n)]
+    rng = np.random.default_rng(4)
+    ramp = np.clip((np.arange(n) - n / 2) / (n / 2), 0, None)  # calm, then 6 hours of ramp
+    series = {
+        "vibration": 2.0 + 3.0 * ramp + rng.normal(0, 0.05, n),
+        "motor_temp": 50.0 + 8.0 * ramp + rng.normal(0, 0.1, n),
+        "current": 12.0 + rng.normal(0, 0.2, n),
+    }
+    ask = WatchmanInput(plc_id="lc-w", metric="vibration", end=end, window_s=6 * 3600, bucket_s=720)
+    pool = await create_pool(lifecycle_db, max_size=2)
+    try:
+        async with pool.acquire() as conn:
+            await _insert(
+                conn,
+                [
+                    (t, "lc-w", metric, float(v))
+                    for metric, values in series.items()
+                    for t, v in zip(times, values, strict=True)
+                ],
+            )
+            await _roll_up(conn)
+        before = await Watchman(pool).watchman(ask)
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SELECT factorylm_drop_raw_samples('1 day', '2 hours')") > 0
+            assert await conn.fetchval("SELECT count(*) FROM samples WHERE plc_id = 'lc-w'") == 0
+        after = await Watchman(pool).watchman(ask)
+    finally:
+        await pool.close()
+
+    at = np.array([t.timestamp() for t in times])
+    now = at > (end - timedelta(hours=6)).timestamp()
+    buckets = np.floor(at / 720) * 720
+    keys = np.unique(buckets[now])
+
+    def bucket_means(metric: str) -> np.ndarray:
+        return np.array([series[metric][now & (buckets == b)].mean() for b in keys])
+
+    for result in (before, after):
+        by_metric = {m.metric: m for m in result.movements}
+        assert set(by_metric) == {"motor_temp", "current"}
+        for metric, m in by_metric.items():
+            r = np.corrcoef(bucket_means("vibration"), bucket_means(metric))[0, 1]
+            calm = series[metric][~now]
+            shift = (series[metric][now].mean() - calm.mean()) / calm.std(ddof=1)
+            assert m.buckets == len(keys) >= 30  # 6 h in 12 min, ends not on the grid
+            assert m.correlation == pytest.approx(r, abs=5e-4)
+            assert m.shift_sigma == pytest.approx(shift, abs=5e-3)
+        assert by_metric["motor_temp"].moved and not by_metric["current"].moved
