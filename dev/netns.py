@@ -51,6 +51,7 @@ __all__ = [
     "RigUnavailableError",
     "Site",
     "TestNetwork",
+    "in_netns",
     "remove_stale",
     "require_rig",
 ]
@@ -89,6 +90,7 @@ def require_rig() -> None:
         )
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
 
@@ -184,8 +186,12 @@ def _kill_netns_pids(netns: str) -> None:
 
 def _remove_netns(netns: str) -> None:
     _kill_all(_netns_pids(netns))
-    if (NETNS_DIR / netns).exists():
+    try:
         _ip("netns", "delete", netns)
+    except RuntimeError:
+        # Gone is what counts: another run's sweep may have deleted it a moment before.
+        if (NETNS_DIR / netns).exists():
+            raise
 
 
 def remove_stale() -> list[str]:
@@ -470,6 +476,8 @@ class TestNetwork:
     # -- building and removing -----------------------------------------------------------
 
     def start(self) -> TestNetwork:
+        if self._started:
+            raise RuntimeError(f"netns rig {self.prefix} was already started (one use each)")
         require_rig()
         remove_stale()
         self.log_dir = self._log_dir or Path(tempfile.mkdtemp(prefix=f"{self.prefix}-"))
