@@ -358,3 +358,32 @@ async def test_a_killed_runs_leftovers_are_removed_by_the_next_rig_and_lookalike
             assert not is_dir(logs)  # the temporary log directory that run made
     finally:
         await ip("netns", "delete", lookalike)
+
+
+BUILD_A_RIG = """
+from dev.netns import TestNetwork
+with TestNetwork(["a"]):
+    pass
+"""
+
+
+async def test_without_root_or_ip_the_rig_fails_saying_what_is_missing() -> None:
+    async def attempt(*prefix: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            *prefix, sys.executable, "-c", BUILD_A_RIG, stderr=subprocess.PIPE, env=env
+        )
+        _, err = await proc.communicate()
+        assert proc.returncode is not None
+        return proc.returncode, err.decode().strip().splitlines()[-1]
+
+    as_nobody = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
+    assert await attempt(*as_nobody) == (
+        1,
+        "dev.netns.RigUnavailableError: the network-namespace test rig (dev/netns.py) needs "
+        "root (running as uid 65534; `ip netns add` needs root)",
+    )
+    assert await attempt(env={**os.environ, "PATH": "/nonexistent"}) == (
+        1,
+        "dev.netns.RigUnavailableError: the network-namespace test rig (dev/netns.py) needs "
+        "iproute2's `ip` (apt-get install iproute2; scripts/setup.sh does)",
+    )
