@@ -62,7 +62,7 @@ MARKER_DIR = Path("/run/factorylm-netns")  # one marker per rig: who made which 
 # flm-<creator pid>-<token>-<host>: the PID and token make names unique across runs and let a
 # later run find a killed run's leftovers.
 _OURS = re.compile(r"^flm-(\d+)-([0-9a-f]{4})-")
-_SITE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+_SITE = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")  # as a plant file's site name
 _CLONE_NEWNET = 0x40000000
 MAX_SITES = 200  # site i gets 10.x.0.(10 + i)
 
@@ -252,11 +252,20 @@ class ForwardStats:
 
 
 class Forwarder:
-    """centre_ip:port inside the central namespace → target_host:target_port in the root one."""
+    """Connections to `listen` carried to `target`: centre_ip:port in the central namespace to
+    the root namespace's loopback (`TestNetwork.forward`), or the other way, the root's
+    loopback to a port on a site's loopback (`TestNetwork.expose`, with `target_netns`)."""
 
-    def __init__(self, listen: tuple[str, int], target: tuple[str, int]) -> None:
+    def __init__(
+        self,
+        listen: tuple[str, int],
+        target: tuple[str, int],
+        *,
+        target_netns: str | None = None,
+    ) -> None:
         self.listen = listen
         self.target = target
+        self.target_netns = target_netns
         self.stats = ForwardStats()
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -277,7 +286,7 @@ class Forwarder:
         self._writers.add(writer)
         try:
             try:
-                up_reader, up_writer = await asyncio.open_connection(*self.target)
+                up_reader, up_writer = await self._connect()
             except OSError:
                 stats.failed += 1
                 return
@@ -295,6 +304,20 @@ class Forwarder:
             self._writers.discard(writer)
             stats.active -= 1
             self._tasks.discard(task)
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self.target_netns is None:
+            return await asyncio.open_connection(*self.target)
+        netns, target = self.target_netns, self.target
+
+        def connect() -> socket.socket:
+            sock = socket.create_connection(target, timeout=5)
+            sock.setblocking(False)
+            return sock
+
+        # Made by a thread inside the target namespace, then used from this loop as any other.
+        sock = await asyncio.get_running_loop().run_in_executor(None, in_netns, netns, connect)
+        return await asyncio.open_connection(sock=sock)
 
     async def _pipe(
         self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, *, up: bool
@@ -438,7 +461,7 @@ class TestNetwork:
         for name in sites:
             if not _SITE.match(name) or name == CENTRAL:
                 raise ValueError(
-                    f"site name {name!r}: lowercase letters, digits and '-', at most 32, "
+                    f"site name {name!r}: lowercase letters, digits and '-', at most 31, "
                     f"not {CENTRAL!r}"
                 )
         self.token = secrets.token_hex(2)
@@ -466,6 +489,7 @@ class TestNetwork:
         self.log_dir = log_dir or Path("/nonexistent")
         self.marker = MARKER_DIR / f"{self.prefix}.json"
         self._forwarders: dict[int, Forwarder] = {}
+        self._exposed: dict[tuple[str, int], Forwarder] = {}
         self._thread: _ForwarderThread | None = None
         self._processes: list[HostProcess] = []
         self._cut: set[str] = set()
@@ -603,7 +627,7 @@ class TestNetwork:
             step(functools.partial(_kill_netns_pids, name))
         if self._thread is not None:
             thread = self._thread
-            for fwd in self._forwarders.values():
+            for fwd in [*self._forwarders.values(), *self._exposed.values()]:
                 step(functools.partial(thread.stop_forwarder, fwd))
             step(thread.stop)
         for name in names:
@@ -687,7 +711,30 @@ class TestNetwork:
             sock.setblocking(False)
             return sock
 
-        sock = in_netns(self.central_netns, listen)
+        self._start_forwarder(fwd, in_netns(self.central_netns, listen))
+        self._forwarders[port] = fwd
+        return fwd
+
+    def forwarder(self, port: int) -> Forwarder:
+        return self._forwarders[port]
+
+    def expose(self, host: str, port: int) -> Forwarder:
+        """The test's own window into a host: a free port on the root namespace's loopback
+        (`.listen`) forwarded to 127.0.0.1:port inside `host`, so the test process can use an
+        ordinary client (a PLC driver to check a register, httpx on the fault control) on a
+        site's loopback. Not a network path: it does not cross the site's link, so a cut does
+        not affect it."""
+        key = (host, port)
+        if key in self._exposed:
+            return self._exposed[key]
+        sock = socket.create_server(("127.0.0.1", 0), backlog=128)
+        sock.setblocking(False)
+        fwd = Forwarder(sock.getsockname()[:2], ("127.0.0.1", port), target_netns=self.netns(host))
+        self._start_forwarder(fwd, sock)
+        self._exposed[key] = fwd
+        return fwd
+
+    def _start_forwarder(self, fwd: Forwarder, sock: socket.socket) -> None:
         if self._thread is None:
             self._thread = _ForwarderThread()
         try:
@@ -695,11 +742,6 @@ class TestNetwork:
         except BaseException:
             sock.close()
             raise
-        self._forwarders[port] = fwd
-        return fwd
-
-    def forwarder(self, port: int) -> Forwarder:
-        return self._forwarders[port]
 
     def site_env(self, settings: Settings, **overrides: str) -> dict[str, str]:
         """The caller's environment for a product process at a site: PostgreSQL and Temporal

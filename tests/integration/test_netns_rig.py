@@ -19,6 +19,8 @@ import pytest
 import yaml
 
 from dev.netns import CENTRAL, NETNS_DIR, TestNetwork
+from factorylm.drivers import driver_for
+from factorylm.plant import load_plant
 from factorylm.settings import Settings
 from helpers import TANK_METRICS, free_port, until
 
@@ -284,6 +286,17 @@ async def test_a_simulated_plant_runs_inside_a_site_and_only_that_site_reads_it(
         assert faults == {"tank-a": {"level": "step +6σ"}}
         after = json.loads((await net.exec_in("a", read)).stdout)
         assert after["level"] > 54.0  # +6σ of std 1 over 50, noise σ 0.6
+
+        # The test's own window onto the site's loopback: the product's driver, from here.
+        window = net.expose("a", 15020)
+        plc = load_plant(plant).plcs[0]
+        driver = driver_for(plc.model_copy(update={"port": window.listen[1]}), timeout_s=1.0)
+        try:
+            await driver.connect()
+            assert (await driver.read_points(list(plc.metrics)))["level"] > 54.0
+        finally:
+            await driver.close()
+        assert window.stats.connections == 1 and window.stats.bytes_down > 0
 
 
 # Starts a child that leaves the process group (a daemon would): only the rig's sweep of its
