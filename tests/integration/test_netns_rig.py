@@ -228,7 +228,9 @@ async def test_a_cut_link_stalls_that_site_like_a_pulled_cable_and_leaves_the_ot
         server.close()
 
 
-def tank_plant(path: Path, plc_id: str, port: int) -> Path:
+def tank_plant(path: Path, plc_id: str, port: int, *, level_mean: float = 50.0) -> Path:
+    metrics = [dict(m) for m in TANK_METRICS]
+    metrics[0] = {**metrics[0], "baseline": {"mean": level_mean, "std": 1.0}}
     raw = {
         "plcs": [
             {
@@ -237,7 +239,7 @@ def tank_plant(path: Path, plc_id: str, port: int) -> Path:
                 "protocol": "modbus_tcp",
                 "port": port,
                 "poll_interval_ms": 50,
-                "metrics": TANK_METRICS,
+                "metrics": metrics,
             }
         ]
     }
@@ -299,6 +301,18 @@ async def test_a_simulated_plant_runs_inside_a_site_and_only_that_site_reads_it(
         assert window.stats.connections == 1 and window.stats.bytes_down > 0
 
 
+async def test_two_sites_serve_their_own_plants_on_the_same_port(tmp_path: Path) -> None:
+    plants = {
+        site: tank_plant(tmp_path / f"{site}.yaml", f"tank-{site}", 15020, level_mean=mean)
+        for site, mean in (("a", 50.0), ("b", 80.0))
+    }
+    async with TestNetwork(["a", "b"]) as net:
+        await asyncio.gather(*(net.simulate(site, plant) for site, plant in plants.items()))
+        for site, mean in (("a", 50.0), ("b", 80.0)):
+            done = await net.exec_in(site, [sys.executable, "-c", READ_PLC, str(plants[site])])
+            assert abs(json.loads(done.stdout)["level"] - mean) < 2.0, (site, done.stdout)
+
+
 # Starts a child that leaves the process group (a daemon would): only the rig's sweep of its
 # namespaces can find it.
 ESCAPER = """
@@ -351,11 +365,13 @@ async def test_a_killed_runs_leftovers_are_removed_by_the_next_rig_and_lookalike
         sys.executable, "-c", KILLED_RUN, stdout=subprocess.PIPE, start_new_session=True
     )
     assert child.stdout is not None
-    line = await asyncio.wait_for(child.stdout.readline(), 30)
+    try:
+        line = await asyncio.wait_for(child.stdout.readline(), 30)
+    finally:
+        os.kill(child.pid, signal.SIGKILL)  # no cleanup runs: what a killed test run leaves
+        await child.wait()
     prefix, inside, logs = line.decode().split()
     inside_pid = int(inside)
-    os.kill(child.pid, signal.SIGKILL)  # no cleanup runs: what a killed test run leaves
-    await child.wait()
     assert sorted(rig_namespaces(prefix)) == [f"{prefix}-a", f"{prefix}-central"]
     assert pid_alive(inside_pid) and is_dir(logs)
     # Named like a rig of the same dead PID, but no marker proves it is one: left alone.
