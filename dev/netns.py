@@ -382,6 +382,7 @@ class HostProcess:
         self.argv = argv
         self.popen = popen
         self.log_path = log
+        self._terminated = False
 
     @property
     def pid(self) -> int:
@@ -418,12 +419,18 @@ class HostProcess:
         except TimeoutError as exc:
             raise TimeoutError(f"{exc}; its output ends: {self.output()[-2000:]}") from None
 
+    def terminate(self) -> None:
+        """SIGTERM to the whole group, once (a second one may cut a graceful stop short)."""
+        if not self._terminated and self.popen.poll() is None:
+            self._terminated = True
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGTERM)
+
     def stop(self, timeout_s: float = 10.0) -> int | None:
         """SIGTERM to the whole group, SIGKILL after `timeout_s`; then SIGKILL to whatever of
         the group outlived its leader. Returns the exit code."""
         if self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGTERM)
+            self.terminate()
             try:
                 self.popen.wait(timeout_s)
             except subprocess.TimeoutExpired:
@@ -620,6 +627,8 @@ class TestNetwork:
             except BaseException as exc:
                 errors.append(exc)
 
+        for proc in self._processes:  # all told at once, so they stop side by side
+            step(proc.terminate)
         for proc in self._processes:
             step(proc.stop)
         names = [*(s.netns for s in self.sites.values()), self.central_netns]
