@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import html
-import json
 import logging
 import math
 import re
@@ -37,6 +36,7 @@ from urllib.parse import parse_qs
 
 import asyncpg
 import numpy as np
+import orjson
 from starlette.requests import Request
 from starlette.responses import (
     FileResponse,
@@ -52,6 +52,7 @@ from temporalio.service import RPCError
 
 from activities.cmms import work_order_label
 from api.auth import READ, AccessGuard
+from api.serving import stopping
 from factorylm.api_tokens import ApiClient
 from factorylm.channels import SAMPLES_CHANNEL
 from factorylm.plant import Plant, PlantConfigError, load_plant
@@ -77,10 +78,9 @@ LIVE_LOOKBACK_S = 3
 # work orders change without new samples too).
 MIN_TICK_S = 0.1
 IDLE_TICK_S = 2.0
-# uvicorn's graceful shutdown waits for every open response: an event stream ends by itself
-# after this long and the browser reconnects (`retry`), so an open board never holds the API's
-# shutdown for longer than this.
-STREAM_LIFETIME_S = 10.0
+# An event stream lives until the server stops (api/serving.py `stopping`) or the browser
+# leaves; its token is checked again this often.
+TOKEN_RECHECK_S = 30.0
 STREAM_RETRY_MS = 300
 # Without browsers the listener stops after this long (longer than a reconnect takes).
 HUB_IDLE_STOP_S = 20.0
@@ -91,6 +91,7 @@ RESPONSES_CACHE_S = 2.0
 # update every this often (a browser's ages and countdowns tick on between).
 STATUS_EVERY_S = 1.5
 PAGE_MEMO_S = 1.0
+METRICS_CACHE_S = 5.0  # the baseline band of a page: at most this much older than the table
 PRIME_WAIT_S = 30.0  # past this the first page reads the database itself
 FRESH_LOOKBACK_S = 5
 MAX_OPEN_RESPONSES = 25
@@ -270,6 +271,7 @@ class BoardData:
         self._responses: tuple[float, list[tuple[Any, str]] | BaseException] | None = None
         self._refreshing: asyncio.Task[None] | None = None
         self._message_state: tuple[float, str] | None = None
+        self._heads: tuple[float, list[tuple[tuple[str, str], bytes]]] | None = None
 
     # -- trends ------------------------------------------------------------------------------
     async def metrics(self) -> list[MetricInfo]:
@@ -307,11 +309,40 @@ class BoardData:
             return None
         return await self._pool.fetchval("SELECT rolled_up_to FROM data_lifecycle LIMIT 1")
 
-    async def series(self, range_s: int, width: int, cache: TrendCache | None = None) -> str:
-        """Every metric's trend as JSON text, bucketed to the chart's width. PostgreSQL
-        averages the buckets and writes the arrays (as 4-byte floats: 7 digits are more
-        than a pixel can show), so the API only splices text: a 200-PLC board is thousands
-        of arrays, and encoding them in Python would be most of the request's time."""
+    async def heads(self) -> list[tuple[tuple[str, str], bytes]]:
+        """Each series' description (unit, baseline band, limits) as JSON without its closing
+        brace, in the page's order. Baselines are recomputed hours apart: read and encoded
+        again at most every METRICS_CACHE_S, not for every page."""
+        now = time.monotonic()
+        if self._heads is not None and now - self._heads[0] < METRICS_CACHE_S:
+            return self._heads[1]
+        heads = [
+            (
+                (info.plc_id, info.metric),
+                orjson.dumps(
+                    {
+                        "plc": info.plc_id,
+                        "metric": info.metric,
+                        "unit": info.unit,
+                        "mean": info.mean,
+                        "std": info.std,
+                        "threshold_sigma": info.threshold_sigma,
+                        "min": info.min,
+                        "max": info.max,
+                    }
+                )[:-1],
+            )
+            for info in await self.metrics()
+        ]
+        self._heads = (now, heads)
+        return heads
+
+    async def series(self, range_s: int, width: int, cache: TrendCache | None = None) -> bytes:
+        """Every metric's trend as JSON, bucketed to the chart's width: from the hub's memory
+        (numpy, encoded by orjson) for the default view, else PostgreSQL averages the buckets
+        and writes the arrays, so the API only splices bytes: a 200-PLC board is thousands
+        of arrays, and encoding them one value at a time in Python would be most of the
+        request's time."""
         points = max(MIN_WIDTH, min(width, MAX_WIDTH)) // 2
         step = max(1, math.ceil(range_s / points))
         span = timedelta(seconds=range_s)
@@ -319,35 +350,29 @@ class BoardData:
         # The grid every series shares: bucket i starts at t0 + i * step.
         now_s = int(time.time())
         t0 = ((now_s - range_s) // step) * step
+        data: dict[tuple[str, str], bytes]
         if cache is not None and cache.covers(range_s, step):
-            # In a thread: a 200-PLC window is tens of milliseconds of array work, during which
-            # the event loop keeps serving the live updates (a torn read of a bucket being
-            # written is one stale value for one tick).
+            # In a thread: the array work releases the GIL, so the event loop keeps serving
+            # the live updates meanwhile (a torn read of a bucket being written is one stale
+            # value for one tick).
             window = await asyncio.to_thread(cache.window, range_s, step, t0, now_s)
             data = dict(zip(cache.keys, window, strict=True))
         else:
             data = await self._bucketed(span, bucket, t0, step)
-        parts = []
-        for info in await self.metrics():
-            head = _dumps(
-                {
-                    "plc": info.plc_id,
-                    "metric": info.metric,
-                    "unit": info.unit,
-                    "mean": info.mean,
-                    "std": info.std,
-                    "threshold_sigma": info.threshold_sigma,
-                    "min": info.min,
-                    "max": info.max,
-                }
-            )
-            got = data.get((info.plc_id, info.metric), '{"i0":0,"v":[]}')
-            parts.append(head[:-1] + ',"data":' + got + "}")
-        return f'"range_s":{range_s},"step_s":{step},"t0":{t0},"series":[{",".join(parts)}]'
+        parts = [
+            head + b',"data":' + data.get(k, b'{"i0":0,"v":[]}') + b"}"
+            for k, head in await self.heads()
+        ]
+        return b'"range_s":%d,"step_s":%d,"t0":%d,"series":[%s]' % (
+            range_s,
+            step,
+            t0,
+            b",".join(parts),
+        )
 
     async def _bucketed(
         self, span: timedelta, bucket: timedelta, t0: int, step: int
-    ) -> dict[tuple[str, str], str]:
+    ) -> dict[tuple[str, str], bytes]:
         rolled = await self._rollups_until() if step >= 60 else None
         # Minutes already rolled up come from the rollups (one row per minute instead of
         # hundreds of samples), the rest from the raw samples.
@@ -392,12 +417,12 @@ class BoardData:
         )
         out = {}
         for r in rows:
-            sparse = json.loads(r["data"])
+            sparse = orjson.loads(r["data"])
             first = sparse["i"][0]
             dense: list[float | None] = [None] * (sparse["i"][-1] - first + 1)
             for i, v in zip(sparse["i"], sparse["v"], strict=True):
                 dense[i - first] = v
-            out[(r["plc_id"], r["metric"])] = f'{{"i0":{first},"v":{_dumps(dense)}}}'
+            out[(r["plc_id"], r["metric"])] = b'{"i0":%d,"v":%s}' % (first, orjson.dumps(dense))
         return out
 
     async def markers(self, range_s: int) -> list[dict[str, Any]]:
@@ -725,26 +750,34 @@ class BoardData:
             **(await self.recent()),
         }
 
-    async def initial(self, range_s: int, width: int, cache: TrendCache | None = None) -> str:
+    async def initial(
+        self,
+        range_s: int,
+        width: int,
+        cache: TrendCache | None = None,
+        status: dict[str, Any] | None = None,
+    ) -> bytes:
+        """The page's data. `status`: the hub's latest status sections, when they are recent
+        (the same the open browsers have), instead of reading them again."""
         series = await self.series(range_s, width, cache)
-        rest = _dumps(
+        rest = orjson.dumps(
             {
                 "plant": self.plant.name,
                 "markers": await self.markers(range_s),
-                **(await self.status()),
+                **(status if status is not None else await self.status()),
             }
         )
-        return "{" + series + "," + rest[1:]
+        return b"{" + series + b"," + rest[1:]
 
 
-def _round6(value: float | None) -> float | None:
-    if value is None or not math.isfinite(value):
-        return None
-    return float(f"{value:.6g}")
+def _round6(values: np.ndarray) -> np.ndarray:
+    """Six significant digits: what a trend can show, in half the JSON."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mag = np.where(values == 0, 1.0, 10.0 ** (5 - np.floor(np.log10(np.abs(values)))))
+        return np.round(values * mag) / mag
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+_NUMPY = orjson.OPT_SERIALIZE_NUMPY
 
 
 def _agents_summary(body: str) -> str:
@@ -797,35 +830,35 @@ class TrendCache:
             self._values[i, t[keep] % self.SPAN_S] = v[keep]
         self.primed = True
 
-    def put(self, plc: str, metric: str, sec: int, value: float | None) -> int | None:
-        """Stores one 1 s bucket; the series' index when that is news (a new or changed
-        bucket), None when browsers have it already."""
-        i = self._index.get((plc, metric))
-        if i is None or value is None:
-            return None
-        col = self._claim(sec)
-        if col is None or self._values[i, col] == value:
-            return None
-        self._values[i, col] = value
-        return i
+    def put(self, index: np.ndarray, secs: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Stores 1 s buckets (series index, second, value; one of each pair at most); which
+        of them are news (new or changed buckets) as a mask, the rest browsers have already."""
+        for sec in np.unique(secs).tolist():
+            self._claim(sec)
+        cols = secs % self.SPAN_S
+        # A second older than the ring is gone; a NaN (no finite sample) is no value.
+        news: np.ndarray = (self._stamp[cols] == secs) & ~np.isnan(values)
+        news &= self._values[index, cols] != values
+        self._values[index[news], cols[news]] = values[news]
+        return news
 
-    def recent(self, seconds: int) -> list[list[Any]]:
-        """The last `seconds` of every series as [series index, t, value]."""
+    def recent(self, seconds: int) -> bytes:
+        """The last `seconds` of every series, as the runs an update carries (`_runs`)."""
         if not self.primed:
-            return []
+            return b"[]"
         newest = int(self._stamp.max())
-        out: list[list[Any]] = []
+        runs: list[tuple[int, int, np.ndarray]] = []
         for sec in range(newest - seconds + 1, newest + 1):
             col = sec % self.SPAN_S
             if self._stamp[col] != sec:
                 continue
             column = self._values[:, col]
-            for i in np.flatnonzero(~np.isnan(column)).tolist():
-                out.append([i, sec, float(column[i])])
-        return out
+            index = np.flatnonzero(~np.isnan(column))
+            runs.extend(_column_runs(sec, index, column[index]))
+        return _encode_runs(runs)
 
-    def window(self, range_s: int, step: int, t0: int, now_s: int) -> list[str]:
-        """Each series' bucketed trend as {"i": [...], "v": [...]} JSON text."""
+    def window(self, range_s: int, step: int, t0: int, now_s: int) -> list[bytes]:
+        """Each series' bucketed trend as {"i0": first bucket, "v": [...]} JSON."""
         secs = np.arange(t0, now_s + 1, dtype=np.int64)
         cols = secs % self.SPAN_S
         m = self._values[:, cols]
@@ -834,30 +867,57 @@ class TrendCache:
         if pad:
             m = np.concatenate([m, np.full((m.shape[0], pad), np.nan)], axis=1)
         cells = m.reshape(m.shape[0], -1, step)
-        counts = np.count_nonzero(~np.isnan(cells), axis=2)
+        empty = np.isnan(cells)
+        counts = step - np.count_nonzero(empty, axis=2)
         with np.errstate(invalid="ignore", divide="ignore"):
-            means = np.nansum(cells, axis=2) / counts
-            # Six significant digits: what a trend can show, in half the JSON.
-            mag = np.where(means == 0, 1.0, 10.0 ** (5 - np.floor(np.log10(np.abs(means)))))
-            means = np.round(means * mag) / mag
+            means = np.where(empty, 0.0, cells).sum(axis=2) / counts
+        # C order: a row slice is then one contiguous block, which orjson encodes as is.
+        means = np.ascontiguousarray(_round6(means))
+        has = counts > 0
+        first = np.where(has.any(axis=1), has.argmax(axis=1), 0)
+        last = has.shape[1] - 1 - has[:, ::-1].argmax(axis=1)
         out = []
-        for row_counts, row_means in zip(counts, means, strict=True):
-            idx = np.flatnonzero(row_counts)
-            if not len(idx):
-                out.append('{"i0":0,"v":[]}')
+        for row, a, b, any_ in zip(
+            means, first.tolist(), last.tolist(), has.any(axis=1).tolist(), strict=True
+        ):
+            if not any_:
+                out.append(b'{"i0":0,"v":[]}')
                 continue
-            seg = row_means[idx[0] : idx[-1] + 1].tolist()
-            # An empty bucket (NaN) is a gap, null in JSON: the C encoder writes NaN, the
-            # replace makes it null (no value of a finite float contains those letters).
-            text = json.dumps(seg, separators=(",", ":")).replace("NaN", "null")
-            out.append(f'{{"i0":{idx[0]},"v":{text}}}')
+            # An empty bucket (NaN) is a gap: orjson writes NaN as null.
+            out.append(b'{"i0":%d,"v":%s}' % (a, orjson.dumps(row[a : b + 1], option=_NUMPY)))
         return out
+
+
+def _column_runs(
+    sec: int, index: np.ndarray, values: np.ndarray
+) -> list[tuple[int, int, np.ndarray]]:
+    """One second's points as runs of consecutive series indexes: [t, first index, values]."""
+    if not len(index):
+        return []
+    cuts = np.flatnonzero(np.diff(index) != 1) + 1
+    return [
+        (sec, int(i[0]), v)
+        for i, v in zip(np.split(index, cuts), np.split(values, cuts), strict=True)
+    ]
+
+
+def _encode_runs(runs: list[tuple[int, int, np.ndarray]]) -> bytes:
+    """[[t, i0, [v, ...]], ...]: an update's points, the series i0, i0+1, ... at second t. A
+    200-PLC plant's second is one run of 800 values, a third of the size of one
+    [index, t, value] triple per point."""
+    return orjson.dumps([[t, i0, np.ascontiguousarray(v)] for t, i0, v in runs], option=_NUMPY)
 
 
 class BoardHub:
     """One LISTEN connection and one reader per API process; every browser gets the same
     encoded event, and the 15 min trends are served from the hub's memory (TrendCache).
-    Started by the first browser, stopped a while after the last one left."""
+    Started by the first browser, stopped a while after the last one left.
+
+    An update carries what changed only: the points of new or changed 1 s buckets, and on
+    a status tick the collector rows whose state changed, every PLC's age (one number
+    each) and the other sections only where they differ from the last sent. The first event
+    of a stream (the replay) carries all of the last status, so a browser that connects
+    between two status ticks is as current as the others."""
 
     def __init__(self, settings: Settings, data: BoardData) -> None:
         self._settings = settings
@@ -865,13 +925,20 @@ class BoardHub:
         self._subscribers: set[asyncio.Queue[bytes | None]] = set()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._last_event: bytes | None = None
         self._woke: float | None = None  # when the first notify since the last update came
         self._last_use = time.monotonic()
         self._status_at = 0.0
+        # The last status ticked (monotonic time, sections), as the replay event's JSON, and
+        # what the updates last sent of each section.
+        self._status: tuple[float, dict[str, Any]] | None = None
+        self._replay: bytes | None = None
+        self._replay_points: bytes | None = None
+        self._sent: dict[str, bytes] = {}
+        self._sent_collectors: dict[str, bytes] = {}
         self.cache = TrendCache(data.keys())
+        self._keys = {k: i for i, k in enumerate(self.cache.keys)}
         self._primed = asyncio.Event()
-        self._pages: dict[tuple[int, int], tuple[float, str]] = {}
+        self._pages: dict[tuple[int, int], tuple[float, bytes]] = {}
         self.ticks = 0
         self.notifications = 0
 
@@ -886,16 +953,20 @@ class BoardHub:
 
     def subscribe(self) -> asyncio.Queue[bytes | None]:
         queue: asyncio.Queue[bytes | None] = asyncio.Queue(SUBSCRIBER_QUEUE)
-        if self._last_event is not None:
-            # A reconnecting browser is current at once: the last status, and the last seconds
-            # of points it may have missed between its page load (or last stream) and now.
-            points = _dumps(self.cache.recent(LIVE_LOOKBACK_S + math.ceil(PAGE_MEMO_S) + 1))
-            queue.put_nowait(self._last_event + b'"p":' + points.encode() + b"}\n\n")
+        if self._replay is not None:
+            # A connecting browser is current at once: the last status, and the last seconds
+            # of points it may have missed since its page load. Encoded once per tick for all
+            # who connect meanwhile.
+            if self._replay_points is None:
+                self._replay_points = self.cache.recent(
+                    LIVE_LOOKBACK_S + math.ceil(PAGE_MEMO_S) + 1
+                )
+            queue.put_nowait(self._replay + b',"p":' + self._replay_points + b"}\n\n")
         self._subscribers.add(queue)
         self._ensure_running()
-        if self._last_event is None:
+        if self._replay is None:
             # The first browser: an update at once. Later ones got the last status above and
-            # must not wake the hub (50 reconnecting browsers would make every notify wait
+            # must not wake the hub (many connecting browsers would make every notify wait
             # for the rate limit).
             self._wake.set()
         return queue
@@ -904,7 +975,7 @@ class BoardHub:
         self._subscribers.discard(queue)
         self._last_use = time.monotonic()
 
-    async def page_data(self, range_s: int, width: int) -> str:
+    async def page_data(self, range_s: int, width: int) -> bytes:
         """The page's data; browsers that load the same view within PAGE_MEMO_S share one
         encoding of it (what happened since reaches them with their first update, which
         carries the last seconds of points)."""
@@ -918,7 +989,13 @@ class BoardHub:
         memo = self._pages.get((range_s, width))
         if memo is not None and now - memo[0] < PAGE_MEMO_S and self.cache.primed:
             return memo[1]
-        body = await self._data.initial(range_s, width, self.cache)
+        # With browsers open the hub reads the status sections every STATUS_EVERY_S (on the
+        # first tick past it, at most IDLE_TICK_S later): the page gets those, what its first
+        # update's replay carries too, rather than a second read.
+        status = None
+        if self._status is not None and now - self._status[0] < STATUS_EVERY_S + IDLE_TICK_S:
+            status = self._status[1]
+        body = await self._data.initial(range_s, width, self.cache, status)
         if self.cache.primed:
             self._pages = {(range_s, width): (now, body)} | {
                 k: v for k, v in self._pages.items() if now - v[0] < PAGE_MEMO_S
@@ -926,14 +1003,22 @@ class BoardHub:
         return body
 
     async def close(self) -> None:
+        """Stops the listener and ends every open stream (the API is stopping)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
         for queue in list(self._subscribers):
-            with contextlib.suppress(asyncio.QueueFull):
-                queue.put_nowait(None)
+            self._end(queue)
+
+    def _end(self, queue: asyncio.Queue[bytes | None]) -> None:
+        """The stream ends after what it has queued (None is its end)."""
+        self._subscribers.discard(queue)
+        if queue.full():
+            with contextlib.suppress(asyncio.QueueEmpty):
+                queue.get_nowait()
+        queue.put_nowait(None)
 
     def _notified(self, *_args: object) -> None:
         self.notifications += 1
@@ -989,35 +1074,97 @@ class BoardHub:
 
     async def tick(self, woke: float | None = None) -> bytes | None:
         """Reads the new points once (into the cache) and, with browsers open, makes the one
-        update they all get: the 1 s buckets that are new or changed, as [series index, t,
-        value] (the index into the page's series list), and every STATUS_EVERY_S the
-        status sections. `woke`: when the notify that asked for it arrived (the benchmark
-        measures from there to each browser)."""
-        rows = await self._data.live_rows()
-        points = []
-        for r in rows:
-            value = _round6(r["v"])
-            i = self.cache.put(r["plc_id"], r["metric"], r["t"], value)
-            if i is not None:
-                points.append([i, r["t"], value])
+        update they all get: the 1 s buckets that are new or changed, as runs [t, first
+        series index, [values]] (indexes into the page's series list), and every
+        STATUS_EVERY_S what changed of the status sections. `woke`: when the notify that
+        asked for it arrived (the benchmark measures from there to each browser)."""
+        status_due = bool(self._subscribers) and (
+            time.monotonic() - self._status_at >= STATUS_EVERY_S
+        )
+        # One round trip's time for all three: the pool has a connection for each.
+        rows, markers, status = await asyncio.gather(
+            self._data.live_rows(),
+            self._data.markers(LIVE_LOOKBACK_S * 15) if self._subscribers else _none(),
+            self._data.status() if status_due else _none(),
+        )
+        runs = self._store(rows)
         self.ticks += 1
         if not self._subscribers:
             return None
-        payload: dict[str, Any] = {
-            "woke": woke if woke is not None else time.time(),
-            "now": time.time(),
-            "markers": await self._data.markers(LIVE_LOOKBACK_S * 15),
-        }
-        if time.monotonic() - self._status_at >= STATUS_EVERY_S:
-            status = await self._data.status()
-            payload |= status
+        payload: dict[str, Any] = {"woke": woke if woke is not None else time.time()}
+        payload["now"] = time.time()
+        marks = orjson.dumps(markers)
+        fresh = marks != self._sent.get("markers")
+        if fresh:
+            payload["markers"] = markers
+            self._sent["markers"] = marks
+        if status is not None:
             self._status_at = time.monotonic()
-            # What a browser that connects meanwhile gets first (no "woke": it is no update).
-            replay = _dumps({"now": status["now"], "markers": payload["markers"], **status})
-            self._last_event = f"event: update\ndata: {replay[:-1]},".encode()
+            payload |= self._status_delta(status)
+            self._status = (self._status_at, status)
+        if (fresh or status is not None) and self._status is not None:
+            # What a browser that connects meanwhile gets first (no "woke": it is no update):
+            # everything the updates so far told the others.
+            last = self._status[1]
+            self._replay = (
+                b"event: update\ndata: "
+                + orjson.dumps({"markers": markers, **last, "ages": self._ages(last)})[:-1]
+            )
         payload["built"] = time.time()
-        head = _dumps(payload)
-        return f'event: update\ndata: {head[:-1]},"p":{_dumps(points)}}}\n\n'.encode()
+        return b'event: update\ndata: %s,"p":%s}\n\n' % (orjson.dumps(payload)[:-1], runs)
+
+    def _store(self, rows: list[asyncpg.Record]) -> bytes:
+        """The live rows into the cache; the news among them as an update's runs."""
+        found = [(self._keys.get((r["plc_id"], r["metric"])), r["t"], r["v"]) for r in rows]
+        found = [f for f in found if f[0] is not None]
+        if not found:
+            return b"[]"
+        index = np.fromiter((f[0] for f in found), np.int64, len(found))
+        secs = np.fromiter((f[1] for f in found), np.int64, len(found))
+        values = _round6(
+            np.fromiter((np.nan if f[2] is None else f[2] for f in found), np.float64, len(found))
+        )
+        news = self.cache.put(index, secs, values)
+        if not news.any():
+            return b"[]"
+        self._replay_points = None  # the replay's points: encoded again at the next connect
+        index, secs, values = index[news], secs[news], values[news]
+        order = np.lexsort((index, secs))
+        index, secs, values = index[order], secs[order], values[order]
+        runs: list[tuple[int, int, np.ndarray]] = []
+        for sec in np.unique(secs).tolist():
+            at = secs == sec
+            runs.extend(_column_runs(sec, index[at], values[at]))
+        return _encode_runs(runs)
+
+    def _status_delta(self, status: dict[str, Any]) -> dict[str, Any]:
+        """The status sections for an update: collector rows whose state changed, the
+        ages of all, and responses and recent activity where they changed."""
+        out: dict[str, Any] = {"ages": self._ages(status)}
+        changed = []
+        for c in status["collectors"]:
+            mark = orjson.dumps([c["state"], c["errors"], c["last_error"]])
+            if self._sent_collectors.get(c["plc"]) != mark:
+                self._sent_collectors[c["plc"]] = mark
+                changed.append(c)
+        if changed:
+            out["collectors"] = changed
+        responses = orjson.dumps(status["responses"])
+        if responses != self._sent.get("responses"):
+            self._sent["responses"] = responses
+            out["responses"] = status["responses"]
+        recent = {k: status[k] for k in ("writes", "work_orders", "messages", "message_state")}
+        encoded = orjson.dumps(recent)
+        if encoded != self._sent.get("recent"):
+            self._sent["recent"] = encoded
+            out |= recent
+        return out
+
+    @staticmethod
+    def _ages(status: dict[str, Any]) -> list[float | None]:
+        """Each PLC's last sample age in the plant file's order (the page's table rows),
+        to a tenth of a second as the board shows it."""
+        return [None if c["age_s"] is None else round(c["age_s"], 1) for c in status["collectors"]]
 
     def publish(self, event: bytes) -> None:
         for queue in list(self._subscribers):
@@ -1026,10 +1173,11 @@ class BoardHub:
             except asyncio.QueueFull:
                 # A browser this far behind gets nothing more on this stream: its EventSource
                 # reconnects and starts from the latest event.
-                self._subscribers.discard(queue)
-                with contextlib.suppress(asyncio.QueueEmpty):
-                    queue.get_nowait()
-                queue.put_nowait(None)
+                self._end(queue)
+
+
+async def _none() -> None:
+    return None
 
 
 # -- routes ------------------------------------------------------------------------------------
@@ -1042,6 +1190,7 @@ class BoardRoutes:
         self._plant: Plant | None = None
         self._data: BoardData | None = None
         self._hub: BoardHub | None = None
+        self._watch: asyncio.Task[None] | None = None
         self._client = client
         self._pool = pool
         self._secure = settings.public_url.startswith("https://")
@@ -1163,21 +1312,28 @@ class BoardRoutes:
             return who
         if down := self._unavailable():
             return down
+        stop = stopping(request.app)
+        if stop.is_set():
+            # Shutting down: a stream opened now would hold the server's exit again.
+            return PlainTextResponse("the API is stopping", 503)
         hub = self.hub
+        if self._watch is None or self._watch.done():
+            self._watch = asyncio.create_task(self._end_streams_on(stop, hub))
         queue = hub.subscribe()
 
         async def stream() -> AsyncIterator[bytes]:
-            deadline = time.monotonic() + STREAM_LIFETIME_S
+            # The token is checked again now and then: a revoked one's stream ends, and the
+            # browser's reconnect is refused (its page then shows the sign-in).
+            recheck = time.monotonic() + TOKEN_RECHECK_S
             try:
                 yield f"retry: {STREAM_RETRY_MS}\n\n".encode()
-                while (left := deadline - time.monotonic()) > 0:
-                    try:
-                        event = await asyncio.wait_for(queue.get(), left)
-                    except TimeoutError:
-                        break
-                    if event is None:
-                        break
+                # The hub sends at least every IDLE_TICK_S; None is the stream's end.
+                while (event := await queue.get()) is not None:
                     yield event
+                    if time.monotonic() >= recheck:
+                        if isinstance(await self._reader(request), Response):
+                            break
+                        recheck = time.monotonic() + TOKEN_RECHECK_S
             finally:
                 hub.unsubscribe(queue)
 
@@ -1186,6 +1342,13 @@ class BoardRoutes:
             media_type="text/event-stream",
             headers={"cache-control": "no-store", "x-accel-buffering": "no"},
         )
+
+    @staticmethod
+    async def _end_streams_on(stop: asyncio.Event, hub: BoardHub) -> None:
+        """Ends every open stream when the server begins to stop (its graceful shutdown
+        waits for open responses)."""
+        await stop.wait()
+        await hub.close()
 
     async def static(self, request: Request) -> Response:
         entry = _STATIC.get(request.path_params["name"])

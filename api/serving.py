@@ -3,6 +3,10 @@ beside it (the simulator's fault control, the fakes of hosted services in the de
 
 uvicorn normally installs its own SIGINT/SIGTERM handlers; here the host process owns them,
 so that Ctrl-C stops the ingest (which flushes every accepted sample) before the API.
+
+uvicorn's graceful shutdown waits for every open response, and a long-lived one (the board's
+event streams) would hold it forever: `stopping(app)` is an event set when the server begins
+to stop, for such responses to end themselves first.
 """
 
 from __future__ import annotations
@@ -23,12 +27,21 @@ class EmbeddedUvicorn(uvicorn.Server):
         yield
 
 
+def stopping(app: Starlette) -> asyncio.Event:
+    """Set when the server serving `app` begins to stop (never, for an app served otherwise)."""
+    event: asyncio.Event | None = getattr(app.state, "stopping", None)
+    if event is None:
+        event = app.state.stopping = asyncio.Event()
+    return event
+
+
 class AppServer:
     """One Starlette app on host:port, started and stopped from the caller's loop."""
 
     def __init__(self, app: Starlette, host: str, port: int) -> None:
         self.host = host
         self.port = port
+        self._stopping = stopping(app)
         self._server = EmbeddedUvicorn(
             uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
         )
@@ -49,6 +62,7 @@ class AppServer:
 
     async def stop(self) -> None:
         if self._task is not None:
+            self._stopping.set()
             self._server.should_exit = True
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None

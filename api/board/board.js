@@ -289,37 +289,42 @@
     s.last.textContent = "no data";
   }
 
-  function addPoints(points) {
+  function addPoints(runs) {
+    // Runs [t, i0, [v, ...]]: the 1 s buckets at second t of the series i0, i0 + 1, ...
+    // (indexes into the page's series list; the server keeps the same order).
+    for (const [t, i0, vs] of runs) vs.forEach((v, j) => addPoint(i0 + j, t, v));
+  }
+
+  function addPoint(i, t, v) {
+    if (v === null) return;
+    const k = state.order[i];
+    const s = k === undefined ? undefined : state.series.get(k);
+    if (!s) return;
     const step = state.step;
-    const oldest = now() - state.rangeS;
-    for (const [i, t, v] of points) {
-      if (v === null) continue;
-      // The index into the page's series list (the server keeps the same order).
-      const k = state.order[i];
-      const s = k === undefined ? undefined : state.series.get(k);
-      if (!s) continue;
-      const bucket = Math.floor(t / step) * step;
-      const lastT = s.t.length ? s.t[s.t.length - 1] : -Infinity;
-      if (bucket > lastT) {
-        s.t.push(bucket);
-        s.v.push(v);
-        s.subBucket = bucket;
-        s.subs = new Map([[t, v]]);
-      } else if (bucket === lastT) {
-        if (s.subBucket !== bucket) { s.subBucket = bucket; s.subs = new Map(); }
-        s.subs.set(t, v);
-        let sum = 0;
-        for (const x of s.subs.values()) sum += x;
-        s.v[s.v.length - 1] = sum / s.subs.size;
-      } else {
-        continue; // an older bucket: the page's data already has it
-      }
-      while (s.t.length && s.t[0] < oldest) { s.t.shift(); s.v.shift(); }
-      state.dirty.add(k);
+    const bucket = Math.floor(t / step) * step;
+    const lastT = s.t.length ? s.t[s.t.length - 1] : -Infinity;
+    if (bucket > lastT) {
+      s.t.push(bucket);
+      s.v.push(v);
+      s.subBucket = bucket;
+      s.subs = new Map([[t, v]]);
+    } else if (bucket === lastT) {
+      if (s.subBucket !== bucket) { s.subBucket = bucket; s.subs = new Map(); }
+      s.subs.set(t, v);
+      let sum = 0;
+      for (const x of s.subs.values()) sum += x;
+      s.v[s.v.length - 1] = sum / s.subs.size;
+    } else {
+      return; // an older bucket: the page's data already has it
     }
+    const oldest = now() - state.rangeS;
+    while (s.t.length && s.t[0] < oldest) { s.t.shift(); s.v.shift(); }
+    state.dirty.add(k);
   }
 
   function addMarkers(markers) {
+    // An update carries the markers only when they changed.
+    if (!markers) return;
     for (const m of markers) {
       const k = key(m.plc, m.metric);
       if (!state.markers.has(k)) state.markers.set(k, new Map());
@@ -359,6 +364,17 @@
       if (c.last_error) cell.title = c.last_error;
       state.lastGood.set(c.plc, c.age_s === null ? null : t - c.age_s);
     }
+    tickAges();
+  }
+
+  function applyAges(ages) {
+    // Every PLC's last sample age, in the order of the page's table (the plant file's):
+    // collector rows come only when their state changed, the ages on every status update.
+    const t = now();
+    document.querySelectorAll("#plcs tr[data-plc]").forEach((row, i) => {
+      const age = ages[i];
+      if (age !== undefined) state.lastGood.set(row.dataset.plc, age === null ? null : t - age);
+    });
     tickAges();
   }
 
@@ -446,9 +462,11 @@
   }
 
   function applyStatus(d) {
-    // Updates carry the status sections only every second or two; points come in all.
+    // Updates carry the status sections only every second or two, and only what changed;
+    // points come in all.
     state.skew = d.now - Date.now() / 1000;
     if (d.collectors) applyCollectors(d.collectors);
+    if (d.ages) applyAges(d.ages);
     if (d.responses) applyResponses(d.responses);
     if (d.writes) applyRecent(d);
   }
@@ -482,8 +500,9 @@
       requestAnimationFrame(redraw);
     });
     source.addEventListener("error", () => {
-      // The server ends each stream after a few seconds and the browser reconnects; a
-      // closed source means it was refused (a revoked token): show the sign-in page.
+      // The server ends a stream when it stops or the token must be checked again, and the
+      // browser reconnects; a closed source means it was refused (a revoked token): show
+      // the sign-in page.
       if (source.readyState === EventSource.CLOSED) location.reload();
     });
   }

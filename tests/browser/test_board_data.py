@@ -70,6 +70,11 @@ def _values_by_time(payload: dict[str, Any], plc: str, metric: str) -> dict[floa
     }
 
 
+def _points(update: dict[str, Any]) -> list[list[Any]]:
+    """An update's runs [t, first series index, [values]] as [index, t, value] points."""
+    return [[i0 + j, t, v] for t, i0, values in update.get("p", []) for j, v in enumerate(values)]
+
+
 async def _insert(pool: asyncpg.Pool, rows: list[tuple[datetime, str, str, float]]) -> None:
     async with pool.acquire() as conn:
         await conn.copy_records_to_table(
@@ -130,8 +135,8 @@ async def test_the_15_minutes_from_memory_equal_the_databases(
     cache = TrendCache(data.keys())
     await data.prime(cache)
     for width in (600, 284):
-        from_db = json.loads("{" + await data.series(900, width) + "}")
-        from_memory = json.loads("{" + await data.series(900, width, cache) + "}")
+        from_db = json.loads(b"{" + await data.series(900, width) + b"}")
+        from_memory = json.loads(b"{" + await data.series(900, width, cache) + b"}")
         assert from_db["step_s"] == from_memory["step_s"]
         db_values = _values_by_time(from_db, plc, "level")
         memory_values = _values_by_time(from_memory, plc, "level")
@@ -183,7 +188,7 @@ async def test_one_listener_fans_each_update_out_to_every_browser(
             point = [0, int(now), 42.5]  # series 0: the plant file's first metric
 
             def both_have_it() -> bool:
-                return all(any(point in u.get("p", []) for u in updates) for updates in got)
+                return all(any(point in _points(u) for u in updates) for updates in got)
 
             await until("the point in both browsers", both_have_it)
             first.cancel()
