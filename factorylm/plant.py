@@ -196,6 +196,9 @@ class OpcUa(_Strict):
 
 class Plc(_Strict):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    # The site the PLC is at: set by the plant file's loader from the site it is listed under
+    # (a PLC that names one must name that one).
+    site: str = ""
     vendor: str
     protocol: Protocol
     host: str = "127.0.0.1"
@@ -307,6 +310,7 @@ class CatalogAction(_Strict):
     """An action the system may propose. Nothing outside the catalog ever reaches a PLC."""
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    site: str = ""  # set by the loader, like a PLC's: an action belongs to one site's catalog
     description: str
     kind: ActionKind
     policy: Policy
@@ -352,14 +356,66 @@ class MqttPublish(_Strict):
         return self.port
 
 
-class Plant(_Strict):
-    name: str = "plant"
+SITE_NAME = r"^[a-z0-9][a-z0-9-]{0,30}$"
+# A single-site plant file's site, when it names none and the plant has no name either.
+DEFAULT_SITE = "plant"
+
+
+def _tagged(items: object, site: str, what: str) -> object:
+    """The site's PLCs or actions, each marked with the site (a raw mapping or a model)."""
+    if not isinstance(items, list):
+        return items  # the field's own validation says what is wrong
+    out: list[object] = []
+    for item in items:
+        if isinstance(item, dict):
+            named = item.get("site")
+            if named not in (None, "", site):
+                label = item.get("id") or item.get("name") or "?"
+                raise ValueError(
+                    f"{what} {label!r} names site {named!r} but is listed under {site!r}"
+                )
+            item = {**item, "site": site}
+        elif isinstance(item, Plc | CatalogAction) and item.site != site:
+            if item.site:
+                raise ValueError(
+                    f"{what} {item.name if isinstance(item, CatalogAction) else item.id!r} "
+                    f"names site {item.site!r} but is listed under {site!r}"
+                )
+            item = item.model_copy(update={"site": site})
+        out.append(item)
+    return out
+
+
+class Site(_Strict):
+    """One site of the plant: its PLCs, its action catalog, who may approve its writes and,
+    optionally, its own Trello board. One edge process (`factorylm edge --site NAME`) serves
+    one site and holds only this site's catalog, so it cannot write another site's PLCs."""
+
+    name: str = Field(pattern=SITE_NAME)
     plcs: list[Plc] = Field(min_length=1)
     actions: list[CatalogAction] = Field(default_factory=list)
-    publish: MqttPublish | None = None
+    # Who may approve this site's writes: phone numbers (E.164), or a roster file (a path
+    # relative to the plant file). Unset: the deployment's FACTORYLM_APPROVERS/ROSTER_FILE.
+    approvers: list[str] | None = None
+    roster: Path | None = None
+    trello_board: str | None = Field(default=None, min_length=1, max_length=64)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mark(cls, data: object) -> object:
+        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+            return data
+        name = data["name"]
+        if not data.get("plcs"):
+            raise ValueError(f"site {name} has no PLCs: an empty site serves nothing")
+        return {
+            **data,
+            "plcs": _tagged(data.get("plcs"), name, "PLC"),
+            "actions": _tagged(data.get("actions", []), name, "action"),
+        }
 
     @model_validator(mode="after")
-    def _references(self) -> Plant:
+    def _references(self) -> Site:
         ids = [p.id for p in self.plcs]
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
@@ -372,7 +428,9 @@ class Plant(_Strict):
                 continue
             plc = self.plc(action.plc)
             if plc is None:
-                raise ValueError(f"action {action.name!r}: unknown PLC {action.plc!r}")
+                raise ValueError(
+                    f"action {action.name!r}: unknown PLC {action.plc!r} (not at site {self.name})"
+                )
             if action.setpoint is not None:
                 sp = plc.setpoint(action.setpoint)
                 if sp is None:
@@ -390,14 +448,114 @@ class Plant(_Strict):
     def plc(self, plc_id: str) -> Plc | None:
         return next((p for p in self.plcs if p.id == plc_id), None)
 
-    def action(self, name: str) -> CatalogAction | None:
-        return next((a for a in self.actions if a.name == name), None)
+
+# What a site has; a one-site plant file has them at its top level.
+_SITE_KEYS = ("plcs", "actions", "approvers", "roster", "trello_board")
+
+
+class Plant(_Strict):
+    """The whole plant: its sites (one, for a plant file without `sites:`), and where the
+    product publishes its events. The central stack loads all of it; an edge process only its
+    own site (`for_site`)."""
+
+    name: str = "plant"
+    sites: list[Site] = Field(min_length=1)
+    publish: MqttPublish | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_site(cls, data: object) -> object:
+        """A plant file without `sites:` is one site: its PLCs and actions at the top level,
+        named by `site:` (the plant's name if unset)."""
+        if not isinstance(data, dict) or "sites" in data:
+            if isinstance(data, dict):
+                stray = [k for k in ("site", *_SITE_KEYS) if k in data]
+                if stray:
+                    raise ValueError(
+                        f"a plant file with sites: lists {', '.join(stray)} under each site, "
+                        "not at the top level"
+                    )
+            return data
+        rest = {k: v for k, v in data.items() if k != "site" and k not in _SITE_KEYS}
+        site = data.get("site") or data.get("name") or DEFAULT_SITE
+        entry = {"name": site, **{k: data[k] for k in _SITE_KEYS if k in data}}
+        return {**rest, "sites": [entry]}
+
+    @model_validator(mode="after")
+    def _unique(self) -> Plant:
+        names = [s.name for s in self.sites]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"site names must be unique, repeated: {', '.join(dupes)}")
+        claimed: dict[str, str] = {}
+        for site in self.sites:
+            for plc in site.plcs:
+                other = claimed.setdefault(plc.id, site.name)
+                if other != site.name:
+                    raise ValueError(
+                        f"PLC id {plc.id!r} is claimed by two sites, {other} and {site.name}: "
+                        "a PLC id names one PLC in the whole plant"
+                    )
+        return self
+
+    @property
+    def plcs(self) -> list[Plc]:
+        """Every PLC of every site."""
+        return [p for s in self.sites for p in s.plcs]
+
+    @property
+    def actions(self) -> list[CatalogAction]:
+        """Every site's catalog; an action's `site` says whose."""
+        return [a for s in self.sites for a in s.actions]
+
+    @property
+    def site_names(self) -> list[str]:
+        return [s.name for s in self.sites]
+
+    def site(self, name: str) -> Site | None:
+        return next((s for s in self.sites if s.name == name), None)
+
+    def for_site(self, name: str) -> Plant:
+        """This plant as one site sees it: that site's PLCs and catalog only."""
+        site = self.site(name)
+        if site is None:
+            raise PlantConfigError(
+                f"unknown site {name!r}; this plant's sites are {', '.join(self.site_names)}"
+            )
+        return self.model_copy(update={"sites": [site]})
+
+    @property
+    def only_site(self) -> Site:
+        """The site of a one-site plant (an edge's view); a many-site plant has no such."""
+        if len(self.sites) != 1:
+            raise PlantConfigError(
+                f"the plant has {len(self.sites)} sites ({', '.join(self.site_names)}): name "
+                "one (`factorylm edge --site NAME`, FACTORYLM_SITE)"
+            )
+        return self.sites[0]
+
+    def plc(self, plc_id: str) -> Plc | None:
+        return next((p for s in self.sites for p in s.plcs if p.id == plc_id), None)
+
+    def action(self, name: str, site: str | None = None) -> CatalogAction | None:
+        """A catalog action by name: of `site`, or of the only site. Two sites may each have
+        an action of one name, so a many-site plant needs the site."""
+        sites = [self.site(site)] if site is not None else self.sites
+        found = [a for s in sites if s is not None for a in s.actions if a.name == name]
+        if len(found) > 1:
+            raise PlantConfigError(
+                f"action {name!r} is in the catalogs of sites "
+                f"{', '.join(a.site for a in found)}: name the site"
+            )
+        return found[0] if found else None
 
 
 def _describe(exc: ValidationError, raw: dict[str, object]) -> str:
     parts = []
     for err in exc.errors():
         loc = list(err["loc"])
+        if "sites" not in raw and loc[:2] == ["sites", 0]:
+            loc = loc[2:]  # a one-site file: say where it is in the file as written
         where = []
         # Name PLCs and actions by id rather than list index: "plcs[press-1].metrics[2].offset".
         node: object = raw
@@ -425,7 +583,60 @@ def load_plant(path: Path) -> Plant:
         raise PlantConfigError(f"{path}: not valid YAML ({exc})") from exc
     if not isinstance(raw, dict):
         raise PlantConfigError(f"{path}: expected a mapping with 'plcs' and 'actions'")
+    if isinstance(raw.get("sites"), list):
+        raw = {**raw, "sites": [_site_entry(path, entry) for entry in raw["sites"]]}
+    elif isinstance(raw.get("roster"), str):
+        raw = {**raw, "roster": str(path.parent / raw["roster"])}
     try:
-        return Plant.model_validate(raw)
+        plant = Plant.model_validate(raw)
     except ValidationError as exc:
         raise PlantConfigError(f"{path}: {_describe(exc, raw)}") from exc
+    return plant
+
+
+MAX_SITE_FILE_BYTES = 4 * 1024 * 1024
+
+
+def _site_entry(path: Path, entry: object) -> object:
+    """A `sites:` entry as the plant model takes it: a `file:` entry read from its own plant
+    file (beside this one), a roster path made relative to the file that names it."""
+    if not isinstance(entry, dict):
+        return entry
+    name = entry.get("name", "?")
+    if "file" in entry:
+        extra = sorted(set(entry) - {"name", "file"})
+        if extra:
+            raise PlantConfigError(
+                f"{path}: sites[{name}]: a site with file: has everything else in that file "
+                f"({', '.join(extra)} found here)"
+            )
+        site_path = path.parent / str(entry["file"])
+        try:
+            if site_path.stat().st_size > MAX_SITE_FILE_BYTES:
+                raise PlantConfigError(f"{site_path}: larger than {MAX_SITE_FILE_BYTES} bytes")
+            site_raw = yaml.safe_load(site_path.read_text())
+        except OSError as exc:
+            raise PlantConfigError(
+                f"{path}: sites[{name}]: cannot read site file {site_path} ({exc.strerror})"
+            ) from exc
+        except yaml.YAMLError as exc:
+            raise PlantConfigError(f"{site_path}: not valid YAML ({exc})") from exc
+        if not isinstance(site_raw, dict):
+            raise PlantConfigError(f"{site_path}: expected a mapping with 'plcs' and 'actions'")
+        unknown = sorted(set(site_raw) - {*_SITE_KEYS, "name", "site"})
+        if unknown:
+            raise PlantConfigError(
+                f"{site_path}: a site file has {', '.join(_SITE_KEYS)}; not {', '.join(unknown)}"
+            )
+        named = site_raw.get("site")
+        if named not in (None, name):
+            raise PlantConfigError(
+                f"{site_path}: names site {named!r} but {path} lists it as {name!r}"
+            )
+        base = site_path.parent
+        entry = {"name": name, **{k: site_raw[k] for k in _SITE_KEYS if k in site_raw}}
+    else:
+        base = path.parent
+    if isinstance(entry.get("roster"), str):
+        entry = {**entry, "roster": str(base / entry["roster"])}
+    return entry
