@@ -19,16 +19,26 @@ from factorylm.models.drift import (
     ResponsePlan,
 )
 from factorylm.plant import ActionKind, CatalogAction, Plant
-from factorylm.roster import load_roster
+from factorylm.roster import Roster, load_roster, site_settings
 from factorylm.settings import Settings
 
 
+def alert_site(plant: Plant, alert: DriftAlert) -> str:
+    """The alert's site; an alert recorded before sites names none: its PLC's."""
+    if alert.site:
+        return alert.site
+    plc = plant.plc(alert.plc_id)
+    return plc.site if plc is not None else plant.sites[0].name
+
+
 def applicable_actions(plant: Plant, alert: DriftAlert) -> list[CatalogAction]:
-    """Catalog actions that answer this metric on this PLC, whatever the magnitude."""
+    """The alert's site's catalog actions that answer this metric on this PLC, whatever the
+    magnitude: another site's catalog never answers (its edge alone could write it)."""
+    site = alert_site(plant, alert)
     return [
         a
         for a in plant.actions
-        if alert.metric in a.metrics and (a.plc is None or a.plc == alert.plc_id)
+        if a.site == site and alert.metric in a.metrics and (a.plc is None or a.plc == alert.plc_id)
     ]
 
 
@@ -39,6 +49,7 @@ def _proposal(action: CatalogAction, reason: str) -> ActionProposal:
         policy=action.policy,
         description=action.description,
         reason=reason,
+        site=action.site,
         plc_id=action.plc,
         setpoint=action.setpoint,
         value=action.value,
@@ -77,20 +88,27 @@ class PlanningActivities:
     def __init__(self, plant: Plant, settings: Settings) -> None:
         self._plant = plant
         self._settings = settings
-        self._roster = load_roster(settings)  # invalid: the worker does not start
+        # Each site's approvers and roster (a site may name its own); invalid: the worker
+        # does not start.
+        self._sites: dict[str, tuple[Settings, Roster | None]] = {}
+        for site in plant.sites:
+            own = site_settings(settings, site)
+            self._sites[site.name] = (own, load_roster(own))
 
     @activity.defn(name="plan_response")
     async def plan_response(self, req: PlanResponseInput) -> ResponsePlan:
         proposal = gate_proposals(self._plant, req.alert, list(req.proposals))
-        approvers = list(self._settings.approvers)
+        site = alert_site(self._plant, req.alert)
+        settings, roster = self._sites.get(site, (self._settings, None))
+        approvers = list(settings.approvers)
         chain, page = None, None
-        if self._roster is not None:
+        if roster is not None:
             # Whoever is on call now: the roster's shift at this moment, in the plant's zone.
             now = datetime.now(UTC)
             action = proposal.action if proposal else None
-            chain = self._roster.chain(now, action=action, severity=req.alert.severity.value)
+            chain = roster.chain(now, action=action, severity=req.alert.severity.value)
             if proposal is not None and proposal.kind is ActionKind.NOTIFY:
-                page = self._roster.page_chain(now, proposal.action)
+                page = roster.page_chain(now, proposal.action)
             approvers = list(dict.fromkeys(s.address for s in chain.steps))
         return ResponsePlan(
             proposal=proposal,
@@ -101,6 +119,6 @@ class PlanningActivities:
             page_repeat=page.repeat if page else 0,
             approval_timeout_s=self._settings.approval_timeout_s,
             approval_validity_s=self._settings.approval_validity_s,
-            plc_task_queue=self._settings.plc_task_queue,
+            plc_task_queue=self._settings.edge_queue(site),
             outcome_wait_s=self._settings.outcome_wait_hours * 3600,
         )

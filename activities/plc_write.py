@@ -28,6 +28,7 @@ from factorylm.errors import (
     PLC_VALUE_CHANGED,
     READ_BACK_MISMATCH,
     VALUE_OUT_OF_BOUNDS,
+    WRONG_SITE,
     non_retryable,
 )
 from factorylm.models.plc_writes import PlcWriteInput, PlcWriteResult
@@ -48,7 +49,8 @@ def validate_write(
     ):
         if any(ord(c) < 32 or ord(c) == 127 for c in text):
             raise non_retryable(MALFORMED_REQUEST, f"{name} contains control characters")
-    action = plant.action(req.action)
+    # The edge's plant is its one site (workers/plc_edge.py): another site's action is unknown.
+    action = plant.action(req.action, plant.only_site.name)
     if action is None or action.kind is not ActionKind.PLC_WRITE:
         raise non_retryable(ACTION_NOT_IN_CATALOG, f"{req.action!r} is not a catalog PLC write")
     if action.policy is Policy.NEVER:
@@ -142,6 +144,19 @@ class PlcWriteActivities:
 
     @activity.defn(name="write_plc_setpoint")
     async def write_plc_setpoint(self, req: PlcWriteInput) -> PlcWriteResult:
+        site = self._plant.only_site.name  # an edge serves one site (workers/plc_edge.py)
+        if req.site and req.site != site:
+            # A write for another site on this site's queue: a misrouted or forged task.
+            # Refused before the catalog is consulted, and audited (no PLC of this site is
+            # named: the action is from a catalog this edge does not hold).
+            reason = f"this edge serves site {site}; {req.action!r} is for site {req.site}"
+            log.error("PLC write %s refused: %s", req.action_id, reason)
+            await self._pool.execute(
+                _AUDIT, req.action_id, req.workflow_id, req.action, "", "", req.approved_by,
+                req.value if math.isfinite(req.value) else 0.0, "refused",
+                f"{WRONG_SITE}: {reason}", None,
+            )  # fmt: skip
+            raise non_retryable(WRONG_SITE, reason)
         plc, setpoint = validate_write(self._plant, req, self._approvers)
         lock = self._locks.setdefault(plc.id, asyncio.Lock())
         async with lock:
@@ -180,7 +195,7 @@ class PlcWriteActivities:
     async def _check_approval(self, req: PlcWriteInput, plc: Plc, setpoint: Setpoint) -> None:
         """For an `approval` action: the approval on record for the run that scheduled this
         write, by the approver it names, given no longer ago than its validity."""
-        action = self._plant.action(req.action)
+        action = self._plant.action(req.action, self._plant.only_site.name)
         if action is None or action.policy is not Policy.APPROVAL:
             return
         info = activity.info()

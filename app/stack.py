@@ -73,16 +73,19 @@ class Stack:
         if not ingest_only:
             self.pool = await create_pool(self.settings)
         if self.run_agents_worker:
-            await ensure_schedules(self.client, self.settings)
+            await ensure_schedules(self.client, self.settings, self.plant)
             self._workers.append(
                 agents.build_worker(self.client, self.pool, self.plant, self.settings)
             )
         if self.run_edge_worker:
-            edge_worker, writes = plc_edge.build_worker(
-                self.client, self.pool, self.plant, self.settings
-            )
-            self._workers.append(edge_worker)
-            self._closers.append(writes)
+            # One edge worker per site, each on its own queue with its own catalog: an edge
+            # process has one site's plant; the all-in-one `serve` runs every site's.
+            for site in self.plant.site_names:
+                edge_worker, writes = plc_edge.build_worker(
+                    self.client, self.pool, self.plant, self.settings, site
+                )
+                self._workers.append(edge_worker)
+                self._closers.append(writes)
         for worker in self._workers:
             self._tasks.append(asyncio.create_task(worker.run()))
         if self.run_agents_worker and self.plant.publish is not None:

@@ -21,8 +21,12 @@ APPROVAL_EXPIRED = "ApprovalExpired"
 PLC_VALUE_CHANGED = "PlcValueChanged"
 # An action id already audited for another action, target or value: one id, one write.
 ACTION_ID_REUSED = "ActionIdReused"
+# A write for another site's PLCs reached this site's edge worker: it holds only its own
+# site's catalog, and says so rather than "not in the catalog".
+WRONG_SITE = "WrongSite"
 PLC_SAFETY_ERRORS = (
     MALFORMED_REQUEST,
+    WRONG_SITE,
     ACTION_NOT_IN_CATALOG,
     VALUE_OUT_OF_BOUNDS,
     APPROVAL_MISSING,

@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from factorylm.models.messages import EscalationStep
+from factorylm.plant import Plant, Site
 from factorylm.settings import Settings
 
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
@@ -380,3 +381,23 @@ def approver_addresses(settings: Settings) -> frozenset[str]:
     configured approvers (tokens and older deployments name them)."""
     roster = load_roster(settings)
     return frozenset(settings.approvers) | (roster.addresses() if roster else frozenset())
+
+
+def site_settings(settings: Settings, site: Site) -> Settings:
+    """The settings as one site sees them. A site that names its approvers or its roster
+    (factorylm/plant.py) has only those: the deployment's own approvers and roster do not
+    reach into it, so a person on another site's rota cannot approve this site's writes."""
+    if site.approvers is None and site.roster is None:
+        return settings
+    return settings.model_copy(
+        update={"approvers": list(site.approvers or []), "roster_file": site.roster}
+    )
+
+
+def plant_approver_addresses(settings: Settings, plant: Plant) -> frozenset[str]:
+    """Everybody who may answer some site's approval requests (the central API's check; each
+    request is answerable only by the people it was sent to)."""
+    found: frozenset[str] = frozenset()
+    for site in plant.sites:
+        found |= approver_addresses(site_settings(settings, site))
+    return found

@@ -54,7 +54,11 @@ class Settings(BaseSettings):
     # encrypts, every one decrypts, so keys rotate by putting a new one first.
     payload_keys: SecretStr | None = None
     task_queue: str = "factorylm-agents"
+    # Each site's edge worker serves `<plc_task_queue>-<site>` (edge_queue).
     plc_task_queue: str = "factorylm-plc-edge"
+    # The site an edge process serves (`factorylm edge --site`, `ingest`, `worker --queue
+    # plc-edge`); unset: the plant file's only site. The central processes serve all sites.
+    site: str = ""
 
     # Plant description: PLCs, metrics, action catalog.
     plant_file: Path = Field(default=PROJECT_ROOT / "config" / "plant.yaml")
@@ -291,6 +295,10 @@ class Settings(BaseSettings):
         if not sep or not host or not port.isdigit():
             raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:7233")
         return value
+
+    def edge_queue(self, site: str) -> str:
+        """The task queue of one site's edge worker: only it holds that site's catalog."""
+        return f"{self.plc_task_queue}-{site}"
 
     @property
     def pg_dsn(self) -> str:

@@ -16,7 +16,8 @@ PLC_ID = SearchAttributeKey.for_keyword("PlcId")
 METRIC = SearchAttributeKey.for_keyword("Metric")
 SEVERITY = SearchAttributeKey.for_keyword("Severity")
 ASSET_ID = SearchAttributeKey.for_keyword("AssetId")
-SEARCH_ATTRIBUTES = (PLC_ID, METRIC, SEVERITY, ASSET_ID)
+SITE = SearchAttributeKey.for_keyword("Site")
+SEARCH_ATTRIBUTES = (PLC_ID, METRIC, SEVERITY, ASSET_ID, SITE)
 
 
 class TemporalUnavailable(RuntimeError):

@@ -53,6 +53,12 @@ _INSERT = """INSERT INTO alarm_journal
 Key = tuple[str, str]  # (plc id, metric)
 
 
+def _site_of(plant: Plant) -> str:
+    """Floods count per site: an edge's plant is its one site; one ingest for a whole plant
+    of many sites (the demo's `serve`) counts them together."""
+    return plant.sites[0].name if len(plant.sites) == 1 else plant.name
+
+
 @dataclass(frozen=True)
 class AlarmConfig:
     site: str = "plant"
@@ -68,7 +74,7 @@ class AlarmConfig:
     @classmethod
     def from_settings(cls, settings: Settings, plant: Plant) -> AlarmConfig:
         return cls(
-            site=plant.name,
+            site=_site_of(plant),
             flood_alarms=settings.alarm_flood_alarms,
             flood_window_s=settings.alarm_flood_window_s,
             gather_s=settings.alarm_flood_gather_s,
@@ -110,10 +116,11 @@ class AlarmGate:
         self._dsn = dsn
         self._forward = forward
         self._client = client
-        self.config = config or AlarmConfig(site=plant.name)
+        self.config = config or AlarmConfig(site=_site_of(plant))
         self.offline = offline or (lambda _plc: False)
         self.alarmed = alarmed or (lambda _plc, _metric: True)
         self._points: list[Key] = [(p.id, m.name) for p in plant.plcs for m in p.metrics]
+        self._sites = {p.id: p.site for p in plant.plcs}
         self.codes: dict[Key, str] = {}
         self._shelves: dict[Key, _Shelf] = {}
         self._held_shelved: dict[Key, DriftAlert] = {}
@@ -248,7 +255,10 @@ class AlarmGate:
             # Not a point of the plant file (it has no code): passed on unmanaged.
             self._forward(alert)
             return
-        alert = alert.model_copy(update={"alarm_code": code})
+        # The code, and the PLC's site where the alarm's maker left it out: every alarm in the
+        # outbox names its site (its workflow id and the Web UI's Site attribute carry it).
+        site = alert.site or self._sites.get(alert.plc_id, "")
+        alert = alert.model_copy(update={"alarm_code": code, "site": site})
         now = asyncio.get_running_loop().time()
         self._active.add(key)
         self._check_chatter(key, code, now)

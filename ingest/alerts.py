@@ -21,7 +21,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from factorylm import tracing
 from factorylm.models.drift import DriftAlert
-from factorylm.temporal_client import METRIC, PLC_ID, SEVERITY
+from factorylm.temporal_client import METRIC, PLC_ID, SEVERITY, SITE
 from workflows.drift_response import DriftResponseWorkflow
 
 log = logging.getLogger(__name__)
@@ -166,6 +166,7 @@ class WorkflowStarter:
 def _attributes(alert: DriftAlert) -> TypedSearchAttributes:
     return TypedSearchAttributes(
         [
+            SearchAttributePair(SITE, alert.site),
             SearchAttributePair(PLC_ID, alert.plc_id),
             SearchAttributePair(METRIC, alert.metric),
             SearchAttributePair(SEVERITY, alert.severity.value),

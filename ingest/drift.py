@@ -278,12 +278,14 @@ class DriftDetector:
         *,
         vendors: dict[str, str] | None = None,
         units: dict[tuple[str, str], str] | None = None,
+        sites: dict[str, str] | None = None,
     ) -> None:
         self.config = config
         self._on_alarm = on_alarm
         self._windows: dict[tuple[str, str], _Window] = {}
         self._vendors = vendors or {}
         self._units = units or {}
+        self._sites = sites or {}
         self._warned_no_baseline: set[tuple[str, str]] = set()
         self.alarms_raised = 0
         self.alarms_merged = 0  # detectors that fired while their metric's alarm stood
@@ -532,6 +534,7 @@ class DriftDetector:
             plc_id=plc_id,
             vendor=self._vendors.get(plc_id, "unknown"),
             metric=metric,
+            site=self._sites.get(plc_id, ""),
             unit=self._units.get((plc_id, metric), ""),
             sigma=round(sigma, 3),
             window_mean=window.mean,

@@ -96,6 +96,13 @@ def spread_phases(plant: Plant) -> dict[str, float]:
     return phases
 
 
+def ingest_name(plant: Plant) -> str:
+    """The ingest's row in `ingest_writer_status`: its host, and the site an edge serves (edge
+    hosts of several sites may share a name, e.g. one image's default hostname)."""
+    host = socket.gethostname()
+    return f"{host}/{plant.sites[0].name}" if len(plant.sites) == 1 else host
+
+
 class CollectorManager:
     def __init__(
         self,
@@ -115,7 +122,7 @@ class CollectorManager:
         self._writer = writer
         self._health_interval_s = health_interval_s
         self._alert_after = alert_after
-        self._host = socket.gethostname()
+        self._host = ingest_name(plant)
         phases = spread_phases(plant)
         # Polling or push, whichever the PLC's protocol uses (factorylm.protocols).
         self.collectors: list[CollectorBase] = [

@@ -18,7 +18,7 @@ from ingest.baselines import BaselineLoader
 from ingest.commands import CommandListener
 from ingest.drift import DriftConfig, DriftDetector
 from ingest.forecast import ForecastPublisher
-from ingest.manager import CollectorManager, Notifier
+from ingest.manager import CollectorManager, Notifier, ingest_name
 from ingest.outbox import AlarmOutbox, OutboxConfig
 from ingest.spool import Spool
 from ingest.writer import BatchWriter
@@ -57,7 +57,9 @@ class IngestService:
         self.starter = WorkflowStarter(client, settings.task_queue)
         # Alarms reach Temporal only through the outbox: saved in PostgreSQL first, then
         # delivered and retried until Temporal has them (ingest/outbox.py).
-        self.outbox = AlarmOutbox(settings.pg_dsn, self.starter, config=outbox)
+        self.outbox = AlarmOutbox(
+            settings.pg_dsn, self.starter, config=outbox, host=ingest_name(plant)
+        )
         # Between the detector and the outbox, alarm management (ISA-18.2, ingest/alarms.py):
         # codes, shelving, suppression of a silent PLC's alarms, floods, chattering.
         self.alarms = AlarmGate(
@@ -71,6 +73,7 @@ class IngestService:
             drift or DriftConfig(),
             self.alarms,
             vendors={p.id: p.vendor for p in plant.plcs},
+            sites={p.id: p.site for p in plant.plcs},
             units={(p.id, m.name): m.unit for p in plant.plcs for m in p.metrics},
         )
         for plc in plant.plcs:

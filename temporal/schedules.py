@@ -26,7 +26,8 @@ from factorylm.models.baselines import BaselineWorkflowInput
 from factorylm.models.health import DailySummaryInput, HealthMonitorInput
 from factorylm.models.lifecycle import DataLifecycleInput
 from factorylm.models.monkey import MonkeyReportInput
-from factorylm.roster import scheduled_recipients
+from factorylm.plant import Plant
+from factorylm.roster import scheduled_recipients, site_settings
 from factorylm.settings import Settings
 from workflows.baseline import BaselineWorkflow
 from workflows.health import DailySummaryWorkflow, HealthMonitorWorkflow
@@ -66,12 +67,18 @@ def baseline_schedule(settings: Settings) -> Schedule:
     )
 
 
-def health_schedule(settings: Settings) -> Schedule:
+def health_schedule(settings: Settings, plant: Plant | None = None) -> Schedule:
+    # Every site's edge queue must have a worker polling it.
+    edges = (
+        [settings.edge_queue(site) for site in plant.site_names]
+        if plant is not None
+        else [settings.plc_task_queue]
+    )
     return _every(
         settings.health_every_s,
         HealthMonitorWorkflow.run,
         HealthMonitorInput(
-            task_queues=[settings.task_queue, settings.plc_task_queue],
+            task_queues=[settings.task_queue, *edges],
             schedule_ids=[BASELINE_SCHEDULE_ID, DAILY_SUMMARY_SCHEDULE_ID],
             recipients=scheduled_recipients(settings),
         ),
@@ -103,16 +110,16 @@ def daily_summary_schedule(settings: Settings) -> Schedule:
     )
 
 
-def monkey_report_schedule(settings: Settings) -> Schedule:
+def monkey_report_schedule(settings: Settings, board_id: str | None = None) -> Schedule:
     return _every(
         settings.monkey_report_every_s,
         MonkeyReportWorkflow.run,
         MonkeyReportInput(
-            board_id=settings.trello_board_id,
+            board_id=board_id or settings.trello_board_id,
             recipients=scheduled_recipients(settings),
             report_key="",  # the workflow keys each report by its own run
         ),
-        "monkey-report",
+        f"monkey-report-{board_id}" if board_id else "monkey-report",
         settings,
     )
 
@@ -130,18 +137,25 @@ def lifecycle_schedule(settings: Settings) -> Schedule:
     )
 
 
-def schedules(settings: Settings) -> dict[str, Schedule]:
-    return {
+def schedules(settings: Settings, plant: Plant | None = None) -> dict[str, Schedule]:
+    found = {
         BASELINE_SCHEDULE_ID: baseline_schedule(settings),
-        HEALTH_SCHEDULE_ID: health_schedule(settings),
+        HEALTH_SCHEDULE_ID: health_schedule(settings, plant),
         DAILY_SUMMARY_SCHEDULE_ID: daily_summary_schedule(settings),
         MONKEY_REPORT_SCHEDULE_ID: monkey_report_schedule(settings),
         LIFECYCLE_SCHEDULE_ID: lifecycle_schedule(settings),
     }
+    # A site with its own Trello board gets its own Monkey report, to that site's people.
+    for site in plant.sites if plant is not None else []:
+        if site.trello_board:
+            found[f"{MONKEY_REPORT_SCHEDULE_ID}-{site.name}"] = monkey_report_schedule(
+                site_settings(settings, site), site.trello_board
+            )
+    return found
 
 
-async def ensure_schedules(client: Client, settings: Settings) -> None:
-    for schedule_id, schedule in schedules(settings).items():
+async def ensure_schedules(client: Client, settings: Settings, plant: Plant | None = None) -> None:
+    for schedule_id, schedule in schedules(settings, plant).items():
         await _ensure(client, schedule_id, schedule)
 
 

@@ -74,12 +74,19 @@ def modbus_plant(plc_ids: list[str], metrics: list[dict[str, Any]]) -> Plant:
 
 
 def make_alert(
-    sigma: float, metric: str = "vibration", plc: str = "conveyor-1", *, std: float = 1.0
+    sigma: float,
+    metric: str = "vibration",
+    plc: str = "conveyor-1",
+    *,
+    std: float = 1.0,
+    site: str = "",
 ) -> DriftAlert:
-    """A drift alert as the detector would raise it, `sigma` away from a baseline at 0."""
+    """A drift alert as the detector would raise it, `sigma` away from a baseline at 0 (with
+    no site: as recorded before sites; the planner then takes its PLC's)."""
     now = datetime.now(UTC)
     return DriftAlert(
         plc_id=plc,
+        site=site,
         vendor="generic_modbus",
         metric=metric,
         sigma=sigma,

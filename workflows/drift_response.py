@@ -1,6 +1,6 @@
 """DriftResponseWorkflow: a drift becomes a decision, a verified PLC write and a work order.
 
-Workflow id `drift-{plc}-{metric}` with USE_EXISTING on start: a drift storm on one metric
+Workflow id `drift-{site}-{plc}-{metric}` with USE_EXISTING on start: a drift storm on one metric
 is one workflow. Approvals arrive as the `decide` update, validated against the pending
 request (its code is required) and the authorised approvers; the wait is a durable timer.
 The write is scheduled only after the approval is recorded (`close_approval`), since the
@@ -539,6 +539,7 @@ class DriftResponseWorkflow:
                     action=proposal.action,
                     value=proposal.value,
                     approved_by=approved_by,
+                    site=proposal.site,
                 ),
                 task_queue=plan.plc_task_queue,
                 schedule_to_close_timeout=timedelta(seconds=window),

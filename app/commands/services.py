@@ -9,6 +9,7 @@ import signal
 import sys
 
 from app.commands import Command, SubParsers
+from factorylm.plant import Plant, PlantConfigError
 from factorylm.settings import Settings
 
 
@@ -83,15 +84,33 @@ def _temporal(settings: Settings, action: str) -> int:
     return 0
 
 
-async def _serve(settings: Settings, *, agents: bool, edge: bool, ingest: bool, api: bool) -> None:
-    from app.stack import Stack
+def _plant_for(settings: Settings, *, central: bool, site: str | None) -> tuple[Settings, Plant]:
+    """The plant as this process serves it. The central processes (agents worker, API, the
+    all-in-one `serve`) serve every site; an edge process (ingest, PLC-edge worker) serves one
+    site: `--site`, FACTORYLM_SITE, or the plant's only one. Raises PlantConfigError naming
+    the sites when none fits."""
     from factorylm.plant import load_plant
+    from factorylm.roster import site_settings
+
+    plant = load_plant(settings.plant_file)
+    if central:
+        return settings, plant
+    own = plant.for_site(site or settings.site or plant.only_site.name)
+    return site_settings(settings, own.only_site).model_copy(
+        update={"site": own.only_site.name}
+    ), own
+
+
+async def _serve(
+    settings: Settings, plant: Plant, *, agents: bool, edge: bool, ingest: bool, api: bool
+) -> None:
+    from app.stack import Stack
     from factorylm.temporal_client import connect
 
     client = await connect(settings)
     stack = Stack(
         settings,
-        load_plant(settings.plant_file),
+        plant,
         client,
         run_agents_worker=agents,
         run_edge_worker=edge,
@@ -136,7 +155,21 @@ def add_parsers(sub: SubParsers) -> None:
         help="agents: workflows and agent activities; plc-edge: PLC writes (run it where the "
         "PLCs are reachable); all: both (default)",
     )
-    sub.add_parser("ingest", help="run the ingest process (collectors, writer, drift detector)")
+    ingest = sub.add_parser(
+        "ingest", help="run the ingest process (collectors, writer, drift detector)"
+    )
+    edge = sub.add_parser(
+        "edge",
+        help="run one site's edge node: its ingest and its PLC-edge worker, with only that "
+        "site's PLCs, catalog and approvers (it needs its PLCs, PostgreSQL and Temporal)",
+    )
+    for p in (worker, ingest, edge):
+        p.add_argument(
+            "--site",
+            default=None,
+            help="the plant file's site this process serves (FACTORYLM_SITE; the plant's "
+            "only site if unset); the agents worker and the API serve all sites",
+        )
     sub.add_parser("api", help="run the HTTP API")
     sub.add_parser("serve", help="run workers, ingest and API in one process")
 
@@ -156,20 +189,23 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         print(text)
         return code
     queue = getattr(args, "queue", "all")
-    asyncio.run(
-        _serve(
-            settings,
-            agents=cmd == "serve" or (cmd == "worker" and queue in ("agents", "all")),
-            edge=cmd == "serve" or (cmd == "worker" and queue in ("plc-edge", "all")),
-            ingest=cmd in ("ingest", "serve"),
-            api=cmd in ("api", "serve"),
+    agents = cmd == "serve" or (cmd == "worker" and queue in ("agents", "all"))
+    edge = cmd in ("serve", "edge") or (cmd == "worker" and queue in ("plc-edge", "all"))
+    ingest = cmd in ("ingest", "serve", "edge")
+    api = cmd in ("api", "serve")
+    try:
+        settings, plant = _plant_for(
+            settings, central=agents or api, site=getattr(args, "site", None)
         )
-    )
+    except PlantConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(_serve(settings, plant, agents=agents, edge=edge, ingest=ingest, api=api))
     return 0
 
 
 COMMAND = Command(
-    names=("db", "temporal", "doctor", "probe", "worker", "ingest", "api", "serve"),
+    names=("db", "temporal", "doctor", "probe", "worker", "ingest", "edge", "api", "serve"),
     add_parsers=add_parsers,
     run=run,
 )

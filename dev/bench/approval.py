@@ -89,7 +89,9 @@ async def approval_to_write_p99_ms(settings: Settings, rounds: int = 40) -> dict
                 sample_time=now,
                 detected_at=now,
             )
-            wf_id = f"{drift_workflow_id(plc.id, 'vibration')}-bench-{uuid.uuid4().hex[:6]}"
+            wf_id = (
+                f"{drift_workflow_id(plc.site, plc.id, 'vibration')}-bench-{uuid.uuid4().hex[:6]}"
+            )
             seen = len(twilio.to(approver))
             handle = await demo.client.start_workflow(
                 DriftResponseWorkflow.run,

@@ -155,7 +155,7 @@ async def _drift_latencies(
         p for p in load_plant(settings.plant_file).plcs if p.protocol is Protocol.MODBUS_TCP
     )
     plc = template.model_copy(update={"id": f"bench-{uuid.uuid4().hex[:6]}", "port": free_port()})
-    plant = Plant(name="bench", plcs=[plc], actions=[])
+    plant = Plant.model_validate({"name": "bench", "plcs": [plc]})
     queue = f"bench-drift-{plc.id}"
     s = settings.model_copy(update={"task_queue": queue})
     metrics = [m.name for m in plc.metrics]

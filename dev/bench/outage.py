@@ -126,7 +126,7 @@ async def alarm_outage(settings: Settings, outage_s: float = 60.0) -> dict[str, 
     # Flood handling off (alarm_flood_alarms): these alarms come faster than 10 per 10 minutes
     # by design, and the figure is the hand-off to the workflow, not the grouped message.
     s = settings.model_copy(update={"task_queue": queue, "alarm_flood_alarms": 0})
-    ids = [drift_workflow_id(p.id, m.name) for p in plant.plcs for m in p.metrics]
+    ids = [drift_workflow_id(p.site, p.id, m.name) for p in plant.plcs for m in p.metrics]
     sims = [SimulatedModbusPlc(p, seed=i) for i, p in enumerate(plant.plcs)]
     for sim in sims:
         await sim.start()

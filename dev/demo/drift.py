@@ -43,7 +43,7 @@ async def run_drift_scenario(demo: Demo, say: Callable[[str], None]) -> dict[str
     injected_at = datetime.now(UTC)
     demo.sims[sc.plc_id].inject(sc.metric, FaultKind.STEP, sc.step_sigma)
     say(f"fault injected: {sc.metric} on {sc.plc_id} steps {sc.step_sigma:+g}σ")
-    workflow_id = drift_workflow_id(sc.plc_id, sc.metric)
+    workflow_id = drift_workflow_id(demo.site_of(sc.plc_id), sc.plc_id, sc.metric)
     handle = demo.client.get_workflow_handle(workflow_id, result_type=DriftResponseResult)
 
     async def started() -> bool:

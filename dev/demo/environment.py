@@ -59,6 +59,13 @@ class Demo:
     twilio: FakeTwilio | None = None
     twilio_server: LocalServer | None = None
 
+    def site_of(self, plc_id: str) -> str:
+        """The site a demo PLC is at (its workflow ids carry it)."""
+        plc = self.plant.plc(plc_id) if self.plant is not None else None
+        if plc is None:
+            raise KeyError(f"no PLC {plc_id!r} in the demo plant")
+        return plc.site
+
     async def up(self) -> None:
         settings = self.settings
         self.plant = load_plant(settings.plant_file)
@@ -100,7 +107,8 @@ class Demo:
         self.stack = Stack(settings, self.plant, self.client)
         await self.stack.start()
         await self._sample_manuals()
-        say(f"workers on task queues {settings.task_queue} and {settings.plc_task_queue}")
+        edge_queues = ", ".join(settings.edge_queue(s) for s in self.plant.site_names)
+        say(f"workers on task queues {settings.task_queue} and {edge_queues}")
         if self.stack.publisher is not None:
             pub = self.stack.publisher
             say(

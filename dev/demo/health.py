@@ -20,13 +20,13 @@ SILENT_PLC = "conveyor-1"
 
 
 async def _monitor(demo: Demo) -> HealthRunResult:
-    assert demo.client is not None
-    s = demo.settings
+    assert demo.client is not None and demo.plant is not None
+    s, plant = demo.settings, demo.plant
     # The Schedule runs it every 5 minutes; the scenario runs it now rather than wait.
     return await demo.client.execute_workflow(
         HealthMonitorWorkflow.run,
         HealthMonitorInput(
-            task_queues=[s.task_queue, s.plc_task_queue],
+            task_queues=[s.task_queue, *(s.edge_queue(x) for x in plant.site_names)],
             schedule_ids=[BASELINE_SCHEDULE_ID, DAILY_SUMMARY_SCHEDULE_ID],
             recipients=list(s.approvers),
         ),

@@ -42,6 +42,8 @@ class DriftAlert(Model):
     plc_id: str
     vendor: str
     metric: str
+    # The PLC's site (factorylm/plant.py). Empty in alerts recorded before sites.
+    site: str = ""
     unit: str = ""
     sigma: float = Field(description="(window mean - baseline mean) / baseline std")
     window_mean: float
@@ -69,7 +71,7 @@ class DriftAlert(Model):
 
     @property
     def workflow_id(self) -> str:
-        return drift_workflow_id(self.plc_id, self.metric)
+        return drift_workflow_id(self.site, self.plc_id, self.metric)
 
     def describe(self) -> str:
         text = (
@@ -122,6 +124,7 @@ class ActionProposal(Model):
     policy: Policy
     description: str
     reason: str
+    site: str = ""  # whose catalog; empty in plans recorded before sites
     plc_id: str | None = None
     setpoint: str | None = None
     value: float | None = None
@@ -160,6 +163,7 @@ class DriftResponseResult(Model):
     work_order_id: str | None
 
 
-def drift_workflow_id(plc_id: str, metric: str) -> str:
-    """One workflow per PLC·metric: a drift storm on one metric is one workflow."""
-    return f"drift-{plc_id}-{metric}"
+def drift_workflow_id(site: str, plc_id: str, metric: str) -> str:
+    """One workflow per site·PLC·metric: a drift storm on one metric is one workflow, and the
+    Web UI's list says at a glance which site it is at."""
+    return f"drift-{site}-{plc_id}-{metric}" if site else f"drift-{plc_id}-{metric}"

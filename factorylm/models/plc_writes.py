@@ -13,6 +13,9 @@ class PlcWriteInput(Model):
     action: str
     value: float
     approved_by: str | None = None
+    # The site whose catalog the action is from; the edge of any other site refuses it.
+    # Empty in requests recorded before sites.
+    site: str = ""
 
 
 class PlcWriteResult(Model):

@@ -24,7 +24,7 @@ from helpers import plant_with_free_ports, until
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = PROJECT_ROOT / "test-artifacts" / "board"
-WORKFLOW = "drift-conveyor-1-vibration"
+WORKFLOW = "drift-demo-plant-conveyor-1-vibration"
 
 
 async def _shot(page: Page, name: str) -> None:

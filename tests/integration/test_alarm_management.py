@@ -67,7 +67,7 @@ class Rig:
     async def outbox_rows(self, plc_id: str, metric: str) -> int:
         n: int = await self.pool.fetchval(
             "SELECT count(*) FROM alarm_outbox WHERE workflow_id = $1",
-            drift_workflow_id(plc_id, metric),
+            drift_workflow_id(self.plant.sites[0].name, plc_id, metric),
         )
         return n
 
@@ -106,7 +106,9 @@ async def make_rig(
         for p in plant.plcs:
             for m in p.metrics:
                 try:
-                    await client.get_workflow_handle(drift_workflow_id(p.id, m.name)).terminate()
+                    await client.get_workflow_handle(
+                        drift_workflow_id(p.site, p.id, m.name)
+                    ).terminate()
                 except Exception:
                     pass  # never started
 
@@ -158,7 +160,7 @@ async def test_shelve_by_reply_hides_the_alarm_and_unshelve_sends_it_while_it_st
     await until("the alarm sent", lambda: rig.outbox_rows(plc, "pressure"))
     (row,) = await pool.fetch(
         "SELECT alert->>'alarm_code' AS code FROM alarm_outbox WHERE workflow_id = $1",
-        drift_workflow_id(plc, "pressure"),
+        drift_workflow_id(rig.plant.sites[0].name, plc, "pressure"),
     )
     assert row["code"] == code  # the code travels with the alarm into its messages
     assert ("raise", "sent") in await rig.journal(plc, "pressure")
@@ -420,12 +422,24 @@ async def test_the_demo_narrator_tells_an_injected_faults_alarm_and_its_workflow
     )
     started = await until(
         "the workflow start narrated",
-        lambda: next((x for x in lines if x.startswith(f"workflow drift-{plc}-pressure")), None),
+        lambda: next(
+            (
+                x
+                for x in lines
+                if x.startswith(f"workflow drift-{rig.plant.sites[0].name}-{plc}-pressure")
+            ),
+            None,
+        ),
     )
     run_id = (
-        await client.get_workflow_handle(drift_workflow_id(plc, "pressure")).describe()
+        await client.get_workflow_handle(
+            drift_workflow_id(rig.plant.sites[0].name, plc, "pressure")
+        ).describe()
     ).run_id
-    assert started == f"workflow drift-{plc}-pressure started (run {run_id[:8]}) for alarm {code}"
+    assert (
+        started
+        == f"workflow drift-{rig.plant.sites[0].name}-{plc}-pressure started (run {run_id[:8]}) for alarm {code}"
+    )
     assert lines.index(raised) < lines.index(started)
 
 

@@ -68,7 +68,7 @@ class Rig:
 
     @property
     def workflow_ids(self) -> list[str]:
-        return [drift_workflow_id(p.id, m) for p in self.plant.plcs for m in METRICS]
+        return [drift_workflow_id(p.site, p.id, m) for p in self.plant.plcs for m in METRICS]
 
     async def rows(self) -> list[asyncpg.Record]:
         rows: list[asyncpg.Record] = await self.pool.fetch(
@@ -133,7 +133,9 @@ async def writer_row(rig: Rig) -> dict[str, Any]:
             "/collectors", headers={"Authorization": f"Bearer {bearer(rig.settings)}"}
         )
     assert response.status_code == 200
-    (row,) = [w for w in response.json()["writers"] if w["host"] == socket.gethostname()]
+    # An ingest of one site names its row host/site.
+    host = f"{socket.gethostname()}/{rig.plant.sites[0].name}"
+    (row,) = [w for w in response.json()["writers"] if w["host"] == host]
     return dict(row)
 
 
@@ -214,7 +216,10 @@ async def test_a_restarted_ingest_delivers_the_alarms_its_predecessor_left_pendi
             lambda: _rows_if(rig, lambda rs: all(r["delivered_at"] for r in rs)),
         )
         for plc in rig.plant.plcs:
-            assert await rig.runs_and_signals(drift_workflow_id(plc.id, "level")) == (1, 1)
+            assert await rig.runs_and_signals(drift_workflow_id(plc.site, plc.id, "level")) == (
+                1,
+                1,
+            )
         assert len(await rig.rows()) == 2 and second.detector.alarms_raised == 0
         assert second.outbox.delivered == 2 and first.outbox.delivered == 0
     finally:
@@ -226,7 +231,8 @@ async def test_an_alarm_whose_workflow_was_started_before_the_crash_is_not_sent_
 ) -> None:
     # The previous process recorded its attempt, started the workflow, and died before it
     # could mark the row delivered.
-    alert = make_alert(5.0, "level", rig.plant.plcs[0].id)
+    plc = rig.plant.plcs[0]
+    alert = make_alert(5.0, "level", plc.id, site=plc.site)
     key = alarm_key(alert)
     ingest = rig.ingest(rig.client)
     await ingest.starter.deliver(alert, alarm_key=key)

@@ -83,7 +83,7 @@ async def test_a_6_sigma_step_reaches_the_workflow_start_in_seconds_at_the_shipp
         "the detectors' workflow start", lambda: started_for(ingest, "vibration"), timeout_s=10.0
     )
     elapsed = time.monotonic() - injected
-    assert first.workflow_id == f"drift-{plc_id}-vibration" and elapsed < 10.0
+    assert first.workflow_id == f"drift-plant-{plc_id}-vibration" and elapsed < 10.0
     assert first.alert.detection is not None
     assert first.alert.detection.detector in ("cusum", "ewma")
     # The alarm carries the detector's estimate of the shift (the EWMA's level with λ = 1 is

@@ -75,7 +75,7 @@ async def test_a_sparkplug_drift_is_answered_by_an_approved_dcmd_read_back_and_s
     finally:
         await demo.down()
     assert summary["status"] == "completed"
-    assert summary["workflow_id"] == "drift-filler-1-seal_temp"
+    assert summary["workflow_id"] == "drift-demo-plant-filler-1-seal_temp"
     assert summary["action"] == "stop_filler" and summary["approved_by"] == s.approvers[0]
     assert summary["value_written"] == summary["value_read_back"] == 0
     assert peer_run == 0  # the edge node's own memory: the DCMD landed

@@ -74,7 +74,10 @@ async def test_births_and_aliased_data_are_stored_with_the_nodes_timestamps_over
         )
         writer = BatchWriter(settings.pg_dsn, max_rows=10, max_delay_s=0.05)
         manager = CollectorManager(
-            Plant(plcs=[plc]), _store(writer), dsn=settings.pg_dsn, health_interval_s=60
+            Plant.model_validate({"plcs": [plc]}),
+            _store(writer),
+            dsn=settings.pg_dsn,
+            health_interval_s=60,
         )
         writer.start()
         await manager.start()
@@ -238,7 +241,7 @@ async def test_ndeath_makes_the_collector_failing_until_the_node_is_born_again(
 ) -> None:
     plc = sparkplug_plc(broker, "spb-death")
     samples = Samples()
-    manager = CollectorManager(Plant(plcs=[plc]), samples, dsn=settings.pg_dsn)
+    manager = CollectorManager(Plant.model_validate({"plcs": [plc]}), samples, dsn=settings.pg_dsn)
     collector = manager.collectors[0]
     await manager.start()
     try:

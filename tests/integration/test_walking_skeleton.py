@@ -39,7 +39,7 @@ async def test_demo_scenario_end_to_end(
         await demo.down()
 
     assert summary["status"] == "completed"
-    assert summary["workflow_id"] == "drift-conveyor-1-vibration"
+    assert summary["workflow_id"] == "drift-demo-plant-conveyor-1-vibration"
     assert summary["action"] == "shutdown_motor"
     assert summary["approved_by"] == s.approvers[0]
     assert summary["value_written"] == summary["value_read_back"] == 0

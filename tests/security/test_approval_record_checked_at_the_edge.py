@@ -66,6 +66,7 @@ class Rig:
     client: Client
     pool: asyncpg.Pool
     attacker_queue: str
+    edge_queue: str  # the demo plant's one site's
 
 
 @pytest.fixture
@@ -88,7 +89,7 @@ async def rig(
     await stack.start()
     attacker = Worker(client, task_queue=f"{queue}-attacker", workflows=[ForgedWriteWorkflow])
     async with attacker:
-        yield Rig(s, sim, client, pool, f"{queue}-attacker")
+        yield Rig(s, sim, client, pool, f"{queue}-attacker", s.edge_queue(plant.sites[0].name))
     await stack.stop()
     await sim.stop()
 
@@ -113,7 +114,7 @@ async def forge(rig: Rig, workflow_id: str, action_id: str) -> ApplicationError:
     with pytest.raises(WorkflowFailureError) as failed:
         await rig.client.execute_workflow(
             ForgedWriteWorkflow.run,
-            Forgery(write=write, edge_queue=rig.settings.plc_task_queue),
+            Forgery(write=write, edge_queue=rig.edge_queue),
             id=workflow_id,
             task_queue=rig.attacker_queue,
         )
