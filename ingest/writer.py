@@ -37,6 +37,10 @@ _DROPPED = metrics.get_meter("factorylm.ingest").create_counter(
 Sample = tuple[datetime, str, str, float]  # (time, plc_id, metric, value)
 _COLUMNS = ("time", "plc_id", "metric", "value")
 _BACKLOG_BATCHES = 8
+# A COPY of a batch takes milliseconds; one that has not finished after this long is on a link
+# that went away without a reset (a pulled cable, a dead router): TCP alone would wait about
+# 15 minutes before saying so. The batch goes back to the buffer (and so to the spool).
+WRITE_TIMEOUT_S = 10.0
 
 
 class BatchWriter:
@@ -186,7 +190,9 @@ class BatchWriter:
         # Take the batch out first: producers may overflow the buffer while COPY is in flight.
         batch = [self._buffer.popleft() for _ in range(n)]
         try:
-            await self._conn.copy_records_to_table("samples", records=batch, columns=_COLUMNS)
+            await self._conn.copy_records_to_table(
+                "samples", records=batch, columns=_COLUMNS, timeout=WRITE_TIMEOUT_S
+            )
         except BaseException:
             self._buffer.extendleft(reversed(batch))
             self._trim()
@@ -196,7 +202,9 @@ class BatchWriter:
         # The plant board's live trends wake on this (api/board.py) instead of every browser
         # polling the table. After the counters: a lost notify costs a board tick, no sample.
         with contextlib.suppress(asyncpg.PostgresError):
-            await self._conn.execute("SELECT pg_notify($1, $2)", SAMPLES_CHANNEL, str(n))
+            await self._conn.execute(
+                "SELECT pg_notify($1, $2)", SAMPLES_CHANNEL, str(n), timeout=WRITE_TIMEOUT_S
+            )
 
     # -- store-and-forward ---------------------------------------------------------------------
     def _to_spool(self) -> None:
@@ -268,7 +276,9 @@ class BatchWriter:
         # The samples and how far the spool is in PostgreSQL commit together: a crash on either
         # side of the commit neither loses a record nor writes one twice.
         async with conn.transaction():
-            await conn.copy_records_to_table("samples", records=batch, columns=_COLUMNS)
+            await conn.copy_records_to_table(
+                "samples", records=batch, columns=_COLUMNS, timeout=WRITE_TIMEOUT_S
+            )
             await conn.execute(
                 """INSERT INTO ingest_spool_progress (spool_id, segment, upto, updated_at)
                    VALUES ($1, $2, $3, now())
