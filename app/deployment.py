@@ -241,6 +241,9 @@ class DatabaseRole:
     )
     # Compose services other than the product's processes that connect as this role.
     other_services: tuple[str, ...] = field(default=())
+    # The owner's SECURITY DEFINER functions it may EXECUTE, by signature (revoked from PUBLIC
+    # by their migrations): each does one bounded thing the role may not do by itself.
+    functions: tuple[str, ...] = field(default=())
 
     @property
     def services(self) -> tuple[str, ...]:
@@ -275,6 +278,8 @@ ROLES: tuple[DatabaseRole, ...] = (
         },
         (Process.INGEST,),
         column_grants={"notifications": {"SELECT": ("dedup_key",)}},
+        # its backfill says which rolled-up minutes received late samples (migration 0025)
+        functions=("factorylm_note_late_samples(timestamptz)",),
     ),
     DatabaseRole(
         "factorylm_edge",
@@ -326,6 +331,11 @@ ROLES: tuple[DatabaseRole, ...] = (
             "alarm_shelves": R,
         },
         (Process.AGENTS,),
+        # the data lifecycle (migrations 0022, 0025): rollups and the bounded drop of raw chunks
+        functions=(
+            "factorylm_roll_up_samples(timestamptz, interval, interval)",
+            "factorylm_drop_raw_samples(interval, interval)",
+        ),
     ),
     DatabaseRole(
         "factorylm_api",
@@ -455,6 +465,17 @@ async def apply_grants(conn: asyncpg.Connection) -> None:
                     await conn.execute(
                         f'GRANT {privilege} ({listed}) ON TABLE "{table}" TO {role.name}'
                     )
+        # The functions: each declared one executable by exactly the roles declaring it.
+        functions = sorted({f for role in ROLES for f in role.functions})
+        for signature in functions:
+            if await conn.fetchval("SELECT to_regprocedure($1)", signature) is None:
+                raise RuntimeError(
+                    f"EXECUTE declared on a function that does not exist: {signature}"
+                )
+            everyone = ", ".join(["PUBLIC", *(role.name for role in ROLES)])
+            await conn.execute(f"REVOKE ALL ON FUNCTION {signature} FROM {everyone}")
+            allowed = ", ".join(role.name for role in ROLES if signature in role.functions)
+            await conn.execute(f"GRANT EXECUTE ON FUNCTION {signature} TO {allowed}")
         # Grafana's role was once made by hand with every table readable.
         if await conn.fetchval(
             """SELECT pg_has_role('grafana_reader', 'pg_read_all_data', 'MEMBER')"""

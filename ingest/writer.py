@@ -276,6 +276,15 @@ class BatchWriter:
         # The samples and how far the spool is in PostgreSQL commit together: a crash on either
         # side of the commit neither loses a record nor writes one twice.
         async with conn.transaction():
+            # First, and in the same transaction: minutes already rolled up past the rollup's
+            # lookback are re-rolled (migration 0025). Before the COPY, so the backfill takes
+            # the lifecycle's lock before any chunk's, in the order the drop takes them. It may
+            # wait for a rollup step to commit (seconds), not for a link that went away.
+            await conn.execute(
+                "SELECT factorylm_note_late_samples($1)",
+                min((sample[0] for sample in batch), default=None),
+                timeout=6 * WRITE_TIMEOUT_S,
+            )
             await conn.copy_records_to_table(
                 "samples", records=batch, columns=_COLUMNS, timeout=WRITE_TIMEOUT_S
             )

@@ -49,10 +49,20 @@ class DataLifecycleWorkflow:
             start_to_close_timeout=timedelta(minutes=30),
             retry_policy=_RETRY,
         )
+        late = (
+            f"; {rolled.rerolled_minutes} minutes from {rolled.rerolled_from} re-rolled for "
+            "samples that arrived late"
+            if rolled.rerolled_minutes
+            else ""
+        )
         workflow.set_current_details(
             f"rolled up to {rolled.rolled_up_to} in {rolled.steps} steps; "
-            f"{dropped} raw chunks dropped"
+            f"{dropped} raw chunks dropped{late}"
         )
         return DataLifecycleResult(
-            rolled_up_to=rolled.rolled_up_to, rollup_steps=rolled.steps, chunks_dropped=dropped
+            rolled_up_to=rolled.rolled_up_to,
+            rollup_steps=rolled.steps,
+            chunks_dropped=dropped,
+            rerolled_from=rolled.rerolled_from,
+            rerolled_minutes=rolled.rerolled_minutes,
         )

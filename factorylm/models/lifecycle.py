@@ -28,6 +28,11 @@ class RollUpInput(Model):
 class RollUpResult(Model):
     rolled_up_to: datetime | None
     steps: int
+    # The oldest minute re-rolled in this run because samples older than the lookback arrived
+    # late (an edge's backfill after a long outage); None when there were none. Defaults keep
+    # histories recorded before the field replaying.
+    rerolled_from: datetime | None = None
+    rerolled_minutes: int = 0
 
 
 class DropRawInput(Model):
@@ -39,3 +44,5 @@ class DataLifecycleResult(Model):
     rolled_up_to: datetime | None
     rollup_steps: int
     chunks_dropped: int
+    rerolled_from: datetime | None = None
+    rerolled_minutes: int = 0
