@@ -18,6 +18,7 @@ from api.serving import AppServer
 from factorylm.db.pool import DatabaseUnavailable, create_pool, prepare_database
 from factorylm.plant import Plant
 from factorylm.settings import Settings, SettingsError, unsafe_listener
+from factorylm.temporal_client import ensure_search_attributes
 from ingest.drift import DriftConfig
 from ingest.publisher import EventPublisher
 from ingest.service import IngestService
@@ -73,6 +74,8 @@ class Stack:
         if not ingest_only:
             self.pool = await create_pool(self.settings)
         if self.run_agents_worker:
+            # Before workflows start with a newer attribute (Site) than the namespace knows.
+            await ensure_search_attributes(self.client)
             await ensure_schedules(self.client, self.settings, self.plant)
             self._workers.append(
                 agents.build_worker(self.client, self.pool, self.plant, self.settings)

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import (
+    AddSearchAttributesRequest,
+    ListSearchAttributesRequest,
+)
 from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter
-from temporalio.service import TLSConfig
+from temporalio.service import RPCError, TLSConfig
 
 from factorylm import tracing
 from factorylm.codec import EncryptionCodec, with_codec
@@ -18,6 +25,45 @@ SEVERITY = SearchAttributeKey.for_keyword("Severity")
 ASSET_ID = SearchAttributeKey.for_keyword("AssetId")
 SITE = SearchAttributeKey.for_keyword("Site")
 SEARCH_ATTRIBUTES = (PLC_ID, METRIC, SEVERITY, ASSET_ID, SITE)
+
+log = logging.getLogger(__name__)
+
+
+async def ensure_search_attributes(client: Client) -> list[str]:
+    """Register the search attributes this version uses that the namespace lacks (an older
+    deployment's Temporal, a dev server's database from before `Site`); returns those added.
+    Where the client may not (a hosted namespace, a restricted role) the message says how."""
+    try:
+        known = await client.operator_service.list_search_attributes(
+            ListSearchAttributesRequest(namespace=client.namespace)
+        )
+        missing = [
+            key.name
+            for key in SEARCH_ATTRIBUTES
+            if key.name not in known.custom_attributes and key.name not in known.system_attributes
+        ]
+        if missing:
+            await client.operator_service.add_search_attributes(
+                AddSearchAttributesRequest(
+                    namespace=client.namespace,
+                    search_attributes={
+                        name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for name in missing
+                    },
+                )
+            )
+            log.warning("registered search attributes %s in %s", missing, client.namespace)
+        return missing
+    except RPCError as exc:
+        names = " ".join(k.name for k in SEARCH_ATTRIBUTES)
+        log.error(
+            "cannot check or register the search attributes (%s); register them once: for a in "
+            "%s; do temporal operator search-attribute create -n %s --name $a --type Keyword; "
+            "done",
+            exc,
+            names,
+            client.namespace,
+        )
+        return []
 
 
 class TemporalUnavailable(RuntimeError):

@@ -13,9 +13,10 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from opentelemetry import trace
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHandle
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -50,6 +51,7 @@ class WorkflowStarter:
         self._client = client
         self._tracer = tracer or trace.get_tracer(__name__)
         self._task_queue = task_queue
+        self._without_site = False  # the namespace lacks the Site attribute (see _send)
         self.coalesce_s = coalesce_s
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_call: dict[str, float] = {}
@@ -122,23 +124,43 @@ class WorkflowStarter:
             trace_id = tracing.current_trace_id()
             if trace_id:
                 alert = alert.model_copy(update={"trace_context": {"trace_id": trace_id}})
-            handle = await self._client.start_workflow(
-                DriftResponseWorkflow.run,
-                alert,
-                id=alert.workflow_id,
-                task_queue=self._task_queue,
-                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                start_signal="add_evidence",
-                start_signal_args=[alert],
-                search_attributes=_attributes(alert),
-                static_summary=alert.describe(),
-                memo={ALARM_MEMO: alarm_key} if alarm_key else None,
-                rpc_timeout=timedelta(seconds=rpc_timeout_s) if rpc_timeout_s else None,
-            )
+            try:
+                handle = await self._start(alert, alarm_key, rpc_timeout_s)
+            except RPCError as exc:
+                # A namespace that lacks one of the attributes (an older Temporal the agents
+                # worker has not yet updated, app/stack.py) must not hold the alarm back: it
+                # starts without the Site attribute, and the log says how to add it.
+                if exc.status is not RPCStatusCode.INVALID_ARGUMENT or "Site" not in str(exc):
+                    raise
+                if not self._without_site:
+                    log.error(
+                        "Temporal has no Site search attribute (%s): drift workflows start "
+                        "without it until it is registered (docs/operations.md, Sites)",
+                        exc,
+                    )
+                self._without_site = True
+                handle = await self._start(alert, alarm_key, rpc_timeout_s)
         started = Started(handle.id, handle.result_run_id or "", alert, time.perf_counter() - t0)
         self.started.append(started)
         log.info("drift alarm %s -> workflow %s", alert.describe(), handle.id)
         return started
+
+    async def _start(
+        self, alert: DriftAlert, alarm_key: str | None, rpc_timeout_s: float | None
+    ) -> WorkflowHandle[Any, Any]:
+        return await self._client.start_workflow(
+            DriftResponseWorkflow.run,
+            alert,
+            id=alert.workflow_id,
+            task_queue=self._task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            start_signal="add_evidence",
+            start_signal_args=[alert],
+            search_attributes=_attributes(alert, site=not self._without_site),
+            static_summary=alert.describe(),
+            memo={ALARM_MEMO: alarm_key} if alarm_key else None,
+            rpc_timeout=timedelta(seconds=rpc_timeout_s) if rpc_timeout_s else None,
+        )
 
     async def started_by(self, alarm_key: str, workflow_id: str) -> str | None:
         """The run id of the workflow `alarm_key` started, if an earlier attempt did start one
@@ -163,10 +185,10 @@ class WorkflowStarter:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-def _attributes(alert: DriftAlert) -> TypedSearchAttributes:
+def _attributes(alert: DriftAlert, *, site: bool = True) -> TypedSearchAttributes:
     return TypedSearchAttributes(
         [
-            SearchAttributePair(SITE, alert.site),
+            *([SearchAttributePair(SITE, alert.site)] if site and alert.site else []),
             SearchAttributePair(PLC_ID, alert.plc_id),
             SearchAttributePair(METRIC, alert.metric),
             SearchAttributePair(SEVERITY, alert.severity.value),
