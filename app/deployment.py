@@ -99,6 +99,7 @@ SETTINGS: typing.Mapping[Process, frozenset[str]] = MappingProxyType(
         | _prefixed("baseline_")
         | _prefixed("monkey_")
         | _fields("raw_retention_days", "rollup_lookback_minutes", "lifecycle_every_s")
+        | _fields("spool_max_bytes")  # the health monitor's spool checks (temporal/schedules.py)
         | _prefixed("embedding_")
         | _fields(
             "task_queue",

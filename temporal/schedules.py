@@ -23,7 +23,7 @@ from temporalio.client import (
 
 from factorylm.models.base import Model
 from factorylm.models.baselines import BaselineWorkflowInput
-from factorylm.models.health import DailySummaryInput, HealthMonitorInput
+from factorylm.models.health import DailySummaryInput, HealthMonitorInput, SpoolLimits
 from factorylm.models.lifecycle import DataLifecycleInput
 from factorylm.models.monkey import MonkeyReportInput
 from factorylm.plant import Plant
@@ -79,6 +79,7 @@ def health_schedule(settings: Settings, plant: Plant | None = None) -> Schedule:
         HealthMonitorWorkflow.run,
         HealthMonitorInput(
             task_queues=[settings.task_queue, *edges],
+            spool=SpoolLimits(max_bytes=settings.spool_max_bytes),
             schedule_ids=[BASELINE_SCHEDULE_ID, DAILY_SUMMARY_SCHEDULE_ID],
             recipients=scheduled_recipients(settings),
         ),
