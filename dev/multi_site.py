@@ -22,6 +22,7 @@ from pathlib import Path
 from types import TracebackType
 
 import asyncpg
+import httpx
 from temporalio.api.enums.v1 import EventType, TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
@@ -71,6 +72,12 @@ class MultiSite:
     plcs_per_site: int = 1
     poll_ms: int = POLL_MS
     queue: str = field(default_factory=lambda: f"sites-{uuid.uuid4().hex[:8]}")
+    # In every PLC id: runs that share a database and a Temporal namespace never share a
+    # workflow id, nor an alarm left in the outbox by a run that was killed.
+    tag: str = field(default_factory=lambda: f"r{uuid.uuid4().hex[:4]}")
+    # Further FACTORYLM_* settings of the edges (name → value), e.g. a benchmark's named
+    # departure from a default.
+    edge_settings: dict[str, str] = field(default_factory=dict)
     net: TestNetwork | None = None
     plant: Plant | None = None
     central: Stack | None = None
@@ -90,7 +97,9 @@ class MultiSite:
     async def __aenter__(self) -> MultiSite:
         ports = {s: [PLC_PORT + i for i in range(self.plcs_per_site)] for s in self.site_names}
         self.plant, path = write_site_plant(
-            self.workdir, ports, site_options=lambda _s: {"poll_interval_ms": self.poll_ms}
+            self.workdir,
+            ports,
+            site_options=lambda _s: {"poll_interval_ms": self.poll_ms, "tag": self.tag},
         )
         self.net = TestNetwork(list(self.site_names), log_dir=self.workdir / "logs")
         await self.net.__aenter__()
@@ -117,6 +126,7 @@ class MultiSite:
                 plc_task_queue=central.plc_task_queue,
                 spool_enabled="true",
                 spool_dir=str(self.workdir / "spool" / site.name),
+                **self.edge_settings,
             )
             self.nodes[site.name].edge = self.net.run_in(
                 site.name,
@@ -145,10 +155,20 @@ class MultiSite:
     ) -> None:
         if self.central is not None:
             await self.central.stop()
-        if self.pool is not None:
-            await self.pool.close()
         if self.net is not None:
+            # The edges first: nothing may write this run's rows once they are removed.
             await self.net.__aexit__(exc_type, exc, tb)
+            self.net = None
+        if self.pool is not None:
+            ids = [plc for node in self.nodes.values() for plc in node.plcs]
+            for table in ("alarm_outbox", "samples", "collector_status"):
+                column = "workflow_id" if table == "alarm_outbox" else "plc_id"
+                pattern = "drift-%-" if table == "alarm_outbox" else ""
+                await self.pool.execute(
+                    f"DELETE FROM {table} WHERE {column} LIKE ANY($1)",
+                    [f"{pattern}{plc}%" for plc in ids],
+                )
+            await self.pool.close()
 
     # -- what the tests and the benchmark ask ------------------------------------------------
 
@@ -180,6 +200,28 @@ class MultiSite:
 
         await _until(f"edge {site} polling {queue}", polling, timeout_s)
         await _until(f"samples from {site}", sampling, timeout_s)
+
+    async def inject_now(
+        self, site: str, plc: str, metric: str, size: float, kind: str = "step"
+    ) -> float:
+        """A fault through the site simulator's control channel, over the rig's own window into
+        the site (not across its link); returns the time (epoch s) just before it was sent."""
+        assert self.net is not None
+        host, port = self.net.expose(site, 15099).listen
+        body = {"plc": plc, "metric": metric, "kind": kind, "size": size}
+        async with httpx.AsyncClient(timeout=10) as http:
+            sent = time.time()
+            response = await http.post(f"http://{host}:{port}/faults", json=body)
+        response.raise_for_status()
+        return sent
+
+    async def clear_now(self, site: str, plc: str) -> None:
+        assert self.net is not None
+        host, port = self.net.expose(site, 15099).listen
+        async with httpx.AsyncClient(timeout=10) as http:
+            (
+                await http.delete(f"http://{host}:{port}/faults", params={"plc": plc})
+            ).raise_for_status()
 
     def workflow_id(self, site: str, plc_index: int = 0, metric: str = FAULT_METRIC) -> str:
         return drift_workflow_id(site, self.nodes[site].plcs[plc_index], metric)

@@ -33,11 +33,13 @@ def site_file(
     poll_interval_ms: int = 100,
     approvers: list[str] | None = None,
     policy: str = "auto",
+    tag: str = "",
 ) -> dict[str, Any]:
-    """One site's plant file: PLCs `<site>-tank-<i>` on `host` at `ports`."""
+    """One site's plant file: PLCs `<site>-tank-<i>` (`<site>-<tag>tank-<i>` with a tag, so
+    runs that share a database never share an id) on `host` at `ports`."""
     plcs = [
         {
-            "id": f"{site}-tank-{i}",
+            "id": f"{site}-{tag}tank-{i}",
             "vendor": "generic_modbus",
             "protocol": "modbus_tcp",
             "host": host,
@@ -53,10 +55,10 @@ def site_file(
         "actions": [
             {
                 "name": ACTION,
-                "description": f"Close {site}-tank-0's inlet valve",
+                "description": f"Close {site}-{tag}tank-0's inlet valve",
                 "kind": "plc_write",
                 "policy": policy,
-                "plc": f"{site}-tank-0",
+                "plc": f"{site}-{tag}tank-0",
                 "setpoint": "valve",
                 "value": 0,
                 "metrics": ["pressure"],

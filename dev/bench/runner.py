@@ -86,6 +86,7 @@ def _registry() -> dict[str, Bench]:
     from dev.bench.ingest import ingest_end_to_end, poll_cycle
     from dev.bench.lifecycle import lifecycle
     from dev.bench.memory import embed_throughput, similarity_top5_p99_ms
+    from dev.bench.multi_site import multi_site
     from dev.bench.opcua import opcua_ingest
     from dev.bench.outage import alarm_outage
     from dev.bench.photo import photo_to_workorder_p99_ms
@@ -110,6 +111,7 @@ def _registry() -> dict[str, Bench]:
         "embed_throughput": embed_throughput,
         "lifecycle": lifecycle,
         "store_and_forward": store_and_forward,
+        "multi_site": multi_site,
         "ingest_vs_telegraf": ingest_vs_telegraf,
         "board_p99_ms": board_p99_ms,
         "opcua_ingest": opcua_ingest,

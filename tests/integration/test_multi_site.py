@@ -56,8 +56,8 @@ async def test_each_sites_faults_are_answered_by_its_own_edge_and_a_cut_site_los
         [sites.workflow_id("north"), sites.workflow_id("south")],
     )
     assert sorted((r["plc_id"], r["status"]) for r in writes) == [
-        ("north-tank-0", "verified"),
-        ("south-tank-0", "verified"),
+        (f"north-{sites.tag}tank-0", "verified"),
+        (f"south-{sites.tag}tank-0", "verified"),
     ]
 
     # South's link to the centre is cut for two minutes.
