@@ -33,6 +33,13 @@ def add_parsers(sub: SubParsers) -> None:
     monkey.add_argument(
         "--card", default="", help="with map: rank the files relevant to this card text"
     )
+    for p in (trello, monkey):
+        p.add_argument(
+            "--site",
+            default=None,
+            help="a site's own board (its `trello_board` in the plant file) and approvers; "
+            "its Monkey runs as <FACTORYLM_MONKEY_WORKFLOW_ID>-<site>",
+        )
     log = sub.add_parser("work-log", help="every agent's work (the Workflow Tracker)")
     log.add_argument("--agent", help="drift, photo, health, baseline, outcome, monkey")
     log.add_argument("--since", help="ISO 8601 time with a zone, e.g. 2026-12-01T00:00:00Z")
@@ -48,6 +55,12 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     from factorylm.trello.plan import PlanError
     from factorylm.worklog import WorkLogError
 
+    if getattr(args, "site", None):
+        found = _for_site(settings, args.site)
+        if isinstance(found, str):
+            print(f"error: {found}", file=sys.stderr)
+            return 2
+        settings = found
     try:
         if args.command == "trello":
             return _trello(settings, args)
@@ -59,6 +72,26 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     except (TrelloError, PlanError, WorkLogError, TemporalUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+def _for_site(settings: Settings, name: str) -> Settings | str:
+    """The settings as one site's Monkey sees them: its board, its approvers, its own workflow
+    id; or what is wrong."""
+    from factorylm.plant import PlantConfigError, load_plant
+    from factorylm.roster import site_settings
+
+    try:
+        site = load_plant(settings.plant_file).for_site(name).only_site
+    except PlantConfigError as exc:
+        return str(exc)
+    if not site.trello_board:
+        return f"site {name} has no trello_board in the plant file"
+    return site_settings(settings, site).model_copy(
+        update={
+            "trello_board_id": site.trello_board,
+            "monkey_workflow_id": f"{settings.monkey_workflow_id}-{site.name}",
+        }
+    )
 
 
 def _trello(settings: Settings, args: argparse.Namespace) -> int:

@@ -145,3 +145,14 @@ def test_an_edge_for_an_unknown_site_stops_naming_the_sites(
     # Nor may an edge of a many-site plant leave its site unnamed.
     assert main(["ingest"]) == 2
     assert "the plant has 2 sites (north, south): name one" in capsys.readouterr().err
+
+
+def test_a_sites_monkey_needs_that_site_and_its_board(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, path = write_site_plant(tmp_path, {"north": [1], "south": [2]})
+    monkeypatch.setenv("FACTORYLM_PLANT_FILE", str(path))
+    assert main(["monkey", "status", "--site", "east"]) == 2
+    assert "unknown site 'east'" in capsys.readouterr().err
+    assert main(["monkey", "start", "--site", "north"]) == 2
+    assert "site north has no trello_board in the plant file" in capsys.readouterr().err
