@@ -472,15 +472,17 @@ class BoardData:
 
     async def prime(self, cache: TrendCache) -> None:
         now_s = int(time.time())
+        # Every sample with its second, one row per series: TrendCache.prime averages the
+        # seconds. Grouping by the second in PostgreSQL sorts 16 minutes of a plant's samples
+        # (three times as long for 200 PLCs).
         rows = await self._pool.fetch(
-            """SELECT plc_id, metric, array_agg(t) AS t, array_agg(v) AS v FROM (
-                   SELECT plc_id, metric, extract(epoch FROM time_bucket('1 s', time))::int8 AS t,
-                          avg(value) AS v
-                   FROM samples
-                   WHERE time > now() - $1::interval AND plc_id = ANY($2::text[])
-                     AND value NOT IN ('NaN'::float8, 'Infinity'::float8, '-Infinity'::float8)
-                   GROUP BY 1, 2, 3
-               ) cells GROUP BY 1, 2""",
+            """SELECT plc_id, metric,
+                      array_agg(extract(epoch FROM time_bucket('1 s', time))::int8) AS t,
+                      array_agg(value) AS v
+               FROM samples
+               WHERE time > now() - $1::interval AND plc_id = ANY($2::text[])
+                 AND value NOT IN ('NaN'::float8, 'Infinity'::float8, '-Infinity'::float8)
+               GROUP BY 1, 2""",
             timedelta(seconds=TrendCache.SPAN_S),
             self._plc_ids,
         )
@@ -542,19 +544,23 @@ class BoardData:
         except (RPCError, TimeoutError) as exc:
             log.warning("board: Temporal unreachable: %s", exc)
             return {"items": [], "error": "Temporal is unreachable: open responses unknown"}
+        if running is None:
+            return {"items": [], "error": None, "loading": True}
         return {"items": await self._open_responses(running), "error": None}
 
-    async def _running(self) -> list[tuple[Any, str]]:
+    async def _running(self) -> list[tuple[Any, str]] | None:
         """The Temporal part. Every browser's update shares it, and a query to a workflow
         whose worker is down waits for its timeout: refreshed in the background at most every
-        RESPONSES_CACHE_S, the last answer served meanwhile (the very first is awaited)."""
-        if self._responses is None:
-            await self._refresh_running()
-        elif time.monotonic() - self._responses[0] >= RESPONSES_CACHE_S and (
-            self._refreshing is None or self._refreshing.done()
-        ):
+        RESPONSES_CACHE_S, the last answer served meanwhile. None before the first answer:
+        a page does not wait for Temporal (seconds on a busy server) to show the plant, the
+        next status update brings the responses."""
+        stale = self._responses is None or (
+            time.monotonic() - self._responses[0] >= RESPONSES_CACHE_S
+        )
+        if stale and (self._refreshing is None or self._refreshing.done()):
             self._refreshing = asyncio.create_task(self._refresh_quietly())
-        assert self._responses is not None
+        if self._responses is None:
+            return None
         if isinstance(self._responses[1], BaseException):
             raise self._responses[1]
         return self._responses[1]
@@ -743,12 +749,11 @@ class BoardData:
         }
 
     async def status(self) -> dict[str, Any]:
-        return {
-            "now": time.time(),
-            "collectors": await self.collectors(),
-            "responses": await self.responses(),
-            **(await self.recent()),
-        }
+        # Side by side on the pool's connections: one round trip's wait instead of three.
+        collectors, responses, recent = await asyncio.gather(
+            self.collectors(), self.responses(), self.recent()
+        )
+        return {"now": time.time(), "collectors": collectors, "responses": responses, **recent}
 
     async def initial(
         self,
@@ -826,8 +831,12 @@ class TrendCache:
                 continue
             t = np.asarray(r["t"], dtype=np.int64)
             v = np.asarray(r["v"], dtype=np.float64)
-            keep = t >= first
-            self._values[i, t[keep] % self.SPAN_S] = v[keep]
+            keep = (t >= first) & (t <= now_s)
+            cols = t[keep] % self.SPAN_S
+            counts = np.bincount(cols, minlength=self.SPAN_S)
+            sums = np.bincount(cols, weights=v[keep], minlength=self.SPAN_S)
+            has = counts > 0
+            self._values[i, has] = sums[has] / counts[has]
         self.primed = True
 
     def put(self, index: np.ndarray, secs: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -928,6 +937,7 @@ class BoardHub:
         self._woke: float | None = None  # when the first notify since the last update came
         self._last_use = time.monotonic()
         self._status_at = 0.0
+        self._published_at = 0.0
         # The last status ticked (monotonic time, sections), as the replay event's JSON, and
         # what the updates last sent of each section.
         self._status: tuple[float, dict[str, Any]] | None = None
@@ -1110,6 +1120,11 @@ class BoardHub:
                 b"event: update\ndata: "
                 + orjson.dumps({"markers": markers, **last, "ages": self._ages(last)})[:-1]
             )
+        quiet = runs == b"[]" and not fresh and status is None
+        if quiet and time.monotonic() - self._published_at < IDLE_TICK_S:
+            # Nothing new (another plant's writer on the same database, say): no event, but
+            # one at least every IDLE_TICK_S, which tells the browsers the stream is alive.
+            return None
         payload["built"] = time.time()
         return b'event: update\ndata: %s,"p":%s}\n\n' % (orjson.dumps(payload)[:-1], runs)
 
@@ -1167,6 +1182,7 @@ class BoardHub:
         return [None if c["age_s"] is None else round(c["age_s"], 1) for c in status["collectors"]]
 
     def publish(self, event: bytes) -> None:
+        self._published_at = time.monotonic()
         for queue in list(self._subscribers):
             try:
                 queue.put_nowait(event)

@@ -400,7 +400,8 @@
     const box = $("responses");
     box.textContent = "";
     if (resp.error) box.append(el("p", { class: "error", role: "alert" }, resp.error));
-    if (!resp.items.length && !resp.error) box.append(el("p", { class: "empty" }, "none"));
+    if (resp.loading) box.append(el("p", { class: "empty" }, "reading from Temporal…"));
+    else if (!resp.items.length && !resp.error) box.append(el("p", { class: "empty" }, "none"));
     for (const r of resp.items) {
       const head = (r.plc ? r.plc + " · " + r.metric : r.workflow_id) + (r.sigma !== null ? " · " + (r.sigma >= 0 ? "+" : "") + r.sigma.toFixed(1) + "σ" : "");
       const links = el("p", { class: "links" }, safeLink(r.history, "Temporal history"));
