@@ -870,11 +870,14 @@ class TrendCache:
         """Each series' bucketed trend as {"i0": first bucket, "v": [...]} JSON."""
         secs = np.arange(t0, now_s + 1, dtype=np.int64)
         cols = secs % self.SPAN_S
-        m = self._values[:, cols]
-        m[:, self._stamp[cols] != secs] = np.nan
-        pad = (-m.shape[1]) % step
-        if pad:
-            m = np.concatenate([m, np.full((m.shape[0], pad), np.nan)], axis=1)
+        # The window's columns, padded with empty ones to whole buckets, copied by at most two
+        # slices of the ring (it wraps once at most: the window is shorter than the ring).
+        width = len(secs) + (-len(secs)) % step
+        m = np.full((len(self.keys), width), np.nan)
+        head = min(len(secs), self.SPAN_S - int(cols[0]))
+        m[:, :head] = self._values[:, cols[0] : cols[0] + head]
+        m[:, head : len(secs)] = self._values[:, : len(secs) - head]
+        m[:, : len(secs)][:, self._stamp[cols] != secs] = np.nan
         cells = m.reshape(m.shape[0], -1, step)
         empty = np.isnan(cells)
         counts = step - np.count_nonzero(empty, axis=2)
