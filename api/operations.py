@@ -24,6 +24,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.cmms import work_order_label
 from api.auth import APPROVE, READ, AccessGuard, client_of
 from factorylm.models.approvals import ApprovalDecision
+from factorylm.roster import central_approver_addresses
 from factorylm.settings import Settings
 from workflows.drift_response import DriftResponseWorkflow
 
@@ -59,6 +60,8 @@ class OperatorRoutes:
         self._settings = settings
         self._client = client
         self._pool = pool
+        # Every site's approvers; the workflow then checks the one its request was sent to.
+        self._approvers = central_approver_addresses(settings)
 
     async def health(self, request: Request) -> JSONResponse:
         """Unauthenticated (for load balancers): it says what is down, never why — the error
@@ -105,7 +108,7 @@ class OperatorRoutes:
                 workflow_id,
             )
             return error(403, f"this token decides as {approver}, not as {body.approver}")
-        if approver not in self._settings.approvers:
+        if approver not in self._approvers:
             log.warning("refused decision from unauthorised %r on %r", approver, workflow_id)
             return error(403, f"{approver} is not an authorised approver")
         decision = ApprovalDecision(approve=body.approve, approver=approver, code=body.code)

@@ -32,7 +32,7 @@ from api.twilio_signed import signed_form
 from factorylm.alarms import alarm_reply
 from factorylm.models.approvals import ApprovalDecision
 from factorylm.models.messages import Acknowledgement
-from factorylm.roster import approver_addresses, load_roster
+from factorylm.roster import central_approver_addresses, load_roster
 from factorylm.settings import Settings
 from factorylm.whatsapp import Reply, parse_ack, parse_reply
 from workflows.drift_response import DriftResponseWorkflow
@@ -68,7 +68,9 @@ class WhatsAppWebhook:
         self._photos = photos
         # The roster's people on every channel (or the approvers): who is heard.
         self._roster = load_roster(settings)
-        self._allowed = approver_addresses(settings)
+        # Every site's approvers (a site may name its own); each request is still answerable
+        # only by the people it was sent to.
+        self._allowed = central_approver_addresses(settings)
 
     async def handle(self, request: Request) -> Response:
         form = await signed_form(request, self._settings, "WhatsApp webhook")

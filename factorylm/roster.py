@@ -401,3 +401,16 @@ def plant_approver_addresses(settings: Settings, plant: Plant) -> frozenset[str]
     for site in plant.sites:
         found |= approver_addresses(site_settings(settings, site))
     return found
+
+
+def central_approver_addresses(settings: Settings) -> frozenset[str]:
+    """Who the central API hears as an approver: every site's (a site may name its own), from
+    the plant file. A plant file that does not load leaves the deployment's own: fewer people
+    heard, never more."""
+    from factorylm.plant import PlantConfigError, load_plant
+
+    try:
+        plant = load_plant(settings.plant_file)
+    except PlantConfigError:
+        return approver_addresses(settings)
+    return plant_approver_addresses(settings, plant)

@@ -11,7 +11,7 @@ import yaml
 from app.cli import main
 from dev.site_plant import site_file, write_site_plant
 from factorylm.plant import PlantConfigError, load_plant
-from factorylm.roster import approver_addresses, site_settings
+from factorylm.roster import approver_addresses, central_approver_addresses, site_settings
 from factorylm.settings import Settings
 
 
@@ -156,3 +156,17 @@ def test_a_sites_monkey_needs_that_site_and_its_board(
     assert "unknown site 'east'" in capsys.readouterr().err
     assert main(["monkey", "start", "--site", "north"]) == 2
     assert "site north has no trello_board in the plant file" in capsys.readouterr().err
+
+
+def test_the_central_api_hears_every_sites_approvers_and_only_the_deployments_without_a_plant(
+    tmp_path: Path,
+) -> None:
+    _, path = write_site_plant(
+        tmp_path,
+        {"north": [1], "south": [2]},
+        site_options=lambda s: {"approvers": ["+15550100777"]} if s == "north" else {},
+    )
+    settings = Settings(approvers=["+15550100001"], plant_file=path)
+    assert central_approver_addresses(settings) == {"+15550100777", "+15550100001"}
+    broken = settings.model_copy(update={"plant_file": tmp_path / "missing.yaml"})
+    assert central_approver_addresses(broken) == {"+15550100001"}
