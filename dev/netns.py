@@ -296,6 +296,10 @@ class Forwarder:
                     self._pipe(reader, up_writer, up=True),
                     self._pipe(up_reader, writer, up=False),
                 )
+            except asyncio.CancelledError:
+                # The rig closing: asyncio's stream callback would log a cancelled handler
+                # as an error ("Exception in callback"); the connection just ends.
+                return
             finally:
                 up_writer.close()
                 self._writers.discard(up_writer)
