@@ -177,6 +177,63 @@ def _roster(settings: Settings) -> Check:
     )
 
 
+async def _pollers(settings: Settings, queue: str) -> int | None:
+    """How many workers poll `queue` for activities now; None when Temporal does not say."""
+    from temporalio.api.enums.v1 import TaskQueueType
+    from temporalio.api.taskqueue.v1 import TaskQueue
+    from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+
+    try:
+        client = await asyncio.wait_for(connect(settings), timeout=5)
+        resp = await asyncio.wait_for(
+            client.workflow_service.describe_task_queue(
+                DescribeTaskQueueRequest(
+                    namespace=settings.temporal_namespace,
+                    task_queue=TaskQueue(name=queue),
+                    task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
+                )
+            ),
+            timeout=5,
+        )
+    except (TemporalUnavailable, TimeoutError, RuntimeError):
+        return None
+    return len(resp.pollers)
+
+
+async def _sites(settings: Settings) -> list[Check]:
+    """Each site of the plant file: its PLCs, its approvers, and whether an edge serves it now."""
+    from factorylm.plant import PlantConfigError, load_plant
+    from factorylm.roster import RosterError, load_roster, site_settings
+
+    try:
+        plant = load_plant(settings.plant_file)
+    except PlantConfigError as exc:
+        return [Check("plant", False, str(exc), f"fix {settings.plant_file}")]
+    checks = [
+        Check("plant", True, f"{plant.name}: {len(plant.sites)} site(s), {settings.plant_file}")
+    ]
+    for site in plant.sites:
+        queue = settings.edge_queue(site.name)
+        own = site_settings(settings, site)
+        try:
+            roster = load_roster(own)
+        except RosterError as exc:
+            checks.append(Check(f"site {site.name}", False, str(exc), f"fix {site.roster}"))
+            continue
+        people = len(roster.people) if roster else 0
+        pollers = await _pollers(settings, queue)
+        serving = "unknown" if pollers is None else f"{pollers} edge worker(s) polling now"
+        checks.append(
+            Check(
+                f"site {site.name}",
+                True,
+                f"{len(site.plcs)} PLC(s), {people} approver(s)"
+                f"{' of its own' if own is not settings else ''}; {queue}: {serving}",
+            )
+        )
+    return checks
+
+
 async def run_checks(settings: Settings) -> list[Check]:
     pg, tp, sandbox = await asyncio.gather(
         _postgres(settings), _temporal(settings), asyncio.to_thread(_sandbox)
@@ -189,6 +246,7 @@ async def run_checks(settings: Settings) -> list[Check]:
         _embedding(settings),
         sandbox,
         _roster(settings),
+        *await _sites(settings),
     ]
 
 

@@ -43,6 +43,11 @@ def test_doctor_reports_every_part_ok(settings: Settings) -> None:
             part
         )
     assert "timescaledb 2." in result.stdout and "vector 0." in result.stdout
+    # The demo plant is one site, its edge queue named after it.
+    (site,) = [x for x in result.stdout.splitlines() if x.startswith("ok      site ")]
+    assert site.startswith("ok      site demo-plant  6 PLC(s), ")
+    assert f"; {settings.plc_task_queue}-demo-plant: " in site
+    assert site.endswith(" edge worker(s) polling now")
 
 
 def test_doctor_names_what_is_missing_and_the_fix(settings: Settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
