@@ -368,19 +368,17 @@ def _tagged(items: object, site: str, what: str) -> object:
     out: list[object] = []
     for item in items:
         if isinstance(item, dict):
-            named = item.get("site")
-            if named not in (None, "", site):
-                label = item.get("id") or item.get("name") or "?"
-                raise ValueError(
-                    f"{what} {label!r} names site {named!r} but is listed under {site!r}"
-                )
+            named, label = item.get("site"), item.get("id") or item.get("name") or "?"
+        elif isinstance(item, Plc | CatalogAction):
+            named, label = item.site, item.id if isinstance(item, Plc) else item.name
+        else:
+            out.append(item)  # the field's own validation says what is wrong
+            continue
+        if named not in (None, "", site):
+            raise ValueError(f"{what} {label!r} names site {named!r} but is listed under {site!r}")
+        if isinstance(item, dict):
             item = {**item, "site": site}
-        elif isinstance(item, Plc | CatalogAction) and item.site != site:
-            if item.site:
-                raise ValueError(
-                    f"{what} {item.name if isinstance(item, CatalogAction) else item.id!r} "
-                    f"names site {item.site!r} but is listed under {site!r}"
-                )
+        elif item.site != site:
             item = item.model_copy(update={"site": site})
         out.append(item)
     return out

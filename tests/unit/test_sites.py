@@ -91,8 +91,18 @@ def test_two_sites_claiming_one_plc_id_are_named(tmp_path: Path) -> None:
             ],
             "unknown PLC 'a-tank-0' (not at site b)",
         ),
+        (
+            [{"name": "a", "plcs": [{**site_file("a", [1])["plcs"][0], "site": "b"}]}],
+            "PLC 'a-tank-0' names site 'b' but is listed under 'a'",
+        ),
     ],
-    ids=["empty-site", "bad-name", "repeated-site", "action-on-another-sites-plc"],
+    ids=[
+        "empty-site",
+        "bad-name",
+        "repeated-site",
+        "action-on-another-sites-plc",
+        "plc-naming-another-site",
+    ],
 )
 def test_bad_sites_are_refused_with_the_site_named(
     tmp_path: Path, sites: list[dict[str, Any]], words: str
