@@ -128,7 +128,8 @@ GRANT EXECUTE ON FUNCTION factorylm_drop_raw_samples(interval, interval) TO fact
 -- On the Timescale-licensed edition (the timescaledb-ha image in compose) raw chunks older than
 -- a day are also compressed, per PLC·metric: the rollup and late inserts still work on them. The
 -- Apache-2 edition of the embedded default has no compression; `factorylm doctor` says which
--- edition is in use.
+-- edition is in use. The test suite runs on the Apache-2 edition only; this block was run by
+-- hand on a TSL build (docs/operations.md, "Retention and rollups").
 DO $$
 BEGIN
     IF current_setting('timescaledb.license', true) = 'timescale' THEN

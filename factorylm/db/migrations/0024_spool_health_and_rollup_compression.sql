@@ -13,14 +13,15 @@ CREATE TABLE health_spool_seen (
     observed_at      timestamptz NOT NULL
 );
 
--- NOT TESTED HERE: the machines that build and test FactoryLM have only the Apache-2 edition
--- (Debian's +dfsg source has no TSL code), so this block has never run. It is kept to one
--- documented call each. On the Timescale-licensed edition (the timescaledb-ha image in
--- compose) the 1-minute rollups, kept for years, are compressed per PLC·metric once their
--- 30-day chunk is a week past its end. The rollup job only rewrites the last
--- `rollup_lookback_minutes` (2 h by default), far inside the uncompressed chunk, so its upsert
--- never meets a compressed row; readers see the same table either way. `factorylm doctor`
--- names what is in use.
+-- Not run by the test suite: the machines that build and test FactoryLM have only the Apache-2
+-- edition (Debian's +dfsg source has no TSL code). Run by hand on a TSL build instead
+-- (docs/operations.md, "Retention and rollups"). It is kept to one documented call each. On
+-- the Timescale-licensed edition (the timescaledb-ha image in compose) the 1-minute rollups,
+-- kept for years, are compressed per PLC·metric once their 30-day chunk is a week past its
+-- end. The normal rollup rewrites only the last `rollup_lookback_minutes` (2 h by default),
+-- inside the uncompressed chunk; a re-roll of late samples or a fold-in (migration 0025) may
+-- upsert into a compressed chunk, which TimescaleDB decompresses for it (checked by hand
+-- too). Readers see the same table either way. `factorylm doctor` names what is in use.
 DO $$
 BEGIN
     IF current_setting('timescaledb.license', true) = 'timescale' THEN
