@@ -777,9 +777,10 @@ class BoardData:
 
 def _round6(values: np.ndarray) -> np.ndarray:
     """Six significant digits: what a trend can show, in half the JSON."""
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         mag = np.where(values == 0, 1.0, 10.0 ** (5 - np.floor(np.log10(np.abs(values)))))
-        return np.round(values * mag) / mag
+        # A value so small its scale overflows (subnormal) is kept as it is.
+        return np.where(np.isfinite(mag), np.round(values * mag) / mag, values)
 
 
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
@@ -852,7 +853,7 @@ class TrendCache:
         return news
 
     def recent(self, seconds: int) -> bytes:
-        """The last `seconds` of every series, as the runs an update carries (`_runs`)."""
+        """The last `seconds` of every series, as the runs an update carries (`_encode_runs`)."""
         if not self.primed:
             return b"[]"
         newest = int(self._stamp.max())

@@ -196,6 +196,48 @@ async def test_one_listener_fans_each_update_out_to_every_browser(
             await asyncio.gather(first, second, return_exceptions=True)
 
 
+async def test_updates_repeat_no_unchanged_section_and_a_new_stream_starts_with_all_of_it(
+    tmp_path: Path, settings: Settings, client: Client
+) -> None:
+    plant_file, plc = _plant_file(tmp_path)
+    async with api_rig(tmp_path, settings, client, plant_file=plant_file) as rig:
+        viewer = await rig.token(Role.VIEWER)
+        got: list[list[dict[str, Any]]] = [[], []]
+
+        async def browser(n: int, http: httpx.AsyncClient) -> None:
+            async with http.stream("GET", "/board/events") as response:
+                async for line in response.aiter_lines():
+                    if line.startswith("data: "):
+                        got[n].append(json.loads(line.removeprefix("data: ")))
+
+        def status_updates(n: int) -> list[dict[str, Any]]:
+            return [u for u in got[n] if "ages" in u]
+
+        async with rig.http(viewer) as one, rig.http(viewer) as two:
+            first = asyncio.create_task(browser(0, one))
+            # No ingest runs here: the PLC's collector state stays "no collector".
+            await until("three status updates", lambda: len(status_updates(0)) >= 3)
+            opening, *later = status_updates(0)
+            assert [c["plc"] for c in opening["collectors"]] == [plc]
+            assert opening["collectors"][0]["state"] == "no collector"
+            assert opening["ages"] == [None] and "writes" in opening
+            for update in later:
+                assert update["ages"] == [None]  # every PLC's age, on every status update
+                assert "collectors" not in update and "writes" not in update
+                assert "work_orders" not in update and "messages" not in update
+            # A browser that connects now gets everything the first one was told.
+            second = asyncio.create_task(browser(1, two))
+            await until("the second browser's first event", lambda: got[1])
+            replay = got[1][0]
+            assert "woke" not in replay  # the replay, no update
+            assert [c["plc"] for c in replay["collectors"]] == [plc]
+            assert replay["ages"] == [None]
+            assert replay["writes"] == [] and replay["work_orders"] == []
+            first.cancel()
+            second.cancel()
+            await asyncio.gather(first, second, return_exceptions=True)
+
+
 async def test_sign_in_sets_an_httponly_strict_cookie_and_a_revoked_token_sees_no_data(
     tmp_path: Path, settings: Settings, client: Client
 ) -> None:
