@@ -941,7 +941,9 @@ class BoardHub:
         self._woke: float | None = None  # when the first notify since the last update came
         self._last_use = time.monotonic()
         self._status_at = 0.0
+        self._status_task: asyncio.Task[None] | None = None
         self._published_at = 0.0
+        self._markers: list[dict[str, Any]] = []
         # The last status ticked (monotonic time, sections), as the replay event's JSON, and
         # what the updates last sent of each section.
         self._status: tuple[float, dict[str, Any]] | None = None
@@ -1018,11 +1020,12 @@ class BoardHub:
 
     async def close(self) -> None:
         """Stops the listener and ends every open stream (the API is stopping)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in (self._status_task, self._task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._status_task = self._task = None
         for queue in list(self._subscribers):
             self._end(queue)
 
@@ -1089,17 +1092,21 @@ class BoardHub:
     async def tick(self, woke: float | None = None) -> bytes | None:
         """Reads the new points once (into the cache) and, with browsers open, makes the one
         update they all get: the 1 s buckets that are new or changed, as runs [t, first
-        series index, [values]] (indexes into the page's series list), and every
-        STATUS_EVERY_S what changed of the status sections. `woke`: when the notify that
-        asked for it arrived (the benchmark measures from there to each browser)."""
-        status_due = bool(self._subscribers) and (
-            time.monotonic() - self._status_at >= STATUS_EVERY_S
-        )
-        # One round trip's time for all three: the pool has a connection for each.
-        rows, markers, status = await asyncio.gather(
+        series index, [values]] (indexes into the page's series list). `woke`: when the
+        notify that asked for it arrived (the benchmark measures from there to each browser).
+        Every STATUS_EVERY_S it also starts reading the status sections, which go out as an
+        event of their own when read (`_read_status`): the points wait for no status query."""
+        if (
+            self._subscribers
+            and time.monotonic() - self._status_at >= STATUS_EVERY_S
+            and (self._status_task is None or self._status_task.done())
+        ):
+            self._status_at = time.monotonic()
+            self._status_task = asyncio.create_task(self._read_status())
+        # One round trip's time for both: the pool has a connection for each.
+        rows, markers = await asyncio.gather(
             self._data.live_rows(),
             self._data.markers(LIVE_LOOKBACK_S * 15) if self._subscribers else _none(),
-            self._data.status() if status_due else _none(),
         )
         runs = self._store(rows)
         self.ticks += 1
@@ -1112,25 +1119,43 @@ class BoardHub:
         if fresh:
             payload["markers"] = markers
             self._sent["markers"] = marks
-        if status is not None:
-            self._status_at = time.monotonic()
-            payload |= self._status_delta(status)
-            self._status = (self._status_at, status)
-        if (fresh or status is not None) and self._status is not None:
-            # What a browser that connects meanwhile gets first (no "woke": it is no update):
-            # everything the updates so far told the others.
-            last = self._status[1]
-            self._replay = (
-                b"event: update\ndata: "
-                + orjson.dumps({"markers": markers, **last, "ages": self._ages(last)})[:-1]
-            )
-        quiet = runs == b"[]" and not fresh and status is None
-        if quiet and time.monotonic() - self._published_at < IDLE_TICK_S:
+            self._markers = markers
+            self._make_replay()
+        if runs == b"[]" and not fresh and time.monotonic() - self._published_at < IDLE_TICK_S:
             # Nothing new (another plant's writer on the same database, say): no event, but
             # one at least every IDLE_TICK_S, which tells the browsers the stream is alive.
             return None
         payload["built"] = time.time()
         return b'event: update\ndata: %s,"p":%s}\n\n' % (orjson.dumps(payload)[:-1], runs)
+
+    async def _read_status(self) -> None:
+        """Reads the status sections and sends what changed of them at once: an event with
+        "read" (when the read began, the benchmark measures from there) and no points."""
+        read = time.time()
+        try:
+            status = await self._data.status()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("board: status read failed: %s", exc)
+            return
+        if not self._subscribers:
+            return
+        payload: dict[str, Any] = {"read": read, "now": time.time()}
+        payload |= self._status_delta(status)
+        self._status = (time.monotonic(), status)
+        self._make_replay()
+        payload["built"] = time.time()
+        self.publish(b'event: update\ndata: %s,"p":[]}\n\n' % orjson.dumps(payload)[:-1])
+
+    def _make_replay(self) -> None:
+        """What a browser that connects gets first (no "woke": it is no update): everything
+        the events so far told the others."""
+        if self._status is None:
+            return
+        last = self._status[1]
+        self._replay = (
+            b"event: update\ndata: "
+            + orjson.dumps({"markers": self._markers, **last, "ages": self._ages(last)})[:-1]
+        )
 
     def _store(self, rows: list[asyncpg.Record]) -> bytes:
         """The live rows into the cache; the news among them as an update's runs."""

@@ -49,6 +49,7 @@ TAG = "bench-board"
 HISTORY_S = 900  # the board's default range, filled before measuring
 CHART_WIDTH = 284
 _WOKE = re.compile(rb'^data: \{"woke":([0-9.]+),')
+_READ = re.compile(rb'^data: \{"read":([0-9.]+),')
 _BUILT = re.compile(rb'"built":([0-9.]+)')
 
 
@@ -67,6 +68,7 @@ async def _stream(
     http: httpx.AsyncClient,
     latencies: list[float],
     server: list[float],
+    statuses: list[float],
     stop: asyncio.Event,
     first: asyncio.Event,
 ) -> None:
@@ -84,6 +86,8 @@ async def _stream(
                         if built:
                             server.append(float(built[1]) - float(match[1]))
                         first.set()
+                    elif read := _READ.match(raw):
+                        statuses.append(time.time() - float(read[1]))
                     if stop.is_set():
                         return
         except httpx.HTTPError:
@@ -97,11 +101,14 @@ async def _browsers(url: str, token: str, clients: int, seconds: float) -> dict[
     stop = asyncio.Event()
     updates: list[float] = []
     built: list[float] = []  # from the wake-up to the update made, in the API
+    statuses: list[float] = []  # from the status read's start to each browser
     pages: list[float] = []
     sizes: list[int] = []
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30, limits=limits) as http:
         firsts = [asyncio.Event() for _ in range(clients)]
-        streams = [asyncio.create_task(_stream(http, updates, built, stop, f)) for f in firsts]
+        streams = [
+            asyncio.create_task(_stream(http, updates, built, statuses, stop, f)) for f in firsts
+        ]
         # The first load after the board was idle reads the samples table (the hub's memory
         # is filled meanwhile): reported apart, measured from the next on.
         t0 = time.perf_counter()
@@ -112,6 +119,7 @@ async def _browsers(url: str, token: str, clients: int, seconds: float) -> dict[
         await asyncio.wait_for(asyncio.gather(*(f.wait() for f in firsts)), 60)
         updates.clear()
         built.clear()
+        statuses.clear()
         print("ready", flush=True)
         end = time.monotonic() + seconds
         while time.monotonic() < end:
@@ -131,6 +139,7 @@ async def _browsers(url: str, token: str, clients: int, seconds: float) -> dict[
         "pages": pages,
         "updates": updates,
         "built": built,
+        "statuses": statuses,
         "page_bytes": statistics.median(sizes),
         "cold_page_s": cold,
     }
@@ -322,6 +331,10 @@ async def board_p99_ms(
         # The API's part of an update (wake-up to the encoded event), each counted once per
         # browser that got it; the rest is delivery and the browsers' own process.
         "update_server_p99_ms": round(_p(seen["built"], 99) * 1000, 1),
+        # The status sections (collectors, responses, recent activity) every 1.5 s, an event
+        # of their own: from the start of their read to each browser.
+        "status": _ms(seen["statuses"]),
+        "status_events_received": len(seen["statuses"]),
         "open_streams": clients,
         "anchor_raw_rows": raw_rows,
         "jitter_p99_ms_without": round(jitter_without, 2),
