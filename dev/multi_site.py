@@ -34,6 +34,7 @@ from dev.site_plant import write_site_plant
 from factorylm.models.drift import DriftResponseResult, drift_workflow_id
 from factorylm.plant import Plant
 from factorylm.settings import Settings
+from ingest.manager import ingest_name
 
 PLC_PORT = 15020  # every site's PLCs on the same port: each site has its own loopback
 POLL_MS = 250
@@ -168,6 +169,12 @@ class MultiSite:
                     f"DELETE FROM {table} WHERE {column} LIKE ANY($1)",
                     [f"{pattern}{plc}%" for plc in ids],
                 )
+            # Its edges' status rows too: a later health monitor in this database must not
+            # watch spools of edges that are gone.
+            await self.pool.execute(
+                "DELETE FROM ingest_writer_status WHERE host = ANY($1)",
+                [ingest_name(self.plant.for_site(s)) for s in self.nodes] if self.plant else [],
+            )
             await self.pool.close()
 
     # -- what the tests and the benchmark ask ------------------------------------------------
