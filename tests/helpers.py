@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import yaml
 
 from dev.fakes.server import free_port
+from factorylm.db.pool import prepare_database
 from factorylm.models.drift import DriftAlert
 from factorylm.plant import Plant
-from factorylm.settings import PROJECT_ROOT
+from factorylm.settings import PROJECT_ROOT, Settings
 from factorylm.waiting import wait_for
 
 __all__ = ["free_port", "until"]  # free_port: re-exported for the test modules
@@ -142,3 +145,19 @@ class SwitchableProxy:
         self.cut()
         if self._server:
             self._server.close()
+
+
+@asynccontextmanager
+async def own_database(settings: Settings, suffix: str) -> AsyncIterator[Settings]:
+    """A migrated database of the test's own, dropped after: for what is database-wide (the
+    rollups' watermark, the raw drop)."""
+    own = settings.model_copy(update={"pg_database": f"{settings.pg_database}_{suffix}"})
+    await prepare_database(own)
+    try:
+        yield own
+    finally:
+        conn = await asyncpg.connect(settings.dsn_for("postgres"))
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{own.pg_database}" WITH (FORCE)')
+        finally:
+            await conn.close()

@@ -19,12 +19,13 @@ from activities.agents.watchman import Watchman
 from activities.baselines import BaselineActivities
 from activities.lifecycle import LifecycleActivities
 from app.deployment import apply_grants
-from factorylm.db.pool import create_pool, prepare_database
+from factorylm.db.pool import create_pool
 from factorylm.db.rollups import BASELINE_FROM_RAW, BASELINE_FROM_ROLLUPS
 from factorylm.models.agents import WatchmanInput
 from factorylm.models.baselines import ComputeBaselinesInput
 from factorylm.models.lifecycle import DataLifecycleInput, DataLifecycleResult
 from factorylm.settings import Settings
+from helpers import own_database
 from workers.registry import bind
 from workflows.lifecycle import DataLifecycleWorkflow
 
@@ -34,14 +35,8 @@ T0 = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
 
 @pytest.fixture
 async def lifecycle_db(settings: Settings) -> AsyncIterator[Settings]:
-    own = settings.model_copy(update={"pg_database": f"{settings.pg_database}_lc"})
-    await prepare_database(own)
-    yield own
-    conn = await asyncpg.connect(settings.dsn_for("postgres"))
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{own.pg_database}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    async with own_database(settings, "lc") as own:
+        yield own
 
 
 async def _insert(conn: asyncpg.Connection, rows: list[tuple[datetime, str, str, float]]) -> None:

@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from app.deployment import apply_grants
-from factorylm.db.pool import prepare_database
 from factorylm.grafana import plant_link
 from factorylm.settings import PROJECT_ROOT, Settings
+from helpers import own_database
 
 GRAFANA = PROJECT_ROOT / "grafana"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
@@ -109,14 +109,8 @@ def test_alert_links_are_filtered_to_the_event() -> None:
 @pytest.fixture
 async def rollup_db(settings: Settings) -> AsyncIterator[Settings]:
     """A database of its own: the rollup watermark and the drop are database-wide."""
-    own = settings.model_copy(update={"pg_database": f"{settings.pg_database}_gf"})
-    await prepare_database(own)
-    yield own
-    conn = await asyncpg.connect(settings.dsn_for("postgres"))
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{own.pg_database}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    async with own_database(settings, "gf") as own:
+        yield own
 
 
 async def test_long_ranges_chart_the_rollups_where_the_raw_samples_are_gone(

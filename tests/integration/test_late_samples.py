@@ -18,10 +18,10 @@ from temporalio.worker import Worker
 
 from activities.lifecycle import LifecycleActivities
 from app.deployment import apply_grants
-from factorylm.db.pool import create_pool, prepare_database
+from factorylm.db.pool import create_pool
 from factorylm.models.lifecycle import DataLifecycleInput, DataLifecycleResult
 from factorylm.settings import Settings
-from helpers import until
+from helpers import own_database, until
 from ingest.spool import Spool
 from ingest.writer import BatchWriter
 from workers.registry import bind
@@ -33,14 +33,8 @@ MINUTE = timedelta(minutes=1)
 
 @pytest.fixture
 async def late_db(settings: Settings) -> AsyncIterator[Settings]:
-    own = settings.model_copy(update={"pg_database": f"{settings.pg_database}_late"})
-    await prepare_database(own)
-    yield own
-    conn = await asyncpg.connect(settings.dsn_for("postgres"))
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{own.pg_database}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    async with own_database(settings, "late") as own:
+        yield own
 
 
 async def _insert(conn: asyncpg.Connection, rows: list[Row]) -> None:

@@ -12,51 +12,26 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
-from pydantic import BaseModel
-from temporalio import workflow
+from forgery import ForgedWriteWorkflow, Forgery
 from temporalio.client import Client, WorkflowFailureError, WorkflowUpdateFailedError
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.worker import Worker
 
 from app.stack import Stack
 from dev.simulator.modbus import SimulatedModbusPlc
 from factorylm.models.approvals import ApprovalDecision, PendingApproval
-from factorylm.models.plc_writes import PlcWriteInput, PlcWriteResult
+from factorylm.models.plc_writes import PlcWriteInput
 from factorylm.settings import Settings
 from helpers import make_alert, plant_with_free_ports, until
 from workflows.drift_response import DriftResponseWorkflow
 
 APPROVER = "whatsapp:+15550100001"
 BACKUP = "whatsapp:+15550100002"
-
-
-class Forgery(BaseModel):
-    write: PlcWriteInput
-    edge_queue: str
-
-
-@workflow.defn(sandboxed=False)
-class ForgedWriteWorkflow:
-    """Not product code: what an intruder on the Temporal frontend would run."""
-
-    @workflow.run
-    async def run(self, forgery: Forgery) -> PlcWriteResult:
-        result: PlcWriteResult = await workflow.execute_activity(
-            "write_plc_setpoint",
-            forgery.write,
-            result_type=PlcWriteResult,
-            task_queue=forgery.edge_queue,
-            start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=RetryPolicy(maximum_attempts=1),
-        )
-        return result
 
 
 @dataclass

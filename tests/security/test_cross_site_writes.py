@@ -11,15 +11,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 
 import asyncpg
 import pytest
-from pydantic import BaseModel
-from temporalio import workflow
+from forgery import ForgedWriteWorkflow, Forgery
 from temporalio.client import Client, WorkflowFailureError, WorkflowUpdateFailedError
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.worker import Worker
 
@@ -28,7 +25,7 @@ from dev.simulator.modbus import SimulatedModbusPlc
 from dev.site_plant import ACTION, write_site_plant
 from factorylm.models.approvals import ApprovalDecision, PendingApproval
 from factorylm.models.drift import DriftResponseResult
-from factorylm.models.plc_writes import PlcWriteInput, PlcWriteResult
+from factorylm.models.plc_writes import PlcWriteInput
 from factorylm.plant import Plant
 from factorylm.settings import Settings
 from helpers import free_port, make_alert, until
@@ -39,28 +36,6 @@ NORTH_APPROVER = "whatsapp:+15550107001"
 SOUTH_APPROVER = "whatsapp:+15550107002"
 APPROVERS = {"north": NORTH_APPROVER, "south": SOUTH_APPROVER}
 VALVE_OPEN = 100.0
-
-
-class Forgery(BaseModel):
-    write: PlcWriteInput
-    edge_queue: str
-
-
-@workflow.defn(sandboxed=False)
-class ForgedSiteWriteWorkflow:
-    """Not product code: what an intruder on the Temporal frontend would run."""
-
-    @workflow.run
-    async def run(self, forgery: Forgery) -> PlcWriteResult:
-        result: PlcWriteResult = await workflow.execute_activity(
-            "write_plc_setpoint",
-            forgery.write,
-            result_type=PlcWriteResult,
-            task_queue=forgery.edge_queue,
-            start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=RetryPolicy(maximum_attempts=1),
-        )
-        return result
 
 
 @dataclass
@@ -102,7 +77,7 @@ async def rig(
         await sim._write("valve", VALVE_OPEN)
     stack = Stack(s, plant, client, run_ingest=False, run_api=False)
     await stack.start()
-    attacker = Worker(client, task_queue=f"{queue}-attacker", workflows=[ForgedSiteWriteWorkflow])
+    attacker = Worker(client, task_queue=f"{queue}-attacker", workflows=[ForgedWriteWorkflow])
     try:
         async with attacker:
             yield Rig(s, plant, sims, client, pool, f"{queue}-attacker")
@@ -166,7 +141,7 @@ async def test_a_write_for_one_site_on_another_sites_edge_queue_is_refused_and_a
     )
     with pytest.raises(WorkflowFailureError) as failed:
         await rig.client.execute_workflow(
-            ForgedSiteWriteWorkflow.run,
+            ForgedWriteWorkflow.run,
             Forgery(write=write, edge_queue=rig.settings.edge_queue("south")),
             id=workflow_id,
             task_queue=rig.attacker_queue,
