@@ -16,9 +16,11 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 import yaml
 from temporalio.client import Client
 
+from api import board
 from api.board import BoardData, TrendCache
 from api_rig import api_rig
 from factorylm.api_tokens import Role
@@ -264,6 +266,35 @@ async def test_sign_in_sets_an_httponly_strict_cookie_and_a_revoked_token_sees_n
             signed_out = await http.post("/board/logout")
             assert signed_out.status_code == 303
             assert "max-age=0" in signed_out.headers["set-cookie"].lower()
+
+
+async def test_an_open_stream_of_a_revoked_token_ends_at_its_next_check(
+    tmp_path: Path, settings: Settings, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Checked every 30 s in production; a second here, so the test waits for that check.
+    monkeypatch.setattr(board, "TOKEN_RECHECK_S", 1.0)
+    plant_file, _ = _plant_file(tmp_path)
+    async with api_rig(tmp_path, settings, client, plant_file=plant_file) as rig:
+        name = f"viewer-{uuid.uuid4().hex[:6]}"
+        viewer = await rig.tokens.add(name, Role.VIEWER, approvers=list(rig.settings.approvers))
+        updates: list[float] = []
+        ended: list[bool] = []
+
+        async def browser(http: httpx.AsyncClient) -> None:
+            async with http.stream("GET", "/board/events") as response:
+                assert response.status_code == 200
+                async for line in response.aiter_lines():
+                    if line.startswith("data: "):
+                        updates.append(time.monotonic())
+            ended.append(True)
+
+        async with rig.http(viewer) as http:
+            stream = asyncio.create_task(browser(http))
+            await until("the stream's first update", lambda: updates)
+            await rig.tokens.revoke(name)
+            await until("the revoked token's stream to end", lambda: ended)
+            await stream
+            assert (await http.get("/board/events")).status_code == 401  # no reconnect
 
 
 async def test_an_unreadable_plant_file_makes_the_board_503_and_leaves_the_api_up(
