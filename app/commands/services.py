@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 
 from app.commands import Command, SubParsers
 from factorylm.plant import Plant, PlantConfigError
 from factorylm.settings import Settings
+
+API_NICE = 5  # niceness the API process adds to its own when it runs alone (`factorylm api`)
 
 
 def _db(settings: Settings, action: str) -> int:
@@ -200,6 +203,11 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     except PlantConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if api and not (agents or edge or ingest):
+        # An API of its own yields the CPU to the collectors where they share a machine (the
+        # embedded default, a small server): a board or a webhook may wait a millisecond, a
+        # poll should not. Always allowed (raising priority would need root).
+        os.nice(API_NICE)
     asyncio.run(_serve(settings, plant, agents=agents, edge=edge, ingest=ingest, api=api))
     return 0
 

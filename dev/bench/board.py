@@ -267,6 +267,9 @@ async def _measure(
             "--seconds",
             str(seconds),
             env={**os.environ, "BOARD_BENCH_TOKEN": token},
+            # The 50 browsers stand for phones and control-room screens, which are other
+            # machines: here they share the 2 cores, so they take what the plant leaves.
+            preexec_fn=lambda: os.nice(19),
             stdout=asyncio.subprocess.PIPE,
         )
         assert browsers.stdout is not None
