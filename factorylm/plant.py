@@ -577,13 +577,24 @@ def _describe(exc: ValidationError, raw: dict[str, object]) -> str:
 _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-def _load_yaml(text: str) -> object:
-    return yaml.load(text, Loader=_SAFE_LOADER)  # a safe loader, C or Python
+# A plant file (or a site's) larger than this is refused: a 200-PLC plant is about 1 MB, and a
+# file that never ends (a FIFO, /dev/zero behind a symlink) must not hang or fill the start.
+MAX_PLANT_FILE_BYTES = 16 * 1024 * 1024
+
+
+def _load_yaml(path: Path) -> object:
+    """The file's YAML, read at most MAX_PLANT_FILE_BYTES (its size on disk is not trusted:
+    a device or a pipe says 0); OSError when it cannot be read."""
+    with path.open("rb") as f:
+        data = f.read(MAX_PLANT_FILE_BYTES + 1)
+    if len(data) > MAX_PLANT_FILE_BYTES:
+        raise PlantConfigError(f"{path}: larger than {MAX_PLANT_FILE_BYTES} bytes")
+    return yaml.load(data, Loader=_SAFE_LOADER)  # a safe loader, C or Python
 
 
 def load_plant(path: Path) -> Plant:
     try:
-        raw = _load_yaml(path.read_text())
+        raw = _load_yaml(path)
     except OSError as exc:
         raise PlantConfigError(f"{path}: cannot read plant file ({exc.strerror})") from exc
     except yaml.YAMLError as exc:
@@ -601,9 +612,6 @@ def load_plant(path: Path) -> Plant:
     return plant
 
 
-MAX_SITE_FILE_BYTES = 4 * 1024 * 1024
-
-
 def _site_entry(path: Path, entry: object) -> object:
     """A `sites:` entry as the plant model takes it: a `file:` entry read from its own plant
     file (beside this one), a roster path made relative to the file that names it."""
@@ -619,9 +627,7 @@ def _site_entry(path: Path, entry: object) -> object:
             )
         site_path = path.parent / str(entry["file"])
         try:
-            if site_path.stat().st_size > MAX_SITE_FILE_BYTES:
-                raise PlantConfigError(f"{site_path}: larger than {MAX_SITE_FILE_BYTES} bytes")
-            site_raw = _load_yaml(site_path.read_text())
+            site_raw = _load_yaml(site_path)
         except OSError as exc:
             raise PlantConfigError(
                 f"{path}: sites[{name}]: cannot read site file {site_path} ({exc.strerror})"

@@ -180,3 +180,11 @@ def test_the_central_api_hears_every_sites_approvers_and_only_the_deployments_wi
     assert central_approver_addresses(settings) == {"+15550100777", "+15550100001"}
     broken = settings.model_copy(update={"plant_file": tmp_path / "missing.yaml"})
     assert central_approver_addresses(broken) == {"+15550100001"}
+
+
+def test_a_site_file_that_never_ends_is_refused_not_read_for_ever(tmp_path: Path) -> None:
+    (tmp_path / "endless.yaml").symlink_to("/dev/zero")  # its size on disk says 0
+    path = _plant(tmp_path, {"sites": [{"name": "north", "file": "endless.yaml"}]})
+    with pytest.raises(PlantConfigError) as err:
+        load_plant(path)
+    assert f"{tmp_path / 'endless.yaml'}: larger than 16777216 bytes" in str(err.value)
