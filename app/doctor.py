@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import asyncpg
+from temporalio.client import Client
 
 from factorylm.settings import Settings
 from factorylm.temporal_client import TemporalUnavailable, connect
@@ -197,14 +198,15 @@ def _roster(settings: Settings) -> Check:
     )
 
 
-async def _pollers(settings: Settings, queue: str) -> int | None:
+async def _pollers(client: Client | None, settings: Settings, queue: str) -> int | None:
     """How many workers poll `queue` for activities now; None when Temporal does not say."""
     from temporalio.api.enums.v1 import TaskQueueType
     from temporalio.api.taskqueue.v1 import TaskQueue
     from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 
+    if client is None:
+        return None
     try:
-        client = await asyncio.wait_for(connect(settings), timeout=5)
         resp = await asyncio.wait_for(
             client.workflow_service.describe_task_queue(
                 DescribeTaskQueueRequest(
@@ -215,7 +217,7 @@ async def _pollers(settings: Settings, queue: str) -> int | None:
             ),
             timeout=5,
         )
-    except (TemporalUnavailable, TimeoutError, RuntimeError):
+    except (TimeoutError, RuntimeError):
         return None
     return len(resp.pollers)
 
@@ -232,6 +234,11 @@ async def _sites(settings: Settings) -> list[Check]:
     checks = [
         Check("plant", True, f"{plant.name}: {len(plant.sites)} site(s), {settings.plant_file}")
     ]
+    client: Client | None
+    try:
+        client = await asyncio.wait_for(connect(settings), timeout=5)
+    except (TemporalUnavailable, TimeoutError, RuntimeError):
+        client = None  # the temporal check says so; the sites are still listed
     for site in plant.sites:
         queue = settings.edge_queue(site.name)
         own = site_settings(settings, site)
@@ -241,7 +248,7 @@ async def _sites(settings: Settings) -> list[Check]:
             checks.append(Check(f"site {site.name}", False, str(exc), f"fix {site.roster}"))
             continue
         people = len(roster.people) if roster else 0
-        pollers = await _pollers(settings, queue)
+        pollers = await _pollers(client, settings, queue)
         serving = "unknown" if pollers is None else f"{pollers} edge worker(s) polling now"
         checks.append(
             Check(

@@ -11,12 +11,11 @@ hand them out.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -34,24 +33,12 @@ from dev.site_plant import write_site_plant
 from factorylm.models.drift import DriftResponseResult, drift_workflow_id
 from factorylm.plant import Plant
 from factorylm.settings import Settings
+from factorylm.waiting import wait_for
 from ingest.manager import ingest_name
 
 PLC_PORT = 15020  # every site's PLCs on the same port: each site has its own loopback
 POLL_MS = 250
 FAULT_METRIC = "pressure"
-
-
-async def _until(
-    what: str, check: Callable[[], Awaitable[object]], timeout_s: float, every_s: float = 0.25
-) -> object:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout_s:g} s")
-        await asyncio.sleep(every_s)
 
 
 @dataclass
@@ -205,8 +192,8 @@ class MultiSite:
             )
             return bool(n)
 
-        await _until(f"edge {site} polling {queue}", polling, timeout_s)
-        await _until(f"samples from {site}", sampling, timeout_s)
+        await wait_for(f"edge {site} polling {queue}", polling, timeout_s=timeout_s)
+        await wait_for(f"samples from {site}", sampling, timeout_s=timeout_s)
 
     async def inject_now(
         self, site: str, plc: str, metric: str, size: float, kind: str = "step"
@@ -271,7 +258,7 @@ class MultiSite:
                 return None
             return await handle.result()
 
-        result = await _until(f"{site}'s drift response", done, timeout_s)
+        result = await wait_for(f"{site}'s drift response", done, timeout_s=timeout_s)
         assert isinstance(result, DriftResponseResult)
         writer = ""
         scheduled: set[int] = set()

@@ -17,9 +17,9 @@ from typing import Any
 
 import asyncpg
 import pytest
-from forgery import ForgedWriteWorkflow, Forgery
-from temporalio.client import Client, WorkflowFailureError, WorkflowUpdateFailedError
-from temporalio.exceptions import ActivityError, ApplicationError
+from forgery import ForgedWriteWorkflow, refusal_of
+from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
 from app.stack import Stack
@@ -86,18 +86,9 @@ async def forge(rig: Rig, workflow_id: str, action_id: str) -> ApplicationError:
         value=0,
         approved_by=APPROVER,
     )
-    with pytest.raises(WorkflowFailureError) as failed:
-        await rig.client.execute_workflow(
-            ForgedWriteWorkflow.run,
-            Forgery(write=write, edge_queue=rig.edge_queue),
-            id=workflow_id,
-            task_queue=rig.attacker_queue,
-        )
-    activity_error = failed.value.cause
-    assert isinstance(activity_error, ActivityError)
-    refusal = activity_error.cause
-    assert isinstance(refusal, ApplicationError) and refusal.non_retryable
-    return refusal
+    return await refusal_of(
+        rig.client, write, edge_queue=rig.edge_queue, attacker_queue=rig.attacker_queue
+    )
 
 
 async def test_decide_without_the_request_code_is_refused(rig: Rig) -> None:

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from forgery import ForgedWriteWorkflow, Forgery
-from temporalio.client import Client, WorkflowFailureError, WorkflowUpdateFailedError
-from temporalio.exceptions import ActivityError, ApplicationError
+from forgery import ForgedWriteWorkflow, refusal_of
+from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.worker import Worker
 
 from app.stack import Stack
@@ -139,17 +138,12 @@ async def test_a_write_for_one_site_on_another_sites_edge_queue_is_refused_and_a
         approved_by=NORTH_APPROVER,
         site="north",
     )
-    with pytest.raises(WorkflowFailureError) as failed:
-        await rig.client.execute_workflow(
-            ForgedWriteWorkflow.run,
-            Forgery(write=write, edge_queue=rig.settings.edge_queue("south")),
-            id=workflow_id,
-            task_queue=rig.attacker_queue,
-        )
-    activity_error = failed.value.cause
-    assert isinstance(activity_error, ActivityError)
-    refusal = activity_error.cause
-    assert isinstance(refusal, ApplicationError) and refusal.non_retryable
+    refusal = await refusal_of(
+        rig.client,
+        write,
+        edge_queue=rig.settings.edge_queue("south"),
+        attacker_queue=rig.attacker_queue,
+    )
     assert refusal.type == "WrongSite"
     assert refusal.message == f"this edge serves site south; {ACTION!r} is for site north"
     assert await rig.valves() == {"north": VALVE_OPEN, "south": VALVE_OPEN}
