@@ -35,6 +35,7 @@ from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy
 
 from factorylm.channels import SHELVES_CHANNEL
+from factorylm.db.pool import close_pool
 from factorylm.models.alarms import AlarmNoticeInput
 from factorylm.models.drift import DriftAlert
 from factorylm.plant import Plant
@@ -179,7 +180,7 @@ class AlarmGate:
                 pass  # the connection was already gone
             self._listener = None
         if self._pool is not None:
-            await self._pool.close()
+            await close_pool(self._pool, "alarm management")
             self._pool = None
 
     async def _load_points(self) -> None:

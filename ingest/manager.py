@@ -22,6 +22,7 @@ from typing import Any
 
 import asyncpg
 
+from factorylm.db.pool import close_pool
 from factorylm.drivers import PlcDriver
 from factorylm.plant import Plant
 from ingest.collector import CollectorBase, SampleSink, collector_for
@@ -193,7 +194,7 @@ class CollectorManager:
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("could not record the final collector status: %s", exc)
         if self._pool is not None:
-            await self._pool.close()
+            await close_pool(self._pool, "collector manager")
             self._pool = None
 
     async def _supervise(self, collector: CollectorBase) -> None:

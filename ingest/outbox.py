@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from factorylm.db.pool import close_pool
 from factorylm.models.drift import DriftAlert
 from ingest.alerts import WorkflowStarter
 
@@ -115,7 +116,7 @@ class AlarmOutbox:
         except _DB_ERRORS as exc:
             log.error("ingest stopping with %d alarms not saved: %s", len(self._unsaved), exc)
         if self._pool is not None:
-            await self._pool.close()
+            await close_pool(self._pool, "alarm outbox")
             self._pool = None
 
     async def _saver(self) -> None:
