@@ -120,6 +120,41 @@ async def test_board_data_averages_buckets_on_the_pages_grid_and_leaves_out_nan(
             assert bad_width.status_code == 400
 
 
+async def test_page_data_is_gzipped_once_for_browsers_that_accept_it_and_plain_for_others(
+    tmp_path: Path, settings: Settings, client: Client
+) -> None:
+    plant_file, plc = _plant_file(tmp_path)
+    async with api_rig(tmp_path, settings, client, plant_file=plant_file) as rig:
+        assert rig.stack.pool is not None
+        viewer = await rig.token(Role.VIEWER)
+        now = int(time.time())
+        # Ten minutes of one sample a second: a page of 300 buckets on a 600 px chart.
+        await _insert(
+            rig.stack.pool,
+            [(_at(now - 600 + k), plc, "level", 40.0 + (k % 17) / 4) for k in range(600)],
+        )
+        params: dict[str, str | int] = {"range": "15m", "width": 600}
+        async with rig.http(viewer) as http:
+            plain = await http.get(
+                params=params, url="/board/data", headers={"accept-encoding": "identity"}
+            )
+            packed = await http.get(
+                params=params, url="/board/data", headers={"accept-encoding": "br, gzip;q=0.8"}
+            )
+            refused = await http.get(
+                params=params, url="/board/data", headers={"accept-encoding": "gzip;q=0, br"}
+            )
+        assert "content-encoding" not in plain.headers
+        assert "content-encoding" not in refused.headers
+        assert packed.headers["content-encoding"] == "gzip"
+        assert "accept-encoding" in packed.headers["vary"].lower()
+        # httpx unpacked it: the same page (the three fall within one shared encoding).
+        assert packed.content == plain.content == refused.content
+        assert len(_values_by_time(json.loads(packed.content), plc, "level")) >= 200
+        # What went over the wire is the compressed body, a fraction of the page.
+        assert packed.num_bytes_downloaded * 3 < plain.num_bytes_downloaded
+
+
 async def test_the_15_minutes_from_memory_equal_the_databases(
     tmp_path: Path, settings: Settings, client: Client, pool: asyncpg.Pool
 ) -> None:
