@@ -249,7 +249,8 @@ SPEC: dict[str, Any] = {
             }
         },
         "/board/data": _read(
-            "the board's data: PLCs, trends bucketed to the chart's width, drift responses",
+            "the board's data: PLCs, trends bucketed to the chart's width, drift responses "
+            "(gzip-compressed when Accept-Encoding admits it)",
             parameters=[
                 _query("range", {"type": "string", "enum": ["15m", "1h", "6h", "24h", "7d"]}),
                 _query("width", {"type": "integer"}),
@@ -257,8 +258,8 @@ SPEC: dict[str, Any] = {
         ),
         "/board/events": {
             "get": {
-                "summary": "the board's live updates, as server-sent events (ends after 10 s; "
-                "the browser reconnects)",
+                "summary": "the board's live updates, as server-sent events (open until the "
+                "browser leaves, the token is revoked or the API stops)",
                 "security": [{"bearer": []}],
                 "responses": {
                     "200": {"description": "ok", "content": {"text/event-stream": {}}},
