@@ -6,10 +6,12 @@ listener for every browser, and the sign-in cookie."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import time
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from temporalio.client import Client
 
 from api import board
 from api.board import BoardData, TrendCache
-from api_rig import api_rig
+from api_rig import ApiRig, api_rig
 from factorylm.api_tokens import Role
 from factorylm.plant import load_plant
 from factorylm.settings import Settings
@@ -58,6 +60,17 @@ def _plant_file(tmp_path: Path) -> tuple[Path, str]:
     return path, plc
 
 
+@contextlib.asynccontextmanager
+async def _board(
+    tmp_path: Path, settings: Settings, client: Client
+) -> AsyncIterator[tuple[ApiRig, str, asyncpg.Pool, str]]:
+    """The API on a one-PLC plant file: the rig, the PLC's id, its pool and a viewer token."""
+    plant_file, plc = _plant_file(tmp_path)
+    async with api_rig(tmp_path, settings, client, plant_file=plant_file) as rig:
+        assert rig.stack.pool is not None
+        yield rig, plc, rig.stack.pool, await rig.token(Role.VIEWER)
+
+
 def _at(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
 
@@ -87,14 +100,11 @@ async def _insert(pool: asyncpg.Pool, rows: list[tuple[datetime, str, str, float
 async def test_board_data_averages_buckets_on_the_pages_grid_and_leaves_out_nan(
     tmp_path: Path, settings: Settings, client: Client
 ) -> None:
-    plant_file, plc = _plant_file(tmp_path)
-    async with api_rig(tmp_path, settings, client, plant_file=plant_file) as rig:
-        assert rig.stack.pool is not None
-        viewer = await rig.token(Role.VIEWER)
+    async with _board(tmp_path, settings, client) as (rig, plc, pool, viewer):
         # 15 min over 300 points (a 600 px chart) is a 3 s bucket; one that ended a minute ago.
         start = (int(time.time()) - 60) // 3 * 3
         await _insert(
-            rig.stack.pool,
+            pool,
             [
                 (_at(start + 0.5), plc, "level", 10.0),
                 (_at(start + 1.5), plc, "level", 20.0),
@@ -123,14 +133,11 @@ async def test_board_data_averages_buckets_on_the_pages_grid_and_leaves_out_nan(
 async def test_page_data_is_gzipped_once_for_browsers_that_accept_it_and_plain_for_others(
     tmp_path: Path, settings: Settings, client: Client
 ) -> None:
-    plant_file, plc = _plant_file(tmp_path)
-    async with api_rig(tmp_path, settings, client, plant_file=plant_file) as rig:
-        assert rig.stack.pool is not None
-        viewer = await rig.token(Role.VIEWER)
+    async with _board(tmp_path, settings, client) as (rig, plc, pool, viewer):
         now = int(time.time())
         # Ten minutes of one sample a second: a page of 300 buckets on a 600 px chart.
         await _insert(
-            rig.stack.pool,
+            pool,
             [(_at(now - 600 + k), plc, "level", 40.0 + (k % 17) / 4) for k in range(600)],
         )
         params: dict[str, str | int] = {"range": "15m", "width": 600}
@@ -188,11 +195,7 @@ async def test_the_15_minutes_from_memory_equal_the_databases(
 async def test_one_listener_fans_each_update_out_to_every_browser(
     tmp_path: Path, settings: Settings, client: Client
 ) -> None:
-    plant_file, plc = _plant_file(tmp_path)
-    async with api_rig(tmp_path, settings, client, plant_file=plant_file) as rig:
-        assert rig.stack.pool is not None
-        pool = rig.stack.pool
-        viewer = await rig.token(Role.VIEWER)
+    async with _board(tmp_path, settings, client) as (rig, plc, pool, viewer):
         got: list[list[dict[str, Any]]] = [[], []]
 
         async def listeners() -> int:
