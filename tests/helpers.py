@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
 import yaml
 
 from dev.fakes.server import free_port
@@ -161,3 +162,12 @@ async def own_database(settings: Settings, suffix: str) -> AsyncIterator[Setting
             await conn.execute(f'DROP DATABASE IF EXISTS "{own.pg_database}" WITH (FORCE)')
         finally:
             await conn.close()
+
+
+async def refused_as(conn: asyncpg.Connection, role: str, sql: str) -> None:
+    """`sql` run as `role` is refused for want of a privilege. In a transaction of its own, so
+    the role ends with it."""
+    async with conn.transaction():
+        await conn.execute(f"SET LOCAL ROLE {role}")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute(sql)

@@ -25,7 +25,7 @@ from factorylm.models.agents import WatchmanInput
 from factorylm.models.baselines import ComputeBaselinesInput
 from factorylm.models.lifecycle import DataLifecycleInput, DataLifecycleResult
 from factorylm.settings import Settings
-from helpers import own_database
+from helpers import own_database, refused_as
 from workers.registry import bind
 from workflows.lifecycle import DataLifecycleWorkflow
 
@@ -158,10 +158,7 @@ async def test_only_the_agents_role_runs_the_lifecycle_and_it_cannot_drop_chunks
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 await conn.execute("SELECT drop_chunks('samples', older_than => now())")
         for role in ("factorylm_api", "factorylm_ingest", "factorylm_edge", "grafana_reader"):
-            async with conn.transaction():
-                await conn.execute(f"SET LOCAL ROLE {role}")
-                with pytest.raises(asyncpg.InsufficientPrivilegeError):
-                    await conn.fetchval("SELECT factorylm_drop_raw_samples('1 day', '0')")
+            await refused_as(conn, role, "SELECT factorylm_drop_raw_samples('1 day', '0')")
     finally:
         await conn.close()
 

@@ -21,7 +21,7 @@ from app.deployment import apply_grants
 from factorylm.db.pool import create_pool
 from factorylm.models.lifecycle import DataLifecycleInput, DataLifecycleResult
 from factorylm.settings import Settings
-from helpers import own_database, until
+from helpers import own_database, refused_as, until
 from ingest.spool import Spool
 from ingest.writer import BatchWriter
 from workers.registry import bind
@@ -215,15 +215,9 @@ async def test_the_ingest_notes_only_minutes_the_lookback_left_behind_and_never_
             "SELECT factorylm_drop_raw_samples('1 day', '0')",
             "SELECT factorylm_fold_in_late_samples(now())",
         ):
-            async with conn.transaction():
-                await conn.execute("SET LOCAL ROLE factorylm_ingest")
-                with pytest.raises(asyncpg.InsufficientPrivilegeError):
-                    await conn.execute(call)
+            await refused_as(conn, "factorylm_ingest", call)
         for role in ("factorylm_api", "factorylm_edge", "factorylm_agents", "grafana_reader"):
-            async with conn.transaction():
-                await conn.execute(f"SET LOCAL ROLE {role}")
-                with pytest.raises(asyncpg.InsufficientPrivilegeError):
-                    await conn.execute("SELECT factorylm_note_late_samples(now())")
+            await refused_as(conn, role, "SELECT factorylm_note_late_samples(now())")
     finally:
         await conn.close()
 
