@@ -29,7 +29,7 @@ import math
 import re
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -933,7 +933,7 @@ class _Page:
 
     made: float
     body: bytes
-    _gzip: bytes | None = None
+    _gzip: bytes | None = field(default=None, init=False, repr=False)
 
     def gzipped(self) -> bytes:
         if self._gzip is None:
