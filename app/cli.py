@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from app.commands import Command, commands
 from factorylm.settings import SettingsError, load_settings
@@ -39,5 +41,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     return command.run(settings, args)
 
 
+def entry() -> NoReturn:
+    """The installed `factorylm` command: `main`, then an exit that skips the interpreter's
+    own shutdown.
+
+    Why: a Temporal call still under way when the event loop ends (the board's status query
+    to a workflow no worker answers, cancelled with the loop) completes on a thread of
+    Temporal's native runtime, which then waits for the interpreter; the interpreter, shutting
+    down, drops that runtime and waits for its threads: the process never exits (seen as an
+    API that ignored SIGTERM's end for good). By now every command has closed what it owns
+    (samples flushed, pools and servers closed); what is left to do is said here."""
+    try:
+        code = main()
+    except SystemExit as exc:  # argparse's usage errors and --help
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+    except KeyboardInterrupt:
+        code = 130
+    from factorylm.tracing import shutdown_tracing
+
+    shutdown_tracing()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`factorylm … | head`): nothing to say
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

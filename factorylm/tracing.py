@@ -46,6 +46,14 @@ def setup_tracing(service: str) -> None:
     _configured = True
 
 
+def shutdown_tracing() -> None:
+    """Export the spans still batched (what the SDK's own exit hook would do, for a process
+    that leaves without the interpreter's shutdown: app/cli.py `entry`)."""
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, TracerProvider):
+        provider.shutdown()
+
+
 def interceptor(tracer: trace.Tracer | None = None) -> TracingInterceptor:
     return TracingInterceptor(tracer)
 
