@@ -28,11 +28,12 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
 import asyncpg
@@ -57,6 +58,7 @@ from api.serving import stopping
 from factorylm.api_tokens import ApiClient
 from factorylm.channels import SAMPLES_CHANNEL
 from factorylm.plant import Plant, PlantConfigError, load_plant
+from factorylm.priority import run_idle
 from factorylm.settings import PROJECT_ROOT, Settings
 
 log = logging.getLogger(__name__)
@@ -103,6 +105,20 @@ FRESH_LOOKBACK_S = 5
 MAX_OPEN_RESPONSES = 25
 # The approval code is for the approver's eyes; a viewer's board never shows it.
 _CODE = re.compile(r"\s*\(code \d{4}\)")
+
+T = TypeVar("T")
+
+
+# A page's heavy work (its trends out of the hub's memory, its gzip: about 20 ms of CPU for a
+# 200-PLC plant) runs on one thread at SCHED_IDLE: on a host the board shares with the
+# collectors it takes only CPU no poll wants, and on a saturated host the board slows before
+# the polls do. Both release the GIL for their array and compression work.
+_BUILDER = ThreadPoolExecutor(1, "board-build", initializer=run_idle)
+
+
+async def _in_builder(fn: Callable[..., T], *args: Any) -> T:
+    return await asyncio.get_running_loop().run_in_executor(_BUILDER, fn, *args)
+
 
 STATIC_DIR = Path(__file__).parent / "board"
 
@@ -358,10 +374,9 @@ class BoardData:
         t0 = ((now_s - range_s) // step) * step
         data: dict[tuple[str, str], bytes]
         if cache is not None and cache.covers(range_s, step):
-            # In a thread: the array work releases the GIL, so the event loop keeps serving
-            # the live updates meanwhile (a torn read of a bucket being written is one stale
-            # value for one tick).
-            window = await asyncio.to_thread(cache.window, range_s, step, t0, now_s)
+            # In the builder thread: the event loop keeps serving the live updates meanwhile
+            # (a torn read of a bucket being written is one stale value for one tick).
+            window = await _in_builder(cache.window, range_s, step, t0, now_s)
             data = dict(zip(cache.keys, window, strict=True))
         else:
             data = await self._bucketed(span, bucket, t0, step)
@@ -933,14 +948,19 @@ class _Page:
 
     made: float
     body: bytes
-    _gzip: bytes | None = field(default=None, init=False, repr=False)
+    _gzip: asyncio.Future[bytes] | None = field(default=None, init=False, repr=False)
 
-    def gzipped(self) -> bytes:
+    async def gzipped(self) -> bytes:
         if self._gzip is None:
             # Level 1: a 200-PLC page (about 0.9 MB of JSON) in about 7 ms, to a third of it
             # or less; higher levels take several times as long for a few percent more.
-            self._gzip = gzip.compress(self.body, compresslevel=1, mtime=0)
-        return self._gzip
+            self._gzip = asyncio.ensure_future(_in_builder(_gzip1, self.body))
+        # Shared by the browsers asking meanwhile: one leaving does not cancel it for others.
+        return await asyncio.shield(self._gzip)
+
+
+def _gzip1(body: bytes) -> bytes:
+    return gzip.compress(body, compresslevel=1, mtime=0)
 
 
 class BoardHub:
@@ -1031,7 +1051,7 @@ class BoardHub:
                 self._pages = {(range_s, width): memo} | {
                     k: v for k, v in self._pages.items() if now - v.made < PAGE_MEMO_S
                 }
-        return memo.gzipped() if gzipped else memo.body
+        return await memo.gzipped() if gzipped else memo.body
 
     async def _page_body(self, range_s: int, width: int, now: float) -> bytes:
         # With browsers open the hub reads the status sections every STATUS_EVERY_S (on the
