@@ -22,6 +22,7 @@ import yaml
 
 from dev.fakes.server import free_port
 from factorylm.plant import Plant, Plc
+from factorylm.priority import run_idle
 from factorylm.settings import PROJECT_ROOT, Settings
 from ingest.collector import LATENESS_KEPT
 from ingest.drift import DriftConfig, DriftDetector
@@ -57,10 +58,14 @@ def _bench_plant(tag: str, devices: int, registers: int, interval_ms: int, tty: 
 
 
 class _Simulator:
-    """`factorylm simulate` for a plant file, as a subprocess."""
+    """`factorylm simulate` for a plant file, as a subprocess. `idle`: the simulated PLCs (and
+    the peers they start, which inherit it) run at SCHED_IDLE, as if they were the other
+    machines they stand for: they get only CPU nothing else on the bench host wants, and no
+    reply of theirs preempts the process polling them."""
 
-    def __init__(self, plant_file: Path) -> None:
+    def __init__(self, plant_file: Path, *, idle: bool = False) -> None:
         self.plant_file = plant_file
+        self.idle = idle
         self.proc: asyncio.subprocess.Process | None = None
 
     async def __aenter__(self) -> _Simulator:
@@ -74,6 +79,7 @@ class _Simulator:
             str(free_port()),
             env=env,
             stdout=asyncio.subprocess.PIPE,
+            preexec_fn=run_idle if self.idle else None,
         )
         assert self.proc.stdout is not None
         while True:
