@@ -246,9 +246,13 @@ async def test_an_alarm_whose_workflow_was_started_before_the_crash_is_not_sent_
     outbox = AlarmOutbox(rig.settings.pg_dsn, ingest.starter, config=FAST)
     outbox.start()
     try:
+        # The row is stamped before the outbox counts it: a stop between the two (the row
+        # committed, its reply still on the way) would be a call cut short, counted by nobody.
         (row,) = await until(
-            "the row marked delivered",
-            lambda: _rows_if(rig, lambda rs: len(rs) == 1 and rs[0]["delivered_at"]),
+            "the row marked delivered and counted",
+            lambda: _rows_if(
+                rig, lambda rs: len(rs) == 1 and rs[0]["delivered_at"] and outbox.delivered
+            ),
         )
     finally:
         await outbox.stop()
