@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+from temporalio.api.enums.v1 import PendingActivityState
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
 from temporalio.service import RPCError
 
@@ -60,11 +61,14 @@ async def run_drift_scenario(demo: Demo, say: Callable[[str], None]) -> dict[str
         say(f"the approval request went to {approver} on WhatsApp: answer it there")
     else:
         twilio = demo.twilio
-        request = await wait_for(
-            f"the WhatsApp request to {approver}",
-            lambda: next((m for m in twilio.to(approver) if "Reply YES" in m.body), None),
-            timeout_s=30,
-        )
+        try:
+            request = await wait_for(
+                f"the WhatsApp request to {approver}",
+                lambda: next((m for m in twilio.to(approver) if "Reply YES" in m.body), None),
+                timeout_s=30,
+            )
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; {await _where_it_waits(handle)}") from None
         say(f"WhatsApp to {approver}:\n    " + request.body.replace("\n", "\n    "))
         code = re.search(r"YES (\d{4})", request.body)
         assert code is not None
@@ -92,6 +96,31 @@ async def run_drift_scenario(demo: Demo, say: Callable[[str], None]) -> dict[str
         "approved_by": result.approved_by,
         "seconds": round(time.monotonic() - t0, 2),
     }
+
+
+async def _where_it_waits(handle: WorkflowHandle[Any, Any]) -> str:
+    """What a stuck workflow is doing, for the error: a completed one's outcome, else its
+    status and each activity it waits for (attempt, state, last failure), as the Web UI shows."""
+    try:
+        desc = await handle.describe()
+    except RPCError as exc:
+        return f"the workflow cannot be described: {exc}"
+    if desc.status == WorkflowExecutionStatus.COMPLETED:
+        # It ended without asking: its result says what it decided instead.
+        done: DriftResponseResult = await handle.result()
+        return (
+            f"the workflow completed without asking: {done.status}, action {done.action} "
+            f"({done.policy}), work order {done.work_order_id}"
+        )
+    pending = []
+    for a in desc.raw_description.pending_activities:
+        state = PendingActivityState.Name(a.state).removeprefix("PENDING_ACTIVITY_STATE_")
+        failure = (
+            f", last failure: {a.last_failure.message[:200]}" if a.HasField("last_failure") else ""
+        )
+        pending.append(f"{a.activity_type.name} (attempt {a.attempt}, {state.lower()}{failure})")
+    status = desc.status.name if desc.status is not None else "unknown"
+    return f"the workflow is {status}, waiting for {'; '.join(pending) or 'no activity'}"
 
 
 async def _result(handle: WorkflowHandle[Any, Any]) -> DriftResponseResult:
