@@ -2,6 +2,8 @@
 SHELL := /bin/bash
 VENV := .venv
 FLM := $(VENV)/bin/factorylm
+# `make test PYTEST_ARGS="-k drift"` runs a part of the suite (scripts/test.sh reads it).
+export PYTEST_ARGS
 
 .PHONY: setup demo test bench lint typecheck check db-start db-stop clean
 
@@ -13,7 +15,7 @@ demo: setup
 
 test: setup
 	@$(FLM) db start
-	@$(VENV)/bin/pytest $(PYTEST_ARGS)
+	@bash scripts/test.sh
 
 bench: setup
 	@$(FLM) db start
