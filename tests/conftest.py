@@ -27,6 +27,9 @@ from factorylm.temporal_client import SEARCH_ATTRIBUTES
 from helpers import free_port
 from temporal.devserver import ensure_cli
 
+# A test that hangs fails after a bound, with its stacks, instead of holding the run.
+pytest_plugins = ["hang_guard"]
+
 # One database per test run, so runs side by side (two checkouts, two developers) never collide.
 TEST_DB = f"factorylm_test_{os.getpid()}"
 
