@@ -71,9 +71,10 @@ DEFAULT_RANGE = "15m"
 MIN_WIDTH, MAX_WIDTH, DEFAULT_WIDTH = 60, 4000, 600
 RECENT_ROWS = 12
 MAX_TOKEN_CHARS = 512
-# Live points: the hub reads the 1 s buckets of the last few seconds on every tick, so a
-# sample committed late (a slow flush) still lands in its bucket; it sends only those that
-# are new or changed.
+# Live points: on a writer's notify the hub reads the 1 s buckets from the batch's oldest
+# sample on (a late commit lands in its own bucket), and the last few seconds of them at least
+# every IDLE_TICK_S (a batch whose notify was lost); it sends only the buckets that are new or
+# changed.
 LIVE_BUCKET_S = 1
 LIVE_LOOKBACK_S = 3
 # Ticks: on each notify, one at a time (notifies during a tick make one more), at most ten a
@@ -476,18 +477,25 @@ class BoardData:
     def keys(self) -> list[tuple[str, str]]:
         return [(p.id, m.name) for p in self.plant.plcs for m in p.metrics]
 
-    async def live_rows(self) -> list[asyncpg.Record]:
-        """The last few seconds of every metric in 1 s buckets."""
+    async def live_rows(self, since: float | None = None) -> list[asyncpg.Record]:
+        """Every metric's 1 s buckets of the last few seconds, or from the bucket of `since`
+        (the oldest sample the writers' notifies named) if that is later: a tick after one
+        batch reads its second or two, not all LIVE_LOOKBACK_S of them."""
+        start = None
+        if since is not None:
+            start = datetime.fromtimestamp(since // LIVE_BUCKET_S * LIVE_BUCKET_S, UTC)
         rows: list[asyncpg.Record] = await self._pool.fetch(
             """SELECT plc_id, metric, extract(epoch FROM time_bucket($1::interval, time))::int8 AS t,
                       avg(value) AS v
                FROM samples
-               WHERE time > now() - $2::interval AND plc_id = ANY($3::text[])
+               WHERE time >= greatest($4::timestamptz, now() - $2::interval)
+                 AND plc_id = ANY($3::text[])
                  AND value NOT IN ('NaN'::float8, 'Infinity'::float8, '-Infinity'::float8)
                GROUP BY 1, 2, 3 ORDER BY 3""",
             timedelta(seconds=LIVE_BUCKET_S),
             timedelta(seconds=LIVE_LOOKBACK_S),
             self._plc_ids,
+            start,
         )
         return rows
 
@@ -963,6 +971,19 @@ def _gzip1(body: bytes) -> bytes:
     return gzip.compress(body, compresslevel=1, mtime=0)
 
 
+def _oldest(payload: str) -> float | None:
+    """The oldest sample's time in a writer's notify ('<rows> <epoch s>'), if it is there and
+    a finite number (anyone who may NOTIFY can send anything)."""
+    parts = payload.split(" ", 2)
+    if len(parts) < 2 or len(parts[1]) > 32:
+        return None
+    try:
+        value = float(parts[1])
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
 class BoardHub:
     """One LISTEN connection and one reader per API process; every browser gets the same
     encoded event, and the 15 min trends are served from the hub's memory (TrendCache).
@@ -981,6 +1002,11 @@ class BoardHub:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._woke: float | None = None  # when the first notify since the last update came
+        # The oldest sample the notifies since the last tick named, or a notify that named
+        # none (another version's writer): the next tick reads from there, or all the lookback.
+        self._since: float | None = None
+        self._since_unknown = False
+        self._whole_at = 0.0  # monotonic time of the last read of the whole lookback
         self._last_use = time.monotonic()
         self._status_at = 0.0
         self._status_task: asyncio.Task[None] | None = None
@@ -1081,8 +1107,13 @@ class BoardHub:
                 queue.get_nowait()
         queue.put_nowait(None)
 
-    def _notified(self, *_args: object) -> None:
+    def _notified(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         self.notifications += 1
+        oldest = _oldest(payload)
+        if oldest is None:
+            self._since_unknown = True
+        elif self._since is None or oldest < self._since:
+            self._since = oldest
         if self._woke is None:
             self._woke = time.time()
         self._wake.set()
@@ -1117,8 +1148,16 @@ class BoardHub:
                     await asyncio.sleep(wait)
                 last_tick = time.monotonic()
                 woke, self._woke = self._woke, None
+                since, self._since = self._since, None
+                unknown, self._since_unknown = self._since_unknown, False
+                # The whole lookback at least every IDLE_TICK_S: a batch whose notify was lost
+                # (committed, the NOTIFY then failed) still reaches the trends.
+                if unknown or time.monotonic() - self._whole_at >= IDLE_TICK_S:
+                    since = None
+                if since is None:
+                    self._whole_at = time.monotonic()
                 try:
-                    event = await self.tick(woke)
+                    event = await self.tick(woke, since)
                 except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                     log.warning("board: update failed: %s", exc)
                     continue
@@ -1133,11 +1172,12 @@ class BoardHub:
                 with contextlib.suppress(Exception):
                     await conn.close()
 
-    async def tick(self, woke: float | None = None) -> bytes | None:
+    async def tick(self, woke: float | None = None, since: float | None = None) -> bytes | None:
         """Reads the new points once (into the cache) and, with browsers open, makes the one
         update they all get: the 1 s buckets that are new or changed, as runs [t, first
         series index, [values]] (indexes into the page's series list). `woke`: when the
-        notify that asked for it arrived (the benchmark measures from there to each browser).
+        notify that asked for it arrived (the benchmark measures from there to each browser);
+        `since`: the oldest sample the notifies named (None: the whole lookback).
         Every STATUS_EVERY_S it also starts reading the status sections, which go out as an
         event of their own when read (`_read_status`): the points wait for no status query."""
         if (
@@ -1149,7 +1189,7 @@ class BoardHub:
             self._status_task = asyncio.create_task(self._read_status())
         # One round trip's time for both: the pool has a connection for each.
         rows, markers = await asyncio.gather(
-            self._data.live_rows(),
+            self._data.live_rows(since),
             self._data.markers(LIVE_LOOKBACK_S * 15) if self._subscribers else _none(),
         )
         runs = self._store(rows)

@@ -8,8 +8,9 @@ from __future__ import annotations
 RESTART_CHANNEL = "collector_restart"
 # `NOTIFY baselines_updated`: the `baselines` table has new rows; reload them.
 BASELINES_CHANNEL = "baselines_updated"
-# `NOTIFY samples_written, '<rows>'`: the ingest's writer committed a batch; the API's plant
-# board reads the new points once per API process for all its browsers (api/board.py).
+# `NOTIFY samples_written, '<rows> <oldest sample's time, epoch seconds>'`: the ingest's writer
+# committed a batch; the API's plant board reads the new points once per API process for all
+# its browsers (api/board.py), from the oldest sample's second on.
 SAMPLES_CHANNEL = "samples_written"
 # `NOTIFY alarm_shelves, '<alarm code>'`: a person shelved or unshelved that alarm (a reply,
 # factorylm/alarms.py); the ingest reloads its open shelves.

@@ -200,10 +200,15 @@ class BatchWriter:
         self.written += n
         self.flushes += 1
         # The plant board's live trends wake on this (api/board.py) instead of every browser
-        # polling the table. After the counters: a lost notify costs a board tick, no sample.
+        # polling the table, and read only from the batch's oldest second on. After the
+        # counters: a lost notify costs a board tick, no sample.
+        oldest = min(record[0] for record in batch).timestamp()
         with contextlib.suppress(asyncpg.PostgresError):
             await self._conn.execute(
-                "SELECT pg_notify($1, $2)", SAMPLES_CHANNEL, str(n), timeout=WRITE_TIMEOUT_S
+                "SELECT pg_notify($1, $2)",
+                SAMPLES_CHANNEL,
+                f"{n} {oldest:.3f}",
+                timeout=WRITE_TIMEOUT_S,
             )
 
     # -- store-and-forward ---------------------------------------------------------------------

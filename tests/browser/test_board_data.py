@@ -236,6 +236,64 @@ async def test_one_listener_fans_each_update_out_to_every_browser(
             await asyncio.gather(first, second, return_exceptions=True)
 
 
+async def test_a_tick_after_a_notify_reads_from_its_oldest_second_and_not_the_whole_lookback(
+    tmp_path: Path, settings: Settings, client: Client, pool: asyncpg.Pool
+) -> None:
+    plant_file, plc = _plant_file(tmp_path)
+    data = BoardData(settings, client, pool, load_plant(plant_file))
+    now = time.time()
+    earlier = now - 1.5  # inside the lookback, one or two buckets before the newest
+    await _insert(pool, [(_at(earlier), plc, "level", 41.5), (_at(now), plc, "level", 42.5)])
+    named = {(r["t"], r["v"]) for r in await data.live_rows(since=now) if r["plc_id"] == plc}
+    assert named == {(int(now), 42.5)}
+    whole = {(r["t"], r["v"]) for r in await data.live_rows() if r["plc_id"] == plc}
+    assert whole == {(int(earlier), 41.5), (int(now), 42.5)}
+
+
+@pytest.mark.parametrize(
+    "payload",
+    ["", "7", "7 ", "7 nan", "7 inf", "7 -5", "7 1e400", "7 0x10", "7 " + "9" * 40, "a b c"],
+)
+def test_a_notify_without_a_usable_oldest_time_names_none(payload: str) -> None:
+    assert board._oldest(payload) is None
+
+
+def test_a_writers_notify_names_its_oldest_sample() -> None:
+    assert board._oldest("812 1795161605.250") == 1795161605.25
+
+
+async def test_a_batch_whose_notify_named_a_later_second_still_reaches_the_browsers(
+    tmp_path: Path, settings: Settings, client: Client
+) -> None:
+    # A notify that was lost, or named another second than its batch holds: the hub's read of
+    # the whole lookback, at least every IDLE_TICK_S, brings the point anyway.
+    async with _board(tmp_path, settings, client) as (rig, plc, pool, viewer):
+        got: list[dict[str, Any]] = []
+
+        async def browser(http: httpx.AsyncClient) -> None:
+            async with http.stream("GET", "/board/events") as response:
+                async for line in response.aiter_lines():
+                    if line.startswith("data: "):
+                        got.append(json.loads(line.removeprefix("data: ")))
+
+        async with rig.http(viewer) as http:
+            stream = asyncio.create_task(browser(http))
+            try:
+                await until("the first update", lambda: got)
+                now = time.time()
+                await _insert(pool, [(_at(now), plc, "level", 43.5)])
+                await pool.execute("SELECT pg_notify('samples_written', $1)", f"1 {now + 1.5:.3f}")
+                point = [0, int(now), 43.5]
+                await until(
+                    "the point by the next whole read",
+                    lambda: any(point in _points(u) for u in got),
+                    timeout_s=board.IDLE_TICK_S + 3,
+                )
+            finally:
+                stream.cancel()
+                await asyncio.gather(stream, return_exceptions=True)
+
+
 async def test_updates_repeat_no_unchanged_section_and_a_new_stream_starts_with_all_of_it(
     tmp_path: Path, settings: Settings, client: Client
 ) -> None:

@@ -100,3 +100,29 @@ async def test_samples_still_buffered_when_stop_times_out_are_counted_as_dropped
     await until("the writer to notice the outage", lambda: writer.last_error is not None)
     await writer.stop(timeout_s=0.2)
     assert writer.dropped == 240 and writer.pending == 0
+
+
+async def test_each_batch_notifies_its_row_count_and_its_oldest_samples_time(
+    settings: Settings,
+) -> None:
+    # What the plant board's listener reads from (api/board.py): the oldest sample of the
+    # batch, not its first, since the collectors' samples interleave in the buffer.
+    t0 = datetime(2026, 11, 20, 8, 0, 5, 250_000, tzinfo=UTC)
+    rows = [
+        (t0 + timedelta(seconds=3), "writer-n", "level", 1.0),
+        (t0, "writer-n", "temp", 2.0),  # the oldest, second in the batch
+        (t0 + timedelta(seconds=1), "writer-n", "level", 3.0),
+    ]
+    listener = await asyncpg.connect(settings.pg_dsn)
+    payloads: list[str] = []
+    await listener.add_listener("samples_written", lambda *args: payloads.append(args[3]))
+    writer = BatchWriter(settings.pg_dsn, max_rows=3, max_delay_s=30)
+    writer.start()
+    try:
+        writer.add(rows)
+        await until("the batch's notify", lambda: payloads)
+    finally:
+        await writer.stop()
+        await listener.close()
+    # 2026-11-20 08:00:05.25 UTC as epoch seconds.
+    assert payloads == ["3 1795161605.250"]
