@@ -9,10 +9,11 @@ import asyncio
 import contextlib
 import json
 import math
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -248,6 +249,18 @@ async def test_a_tick_after_a_notify_reads_from_its_oldest_second_and_not_the_wh
     assert named == {(int(now), 42.5)}
     whole = {(r["t"], r["v"]) for r in await data.live_rows() if r["plc_id"] == plc}
     assert whole == {(int(earlier), 41.5), (int(now), 42.5)}
+
+
+async def test_the_markers_read_of_every_tick_finds_its_alarms_by_index(pool: asyncpg.Pool) -> None:
+    # With sequential scans priced out, the plan shows whether an index can answer the read at
+    # all; the planner's choice on a test database's few rows would say nothing.
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SET LOCAL enable_seqscan = off")
+        plan = await conn.fetchval(
+            f"EXPLAIN (FORMAT JSON) {board.MARKERS_SQL}", timedelta(seconds=45)
+        )
+    used = set(re.findall(r'"Index Name": "([a-z_]+)"', plan))
+    assert {"alarm_outbox_detected_at", "drift_events_detected_at"} <= used, plan
 
 
 @pytest.mark.parametrize(
